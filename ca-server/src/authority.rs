@@ -1,0 +1,297 @@
+//! Per-trust-domain certificate authorities: a self-signed root and an issuing intermediate
+//! (one generation), created on first start, sealed into the store, and on every later start
+//! decrypted and checked against their certificates. A key that cannot be read or decrypted stops
+//! the server: we never generate a replacement root over an existing one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyIdMethod,
+    KeyUsagePurpose, PublicKeyData, SerialNumber, SigningKey,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::TrustDomainConfig;
+use crate::keys::{self, CaKey, KeyAlgorithm, Kek};
+use crate::serial::Serial;
+use crate::spiffe::TrustDomain;
+use crate::store::{self, CaGenerationRecord, Store};
+
+/// Why a trust domain's CA could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("trust domain {trust_domain}: {source}")]
+    Key {
+        trust_domain: String,
+        source: keys::Error,
+    },
+    #[error("trust domain {trust_domain}: stored CA generation is inconsistent: {message}")]
+    Inconsistent {
+        trust_domain: String,
+        message: String,
+    },
+    #[error("trust domain {trust_domain}: cannot build CA certificate: {message}")]
+    Build {
+        trust_domain: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// The issuing CA of one trust domain, ready to sign.
+pub struct Authority {
+    pub trust_domain: TrustDomain,
+    pub generation: i32,
+    pub root_der: Vec<u8>,
+    pub intermediate_der: Vec<u8>,
+    /// Hex of the intermediate's subject key identifier: names the issuer in the store.
+    pub issuer_key_id: String,
+    /// The intermediate's notAfter (unix seconds): no leaf outlives it.
+    pub intermediate_not_after: i64,
+    pub intermediate_not_before: i64,
+    pub issuer: Issuer<'static, CaKey>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain)
+            .field("generation", &self.generation)
+            .field("issuer_key_id", &self.issuer_key_id)
+            .field("key", self.issuer.key())
+            .finish()
+    }
+}
+
+/// Every trust domain's authority, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Authorities {
+    by_name: BTreeMap<TrustDomain, Arc<Authority>>,
+}
+
+impl Authorities {
+    pub fn get(&self, trust_domain: &TrustDomain) -> Option<&Arc<Authority>> {
+        self.by_name.get(trust_domain)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Authority>> {
+        self.by_name.values()
+    }
+
+    /// Loads each configured trust domain's active generation, creating the first one when the
+    /// trust domain has none. Concurrent starts agree on one generation: the loser of the insert
+    /// race discards its keys and loads the winner's.
+    pub async fn load_or_create(
+        store: &Store,
+        kek: &Kek,
+        trust_domains: &[TrustDomainConfig],
+        now: OffsetDateTime,
+    ) -> Result<Authorities, Error> {
+        let mut by_name = BTreeMap::new();
+        for config in trust_domains {
+            let name = config.name.as_str();
+            store.ensure_trust_domain(name, now.unix_timestamp()).await?;
+            let record = match store.active_generation(name).await? {
+                Some(record) => record,
+                None => {
+                    if !store.generations(name).await?.is_empty() {
+                        return Err(Error::Inconsistent {
+                            trust_domain: name.to_owned(),
+                            message: "generations exist but none is active; refusing to create a new root".to_owned(),
+                        });
+                    }
+                    let created = create_generation(config, kek, 1, now)?;
+                    match store.insert_generation(&created).await {
+                        Ok(()) => {
+                            tracing::info!(trust_domain = name, "created root and intermediate CA");
+                            created
+                        }
+                        Err(store::Error::Conflict(_)) => store
+                            .active_generation(name)
+                            .await?
+                            .ok_or_else(|| Error::Inconsistent {
+                                trust_domain: name.to_owned(),
+                                message: "lost the creation race but found no active generation".to_owned(),
+                            })?,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            let authority = open_generation(&record, kek)?;
+            by_name.insert(config.name.clone(), Arc::new(authority));
+        }
+        Ok(Authorities { by_name })
+    }
+}
+
+/// The sealing context of a key: binds the ciphertext to its trust domain, generation and role,
+/// so a sealed key copied into another row does not decrypt.
+fn seal_context(trust_domain: &str, generation: i32, role: &str) -> Vec<u8> {
+    format!("ca-key/v1/{trust_domain}/{generation}/{role}").into_bytes()
+}
+
+/// Builds a new root and intermediate for a trust domain, keys sealed under the KEK.
+pub fn create_generation(
+    config: &TrustDomainConfig,
+    kek: &Kek,
+    generation: i32,
+    now: OffsetDateTime,
+) -> Result<CaGenerationRecord, Error> {
+    let name = config.name.as_str();
+    let key_err = |source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
+    };
+    let build_err = |e: rcgen::Error| Error::Build {
+        trust_domain: name.to_owned(),
+        message: e.to_string(),
+    };
+    let root_key = CaKey::generate(config.key_algorithm).map_err(key_err)?;
+    let intermediate_key = CaKey::generate(config.key_algorithm).map_err(key_err)?;
+
+    let not_before = now - time::Duration::seconds(60);
+    let root_not_after = now + to_time(config.root_ttl);
+    let mut root_params = ca_params(name, &format!("{name} Root CA {generation}"), 1)?;
+    root_params.not_before = not_before;
+    root_params.not_after = root_not_after;
+    let root_cert = root_params.self_signed(&root_key).map_err(build_err)?;
+
+    let mut intermediate_params =
+        ca_params(name, &format!("{name} Intermediate CA {generation}"), 0)?;
+    intermediate_params.not_before = not_before;
+    intermediate_params.not_after = (now + to_time(config.intermediate_ttl)).min(root_not_after);
+    intermediate_params.use_authority_key_identifier_extension = true;
+    let root_issuer = Issuer::new(root_params, &root_key);
+    let intermediate_cert = intermediate_params
+        .signed_by(&intermediate_key, &root_issuer)
+        .map_err(build_err)?;
+    let issuer_key_id = hex::encode(intermediate_params.key_identifier(&intermediate_key));
+
+    Ok(CaGenerationRecord {
+        trust_domain: name.to_owned(),
+        generation,
+        state: "active".to_owned(),
+        key_algorithm: config.key_algorithm.as_str().to_owned(),
+        root_cert: root_cert.der().to_vec(),
+        root_key: root_key
+            .seal(kek, &seal_context(name, generation, "root"))
+            .map_err(key_err)?,
+        intermediate_cert: intermediate_cert.der().to_vec(),
+        intermediate_key: intermediate_key
+            .seal(kek, &seal_context(name, generation, "intermediate"))
+            .map_err(key_err)?,
+        issuer_key_id,
+        not_after: intermediate_params.not_after.unix_timestamp(),
+        created_at: now.unix_timestamp(),
+    })
+}
+
+/// Decrypts a stored generation and checks every key against its certificate.
+pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authority, Error> {
+    let name = record.trust_domain.as_str();
+    let inconsistent = |message: String| Error::Inconsistent {
+        trust_domain: name.to_owned(),
+        message,
+    };
+    let key_err = |source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
+    };
+    let algorithm = KeyAlgorithm::parse(&record.key_algorithm)
+        .ok_or_else(|| inconsistent(format!("unknown key algorithm {}", record.key_algorithm)))?;
+    let root_key = CaKey::open(
+        kek,
+        algorithm,
+        &record.root_key,
+        &seal_context(name, record.generation, "root"),
+    )
+    .map_err(key_err)?;
+    let intermediate_key = CaKey::open(
+        kek,
+        algorithm,
+        &record.intermediate_key,
+        &seal_context(name, record.generation, "intermediate"),
+    )
+    .map_err(key_err)?;
+
+    let (_, root) = X509Certificate::from_der(&record.root_cert)
+        .map_err(|e| inconsistent(format!("root certificate does not parse: {e}")))?;
+    let (_, intermediate) = X509Certificate::from_der(&record.intermediate_cert)
+        .map_err(|e| inconsistent(format!("intermediate certificate does not parse: {e}")))?;
+    if root.public_key().raw != root_key.spki_der().as_slice() {
+        return Err(inconsistent("root key does not match the root certificate".to_owned()));
+    }
+    if intermediate.public_key().raw != intermediate_key.spki_der().as_slice() {
+        return Err(inconsistent(
+            "intermediate key does not match the intermediate certificate".to_owned(),
+        ));
+    }
+    intermediate
+        .verify_signature(Some(root.public_key()))
+        .map_err(|e| inconsistent(format!("intermediate is not signed by the root: {e}")))?;
+    let intermediate_not_after = intermediate.validity().not_after.timestamp();
+    let intermediate_not_before = intermediate.validity().not_before.timestamp();
+    let trust_domain = TrustDomain::parse(name).map_err(|e| inconsistent(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_der(&record.intermediate_cert.as_slice().into(), intermediate_key)
+        .map_err(|e| inconsistent(format!("intermediate certificate: {e}")))?;
+    Ok(Authority {
+        trust_domain,
+        generation: record.generation,
+        root_der: record.root_cert.clone(),
+        intermediate_der: record.intermediate_cert.clone(),
+        issuer_key_id: record.issuer_key_id.clone(),
+        intermediate_not_after,
+        intermediate_not_before,
+        issuer,
+    })
+}
+
+fn ca_params(
+    trust_domain: &str,
+    common_name: &str,
+    path_len: u8,
+) -> Result<CertificateParams, Error> {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, trust_domain);
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    let serial = Serial::random().map_err(|e| Error::Build {
+        trust_domain: trust_domain.to_owned(),
+        message: e.to_string(),
+    })?;
+    params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    // digitalSignature lets the CA sign OCSP responses itself.
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    Ok(params)
+}
+
+fn to_time(duration: Duration) -> time::Duration {
+    time::Duration::seconds(i64::try_from(duration.as_secs()).unwrap_or(i64::MAX / 2))
+}
+
+impl PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.key_pair().der_bytes()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.key_pair().algorithm()
+    }
+}
+
+impl SigningKey for CaKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.key_pair().sign(msg)
+    }
+}

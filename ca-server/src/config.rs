@@ -1,0 +1,492 @@
+//! Configuration: `RawConfig` mirrors the TOML file (unknown keys rejected, every key defaulted as
+//! SPEC section 3 says), `Config::from_raw` turns it into typed, validated values once. Nothing
+//! downstream re-validates.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::KeyAlgorithm;
+use crate::spiffe::TrustDomain;
+
+/// A configuration problem; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The validated configuration of one `ca-server` process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub tls: Tls,
+    pub kek_file: PathBuf,
+    pub bootstrap_token_file: PathBuf,
+    pub trust_domains: Vec<TrustDomainConfig>,
+    pub clusters: Vec<ClusterConfig>,
+    /// Store connection pool size (Postgres); sized to the expected concurrency.
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// Base URL of the public listener as clients reach it (for CRL/OCSP URLs in certificates).
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub serving_dns_names: Vec<String>,
+    pub serving_trust_domain: TrustDomain,
+    pub http_tls: bool,
+}
+
+/// One trust domain this CA issues for.
+#[derive(Debug, Clone)]
+pub struct TrustDomainConfig {
+    pub name: TrustDomain,
+    pub key_algorithm: KeyAlgorithm,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub root_ttl: Duration,
+    pub intermediate_ttl: Duration,
+    pub refresh_hint: Duration,
+    pub federates_with: Vec<TrustDomain>,
+}
+
+/// A Kubernetes cluster whose service-account tokens may call the gRPC API.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub trust_domain: TrustDomain,
+    pub issuer: String,
+    pub jwks: JwksSource,
+    pub audiences: Vec<String>,
+    /// `<namespace>/<service account>` entries that may send `ImpersonatedIdentity`.
+    pub trusted_node_accounts: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse(e.to_string()))?;
+        Config::from_raw(raw)
+    }
+
+    /// The embedded default: SQLite under `ca-data/`, trust domain `cluster.local`, loopback.
+    pub fn embedded_default() -> Config {
+        // The raw defaults are valid by construction; `from_raw` cannot fail on them.
+        Config::from_raw(RawConfig::default()).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    /// Every listener on 127.0.0.1:0 and everything under `data_dir`; used by tests and tools.
+    pub fn ephemeral(data_dir: &Path, database_url: &str) -> Config {
+        let mut config = Config::embedded_default();
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.listen.grpc = any;
+        config.listen.http = any;
+        config.listen.admin = any;
+        config.data_dir = data_dir.to_owned();
+        config.kek_file = data_dir.join("kek");
+        config.bootstrap_token_file = data_dir.join("admin.token");
+        config.database_url = database_url.to_owned();
+        config
+    }
+
+    /// The configuration of one trust domain, if we issue for it.
+    pub fn trust_domain(&self, name: &TrustDomain) -> Option<&TrustDomainConfig> {
+        self.trust_domains.iter().find(|td| &td.name == name)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config, Error> {
+        let listen = Listen {
+            grpc: parse_addr("listen.grpc", &raw.listen.grpc)?,
+            http: parse_addr("listen.http", &raw.listen.http)?,
+            admin: parse_addr("listen.admin", &raw.listen.admin)?,
+            public_url: raw.listen.public_url,
+        };
+        if raw.trust_domains.is_empty() {
+            return Err(invalid("trust_domains", "at least one trust domain is required"));
+        }
+        let mut trust_domains = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, td) in raw.trust_domains.into_iter().enumerate() {
+            let key = |field: &str| format!("trust_domains[{i}].{field}");
+            let name = TrustDomain::parse(&td.name).map_err(|e| invalid(&key("name"), e))?;
+            if !seen.insert(name.clone()) {
+                return Err(invalid(&key("name"), "duplicate trust domain"));
+            }
+            let key_algorithm = KeyAlgorithm::parse(&td.key_algorithm)
+                .ok_or_else(|| invalid(&key("key_algorithm"), "expected ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096"))?;
+            let default_ttl = parse_duration(&key("default_ttl"), &td.default_ttl)?;
+            let max_ttl = parse_duration(&key("max_ttl"), &td.max_ttl)?;
+            let root_ttl = parse_duration(&key("root_ttl"), &td.root_ttl)?;
+            let intermediate_ttl = parse_duration(&key("intermediate_ttl"), &td.intermediate_ttl)?;
+            let refresh_hint = parse_duration(&key("refresh_hint"), &td.refresh_hint)?;
+            if default_ttl > max_ttl {
+                return Err(invalid(&key("default_ttl"), "must not exceed max_ttl"));
+            }
+            if max_ttl >= intermediate_ttl {
+                return Err(invalid(&key("max_ttl"), "must be shorter than intermediate_ttl"));
+            }
+            if intermediate_ttl > root_ttl {
+                return Err(invalid(&key("intermediate_ttl"), "must not exceed root_ttl"));
+            }
+            let federates_with = td
+                .federates_with
+                .iter()
+                .map(|f| TrustDomain::parse(f).map_err(|e| invalid(&key("federates_with"), e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            trust_domains.push(TrustDomainConfig {
+                name,
+                key_algorithm,
+                default_ttl,
+                max_ttl,
+                root_ttl,
+                intermediate_ttl,
+                refresh_hint,
+                federates_with,
+            });
+        }
+        let serving_trust_domain = TrustDomain::parse(&raw.tls.serving_trust_domain)
+            .map_err(|e| invalid("tls.serving_trust_domain", e))?;
+        if !trust_domains.iter().any(|td| td.name == serving_trust_domain) {
+            return Err(invalid(
+                "tls.serving_trust_domain",
+                "must name one of [[trust_domains]]",
+            ));
+        }
+        if raw.tls.serving_dns_names.is_empty() {
+            return Err(invalid("tls.serving_dns_names", "at least one name is required"));
+        }
+        let mut clusters = Vec::new();
+        for (i, c) in raw.clusters.into_iter().enumerate() {
+            let key = |field: &str| format!("clusters[{i}].{field}");
+            if c.name.is_empty() {
+                return Err(invalid(&key("name"), "must not be empty"));
+            }
+            let trust_domain =
+                TrustDomain::parse(&c.trust_domain).map_err(|e| invalid(&key("trust_domain"), e))?;
+            if !trust_domains.iter().any(|td| td.name == trust_domain) {
+                return Err(invalid(&key("trust_domain"), "must name one of [[trust_domains]]"));
+            }
+            let jwks = match (c.jwks_file, c.jwks_url) {
+                (Some(file), None) => JwksSource::File(file),
+                (None, Some(url)) => JwksSource::Url(url),
+                _ => return Err(invalid(&key("jwks_file"), "exactly one of jwks_file and jwks_url is required")),
+            };
+            if c.issuer.is_empty() {
+                return Err(invalid(&key("issuer"), "must not be empty"));
+            }
+            for account in &c.trusted_node_accounts {
+                let ok = account
+                    .split_once('/')
+                    .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'));
+                if !ok {
+                    return Err(invalid(&key("trusted_node_accounts"), "entries are `<namespace>/<service account>`"));
+                }
+            }
+            clusters.push(ClusterConfig {
+                name: c.name,
+                trust_domain,
+                issuer: c.issuer,
+                jwks,
+                audiences: c.audiences,
+                trusted_node_accounts: c.trusted_node_accounts,
+            });
+        }
+        if raw.db_max_connections == 0 {
+            return Err(invalid("db_max_connections", "must be at least 1"));
+        }
+        Ok(Config {
+            database_url: raw.database_url,
+            data_dir: raw.data_dir,
+            listen,
+            tls: Tls {
+                serving_dns_names: raw.tls.serving_dns_names,
+                serving_trust_domain,
+                http_tls: raw.tls.http_tls,
+            },
+            kek_file: raw.keys.kek_file,
+            bootstrap_token_file: raw.admin.bootstrap_token_file,
+            trust_domains,
+            clusters,
+            db_max_connections: raw.db_max_connections,
+        })
+    }
+}
+
+/// Parses `30s`, `5m`, `24h`, `30d`, `10y` (a year is 365 days). Zero is rejected.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, Error> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| invalid(key, "duration needs a unit: s, m, h, d or y"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| invalid(key, format!("`{text}` is not a duration like 30s, 5m, 24h, 30d, 10y")))?;
+    let unit_seconds: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(invalid(key, format!("unknown unit `{unit}`; use s, m, h, d or y"))),
+    };
+    let seconds = number
+        .checked_mul(unit_seconds)
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .ok_or_else(|| invalid(key, "duration out of range (at most 100y)"))?;
+    if seconds == 0 {
+        return Err(invalid(key, "duration must be positive"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, Error> {
+    text.parse()
+        .map_err(|_| invalid(key, format!("`{text}` is not an address like 127.0.0.1:8080")))
+}
+
+fn invalid(key: &str, message: impl ToString) -> Error {
+    Error::Invalid {
+        key: key.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    database_url: String,
+    data_dir: PathBuf,
+    db_max_connections: u32,
+    listen: RawListen,
+    tls: RawTls,
+    keys: RawKeys,
+    admin: RawAdmin,
+    trust_domains: Vec<RawTrustDomain>,
+    clusters: Vec<RawCluster>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            database_url: "sqlite://ca-data/ca.db".to_owned(),
+            data_dir: PathBuf::from("ca-data"),
+            db_max_connections: 16,
+            listen: RawListen::default(),
+            tls: RawTls::default(),
+            keys: RawKeys::default(),
+            admin: RawAdmin::default(),
+            trust_domains: vec![RawTrustDomain {
+                name: "cluster.local".to_owned(),
+                ..RawTrustDomain::default()
+            }],
+            clusters: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawListen {
+    grpc: String,
+    http: String,
+    admin: String,
+    public_url: Option<String>,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            grpc: "127.0.0.1:8443".to_owned(),
+            http: "127.0.0.1:8080".to_owned(),
+            admin: "127.0.0.1:9090".to_owned(),
+            public_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    serving_dns_names: Vec<String>,
+    serving_trust_domain: String,
+    http_tls: bool,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            serving_dns_names: vec!["localhost".to_owned(), "ca.istio-system.svc".to_owned()],
+            serving_trust_domain: "cluster.local".to_owned(),
+            http_tls: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    kek_file: PathBuf,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        RawKeys {
+            kek_file: PathBuf::from("ca-data/kek"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    bootstrap_token_file: PathBuf,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            bootstrap_token_file: PathBuf::from("ca-data/admin.token"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTrustDomain {
+    name: String,
+    key_algorithm: String,
+    default_ttl: String,
+    max_ttl: String,
+    root_ttl: String,
+    intermediate_ttl: String,
+    refresh_hint: String,
+    federates_with: Vec<String>,
+}
+
+impl Default for RawTrustDomain {
+    fn default() -> Self {
+        RawTrustDomain {
+            name: String::new(),
+            key_algorithm: "ecdsa-p256".to_owned(),
+            default_ttl: "24h".to_owned(),
+            max_ttl: "24h".to_owned(),
+            root_ttl: "10y".to_owned(),
+            intermediate_ttl: "1y".to_owned(),
+            refresh_hint: "5m".to_owned(),
+            federates_with: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    trust_domain: String,
+    issuer: String,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    #[serde(default = "default_audiences")]
+    audiences: Vec<String>,
+    #[serde(default)]
+    trusted_node_accounts: Vec<String>,
+}
+
+fn default_audiences() -> Vec<String> {
+    vec!["istio-ca".to_owned()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.database_url, "sqlite://ca-data/ca.db");
+        assert_eq!(config.trust_domains.len(), 1);
+        assert_eq!(config.trust_domains[0].name.as_str(), "cluster.local");
+        assert_eq!(config.trust_domains[0].default_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:8443");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("databse_url = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("databse_url"), "{err}");
+        let err = Config::from_toml("[listen]\ngrcp = \"1.2.3.4:1\"").unwrap_err();
+        assert!(err.to_string().contains("grcp"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[[trust_domains]]\nname = \"td\"\nmax_ttl = \"1w\"", "trust_domains[0].max_ttl"),
+            ("[[trust_domains]]\nname = \"Bad_TD\"", "trust_domains[0].name"),
+            ("[[trust_domains]]\nname = \"td\"\nkey_algorithm = \"ed25519\"", "trust_domains[0].key_algorithm"),
+            ("[listen]\nadmin = \"nowhere\"", "listen.admin"),
+            ("[[trust_domains]]\nname = \"td\"\ndefault_ttl = \"48h\"", "trust_domains[0].default_ttl"),
+            ("[tls]\nserving_trust_domain = \"other.td\"", "tls.serving_trust_domain"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("k", "30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("k", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("k", "30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_duration("k", "10y").unwrap(), Duration::from_secs(3650 * 86_400));
+        for bad in ["", "5", "h", "0s", "-1h", "1.5h", "99999999999999999999y", "101y"] {
+            assert!(parse_duration("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clusters_need_exactly_one_jwks_source() {
+        let base = "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"https://k\"\n";
+        assert!(Config::from_toml(base).is_err());
+        let ok = Config::from_toml(&format!("{base}jwks_file = \"/x\"")).unwrap();
+        assert_eq!(ok.clusters[0].audiences, vec!["istio-ca".to_owned()]);
+        assert!(Config::from_toml(&format!("{base}jwks_file = \"/x\"\njwks_url = \"https://x\"")).is_err());
+    }
+}

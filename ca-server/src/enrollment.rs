@@ -1,0 +1,148 @@
+//! Enrollment: the one path from an authorised request to a recorded certificate, shared by every
+//! front door (admin HTTP now, gRPC next). Order: parse and check the CSR, sign, self-check,
+//! **commit the record**, and only then hand the certificate out. If the store fails, the
+//! certificate is dropped and the caller gets `Unavailable` (SPEC invariant 1).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::authority::{Authorities, Authority};
+use crate::config::Config;
+use crate::issuance::{self, IssuedCert, TtlPolicy};
+use crate::spiffe::SpiffeId;
+use crate::store::{self, CertificateRecord, Store};
+
+/// Why an enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Issuance(#[from] issuance::Error),
+    #[error("no CA for trust domain {0}")]
+    UnknownTrustDomain(String),
+    /// The record could not be committed; no certificate was handed out.
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+}
+
+/// Which front door a request came through (recorded with the certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Admin,
+    Istio,
+    CaV1,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Admin => "admin",
+            Api::Istio => "istio",
+            Api::CaV1 => "ca.v1",
+        }
+    }
+}
+
+/// An authorised request: the identity is already decided by authentication and policy.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub csr: &'a [u8],
+    pub spiffe_id: &'a SpiffeId,
+    pub ttl: Option<Duration>,
+    /// Who asked (token name, service account, certificate identity), for the record.
+    pub requested_by: &'a str,
+    pub request_id: &'a str,
+    pub api: Api,
+}
+
+/// A recorded certificate with what the caller needs to use it.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub cert: IssuedCert,
+    /// The issuing intermediate (DER); the chain is `[cert, intermediate]`.
+    pub intermediate_der: Vec<u8>,
+    /// Every root the workload must trust (DER).
+    pub roots: Vec<Vec<u8>>,
+    pub issuer_key_id: String,
+}
+
+/// The CA's core state: configuration, store and the loaded authorities.
+#[derive(Debug, Clone)]
+pub struct Ca {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub authorities: Authorities,
+}
+
+impl Ca {
+    pub fn authority_for(&self, spiffe_id: &SpiffeId) -> Result<&Arc<Authority>, Error> {
+        self.authorities
+            .get(spiffe_id.trust_domain())
+            .ok_or_else(|| Error::UnknownTrustDomain(spiffe_id.trust_domain().to_string()))
+    }
+
+    /// Issues and records a certificate for an already authorised identity.
+    pub async fn enroll(&self, request: &Request<'_>, now: OffsetDateTime) -> Result<Enrolled, Error> {
+        let authority = self.authority_for(request.spiffe_id)?;
+        let td_config = self
+            .config
+            .trust_domain(request.spiffe_id.trust_domain())
+            .ok_or_else(|| Error::UnknownTrustDomain(request.spiffe_id.trust_domain().to_string()))?;
+        let policy = TtlPolicy {
+            default_ttl: td_config.default_ttl,
+            max_ttl: td_config.max_ttl,
+        };
+        let csr = issuance::csr::parse(request.csr)?;
+        // A serial collision (the unique key on (issuer, serial) said no) means: sign again with
+        // a fresh serial. Anything else from the store fails the request.
+        let mut attempts = 0;
+        let cert = loop {
+            attempts += 1;
+            let cert = issuance::issue(authority, policy, &csr, request.spiffe_id, request.ttl, now)?;
+            let record = CertificateRecord {
+                issuer_key_id: authority.issuer_key_id.clone(),
+                serial: cert.serial.to_hex(),
+                trust_domain: authority.trust_domain.to_string(),
+                spiffe_id: request.spiffe_id.to_string(),
+                not_before: cert.not_before,
+                not_after: cert.not_after,
+                spki_sha256: csr.spki_sha256(),
+                der: cert.der.clone(),
+                requested_by: request.requested_by.to_owned(),
+                request_id: request.request_id.to_owned(),
+                api: request.api.as_str().to_owned(),
+                created_at: now.unix_timestamp(),
+                revoked_at: None,
+                revocation_reason: None,
+            };
+            // Record first; a failure here drops the signed certificate on the floor.
+            match self.store.record_issued(&record).await {
+                Ok(()) => break cert,
+                Err(store::Error::Conflict(_)) if attempts < 3 => {
+                    tracing::warn!(serial = %record.serial, "serial collision; signing again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if cert.ttl_clamped {
+            tracing::info!(spiffe_id = %request.spiffe_id, "requested TTL clamped to max_ttl");
+        }
+        Ok(Enrolled {
+            cert,
+            intermediate_der: authority.intermediate_der.clone(),
+            roots: self.roots_for(authority),
+            issuer_key_id: authority.issuer_key_id.clone(),
+        })
+    }
+
+    /// The roots a workload of this authority's trust domain must trust.
+    pub fn roots_for(&self, authority: &Authority) -> Vec<Vec<u8>> {
+        vec![authority.root_der.clone()]
+    }
+}
+
+/// PEM of one DER certificate, newline-terminated.
+pub fn to_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())).replace("\r\n", "\n")
+}

@@ -1,0 +1,106 @@
+//! `ApiError` and its `IntoResponse`: the one place that turns domain errors into HTTP statuses
+//! and the JSON error body `{"error": {"code", "message"}}`. Codes are stable; internal causes are
+//! logged, never sent.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::enrollment;
+use crate::issuance;
+use crate::store;
+
+/// An error as the HTTP client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthenticated() -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "missing or invalid bearer token")
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn unavailable(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::warn!(%cause, "store unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the CA cannot record certificates right now; retry later",
+        )
+    }
+
+    fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(%cause, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<issuance::Error> for ApiError {
+    fn from(error: issuance::Error) -> Self {
+        use issuance::Error as E;
+        let code = match &error {
+            E::CsrTooLarge => "csr_too_large",
+            E::MalformedCsr(_) => "malformed_csr",
+            E::NotACsr(_) => "not_a_csr",
+            E::BadCsrSignature => "bad_csr_signature",
+            E::UnsupportedKey(_) => "unsupported_key",
+            E::CsrClaimsOtherIdentity(_) => "csr_identity_mismatch",
+            E::CsrRequestsCaPowers => "csr_requests_ca",
+            E::WrongTrustDomain(_) => "wrong_trust_domain",
+            E::TtlOutOfRange => "invalid_ttl",
+            E::IssuerNotValid | E::Signing(_) | E::SelfCheck(_) | E::Rng(_) => {
+                return ApiError::internal(&error);
+            }
+        };
+        ApiError::bad_request(code, error.to_string())
+    }
+}
+
+impl From<enrollment::Error> for ApiError {
+    fn from(error: enrollment::Error) -> Self {
+        match error {
+            enrollment::Error::Issuance(e) => e.into(),
+            enrollment::Error::UnknownTrustDomain(td) => ApiError::bad_request(
+                "unknown_trust_domain",
+                format!("this CA does not issue for trust domain {td}"),
+            ),
+            enrollment::Error::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(error: store::Error) -> Self {
+        match error {
+            store::Error::Unavailable(_) => ApiError::unavailable(&error),
+            _ => ApiError::internal(&error),
+        }
+    }
+}

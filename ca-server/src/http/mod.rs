@@ -1,0 +1,21 @@
+//! The HTTP surfaces (axum): the public listener (bundles, health) and the admin listener
+//! (bearer-token API). Both routers are plain functions of the state, so tests can drive them.
+
+pub mod admin;
+pub mod error;
+pub mod public;
+
+use std::sync::Arc;
+
+use crate::enrollment::Ca;
+
+/// Shared state of the HTTP handlers.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub ca: Ca,
+    /// SHA-256 of the bootstrap admin token (the token itself is not kept in memory).
+    pub bootstrap_token_sha256: Arc<[u8; 32]>,
+}
+
+pub use admin::router as admin_router;
+pub use public::router as public_router;

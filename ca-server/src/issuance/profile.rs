@@ -1,0 +1,61 @@
+//! The X509-SVID profile (SPEC section 8), built field by field: empty subject; exactly one URI
+//! SAN, critical; KU digitalSignature (+keyEncipherment for RSA keys), critical; EKU serverAuth +
+//! clientAuth; basicConstraints cA=false, critical; AKI and SKI; our serial and validity. Only the
+//! public key comes from the CSR: rcgen's CSR-params signing is never used (it would copy the
+//! CSR's names and usages, derive the serial from the key and default validity to 1975-4096).
+
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
+    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+};
+use time::OffsetDateTime;
+
+use crate::authority::Authority;
+use crate::issuance::{Error, VerifiedCsr};
+use crate::serial::Serial;
+use crate::spiffe::SpiffeId;
+
+/// Everything that decides the content of one certificate; `check` holds the result to it.
+#[derive(Debug)]
+pub struct Template<'a> {
+    pub spiffe_id: &'a SpiffeId,
+    pub serial: &'a Serial,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub rsa_key: bool,
+}
+
+/// Builds the certificate and signs it with the authority's intermediate.
+pub fn sign(template: &Template<'_>, csr: &VerifiedCsr, authority: &Authority) -> Result<Vec<u8>, Error> {
+    let signing = |e: rcgen::Error| Error::Signing(e.to_string());
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.serial_number = Some(SerialNumber::from_slice(template.serial.as_bytes()));
+    params.not_before = timestamp(template.not_before)?;
+    params.not_after = timestamp(template.not_after)?;
+    let uri = template
+        .spiffe_id
+        .as_str()
+        .try_into()
+        .map_err(|e: rcgen::Error| Error::Signing(e.to_string()))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = if template.rsa_key {
+        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+    } else {
+        vec![KeyUsagePurpose::DigitalSignature]
+    };
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    let public_key = SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(signing)?;
+    let certificate = params.signed_by(&public_key, &authority.issuer).map_err(signing)?;
+    Ok(certificate.der().to_vec())
+}
+
+fn timestamp(unix: i64) -> Result<OffsetDateTime, Error> {
+    OffsetDateTime::from_unix_timestamp(unix).map_err(|_| Error::TtlOutOfRange)
+}

@@ -1,0 +1,60 @@
+//! `ca-server`: reads the config (`--config PATH` or `CA_CONFIG`; none = the embedded default),
+//! starts the service, and stops it on Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use ca_server::config::Config;
+use ca_server::server::Server;
+
+#[derive(Debug, Parser)]
+#[command(name = "ca-server", version, about = "Mesh CA: SPIFFE workload certificates for Istio")]
+struct Args {
+    /// TOML config file; without one the embedded default runs (SQLite under ca-data/).
+    #[arg(long, env = "CA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
+        None => {
+            tracing::info!("no config given: running the embedded default (SQLite in ca-data/)");
+            Config::embedded_default()
+        }
+    };
+    let server = Server::start(config).await.context("start failed")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

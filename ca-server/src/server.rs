@@ -1,0 +1,169 @@
+//! Starting and stopping the whole service: open the store, load or create the CAs, bind every
+//! listener, serve until told to stop. `main` and the tests both go through [`Server::start`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::authority::{self, Authorities};
+use crate::config::Config;
+use crate::enrollment::Ca;
+use crate::http::{self, HttpState};
+use crate::keys::{self, Kek};
+use crate::store::{self, Store, StoreOptions};
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] keys::Error),
+    #[error("cannot read or create the bootstrap token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::Error),
+    #[error("cannot load the CA: {0}")]
+    Authority(#[from] authority::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub ca: Ca,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    /// Starts everything. Creates the KEK and bootstrap token files (mode 0600) when missing.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let (kek, created) = Kek::load_or_create(&config.kek_file)?;
+        tracing::info!(path = %config.kek_file.display(), created, "key-encryption key");
+        let token_sha256 = load_or_create_token(&config.bootstrap_token_file)?;
+
+        let mut options = StoreOptions::new(&config.database_url);
+        options.max_connections = config.db_max_connections;
+        let store = Store::open(&options).await?;
+        tracing::info!(backend = store.backend(), "store open, migrations applied");
+
+        let authorities =
+            Authorities::load_or_create(&store, &kek, &config.trust_domains, OffsetDateTime::now_utc())
+                .await?;
+        for authority in authorities.iter() {
+            tracing::info!(
+                trust_domain = %authority.trust_domain,
+                generation = authority.generation,
+                issuer_key_id = %authority.issuer_key_id,
+                "CA loaded"
+            );
+        }
+
+        let ca = Ca {
+            config: Arc::new(config),
+            store,
+            authorities,
+        };
+        let state = HttpState {
+            ca: ca.clone(),
+            bootstrap_token_sha256: Arc::new(token_sha256),
+        };
+        let http_listener = bind(ca.config.listen.http).await?;
+        let admin_listener = bind(ca.config.listen.admin).await?;
+        let http_addr = local_addr(&http_listener, ca.config.listen.http)?;
+        let admin_addr = local_addr(&admin_listener, ca.config.listen.admin)?;
+
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for (listener, router, name) in [
+            (http_listener, http::public_router(state.clone()), "public http"),
+            (admin_listener, http::admin_router(state.clone()), "admin http"),
+        ] {
+            let mut stop = shutdown.subscribe();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(listener = name, error = %e, "listener failed");
+                }
+            });
+        }
+        tracing::info!(http = %http_addr, admin = %admin_addr, "listening");
+        Ok(Server {
+            http_addr,
+            admin_addr,
+            ca,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops every listener and waits for them to finish; then closes the store.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.ca.store.close().await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Reads the bootstrap admin token, or creates one (32 random bytes, hex) with mode 0600.
+/// Returns its SHA-256; the token itself is not kept.
+fn load_or_create_token(path: &Path) -> Result<[u8; 32], StartError> {
+    let io_err = |source| StartError::TokenFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let token = match std::fs::read_to_string(path) {
+        Ok(text) => {
+            tracing::info!(path = %path.display(), "bootstrap admin token loaded");
+            text.trim().to_owned()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| io_err(std::io::Error::other("system RNG failed")))?;
+            let token = hex::encode(bytes);
+            keys::write_secret_file(path, token.as_bytes()).map_err(io_err)?;
+            tracing::info!(path = %path.display(), "bootstrap admin token created (mode 0600)");
+            token
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    if token.is_empty() {
+        return Err(io_err(std::io::Error::other("the token file is empty")));
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
+    Ok(out)
+}

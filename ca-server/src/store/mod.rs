@@ -1,0 +1,344 @@
+//! Persistence: one `Store` with domain verbs over two backends (Postgres for production, SQLite
+//! as the embedded default). Only this module knows SQL.
+//!
+//! Design: the SQL is written once, in a dialect both backends accept (`$N` parameters, `ON
+//! CONFLICT`, `RETURNING`, timestamps as unix seconds); the `on_pool!` macro runs the same query
+//! code against whichever pool is open. What differs per backend (connecting, migrations, error
+//! codes) lives in `postgres.rs` and `sqlite.rs`. Dispatch is a closed enum rather than a trait
+//! object: two backends, no `async-trait`.
+
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use sqlx::{PgPool, SqlitePool};
+
+/// A store failure, already given its domain meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database cannot be reached or answered with an I/O or pool error: transient.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint said no (duplicate serial, second CA generation, ...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Error::Conflict(db.message().to_owned())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => Error::Unavailable(error.to_string()),
+            sqlx::Error::Database(db) if postgres::is_transient(db.code().as_deref()) => {
+                Error::Unavailable(error.to_string())
+            }
+            sqlx::Error::Database(db) if sqlite::is_transient(db.code().as_deref()) => {
+                Error::Unavailable(error.to_string())
+            }
+            _ => Error::Other(error.to_string()),
+        }
+    }
+}
+
+/// The open store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Runs `$body` with `$pool` bound to the open pool, whichever backend it is.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Postgres($pool) => $body,
+            Pool::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a connection before failing `Unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreOptions {
+    pub fn new(url: &str) -> StoreOptions {
+        StoreOptions {
+            url: url.to_owned(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A CA generation of one trust domain, as stored (keys still sealed).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CaGenerationRecord {
+    pub trust_domain: String,
+    pub generation: i32,
+    pub state: String,
+    pub key_algorithm: String,
+    pub root_cert: Vec<u8>,
+    pub root_key: Vec<u8>,
+    pub intermediate_cert: Vec<u8>,
+    pub intermediate_key: Vec<u8>,
+    pub issuer_key_id: String,
+    pub not_after: i64,
+    pub created_at: i64,
+}
+
+/// One issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CertificateRecord {
+    pub issuer_key_id: String,
+    /// Lower-case hex, no leading zero bytes beyond DER's sign byte.
+    pub serial: String,
+    pub trust_domain: String,
+    pub spiffe_id: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub spki_sha256: String,
+    pub der: Vec<u8>,
+    pub requested_by: String,
+    pub request_id: String,
+    pub api: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revocation_reason: Option<String>,
+}
+
+/// One audit event.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub detail: String,
+}
+
+const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domain, spiffe_id, not_before, \
+     not_after, spki_sha256, der, requested_by, request_id, api, created_at, revoked_at, \
+     revocation_reason";
+
+const GENERATION_COLUMNS: &str = "trust_domain, generation, state, key_algorithm, root_cert, \
+     root_key, intermediate_cert, intermediate_key, issuer_key_id, not_after, created_at";
+
+impl Store {
+    /// Connects (creating a SQLite file when missing) and applies the migrations. Safe to run from
+    /// several processes at once: Postgres migrations take an advisory lock; SQLite locks the file.
+    pub async fn open(options: &StoreOptions) -> Result<Store, Error> {
+        let pool = if options.url.starts_with("postgres://") || options.url.starts_with("postgresql://") {
+            Pool::Postgres(postgres::open(options).await?)
+        } else if options.url.starts_with("sqlite:") {
+            Pool::Sqlite(sqlite::open(options).await?)
+        } else {
+            return Err(Error::Url(
+                "expected postgres://... or sqlite://...".to_owned(),
+            ));
+        };
+        Ok(Store { pool })
+    }
+
+    /// Which backend this is: "postgres" or "sqlite".
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Closes every connection; later calls fail `Unavailable`.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), Error> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    pub async fn ensure_trust_domain(&self, name: &str, now: i64) -> Result<(), Error> {
+        let sql = "INSERT INTO trust_domains (name, created_at) VALUES ($1, $2) \
+                   ON CONFLICT (name) DO NOTHING";
+        on_pool!(self, pool => sqlx::query(sql).bind(name).bind(now).execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The active CA generation of a trust domain, if one exists.
+    pub async fn active_generation(
+        &self,
+        trust_domain: &str,
+    ) -> Result<Option<CaGenerationRecord>, Error> {
+        let sql = format!(
+            "SELECT {GENERATION_COLUMNS} FROM ca_generations \
+             WHERE trust_domain = $1 AND state = 'active'"
+        );
+        let record = on_pool!(self, pool => sqlx::query_as(&sql).bind(trust_domain).fetch_optional(pool).await)?;
+        Ok(record)
+    }
+
+    /// Every generation of a trust domain, oldest first.
+    pub async fn generations(&self, trust_domain: &str) -> Result<Vec<CaGenerationRecord>, Error> {
+        let sql = format!(
+            "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 \
+             ORDER BY generation"
+        );
+        let records = on_pool!(self, pool => sqlx::query_as(&sql).bind(trust_domain).fetch_all(pool).await)?;
+        Ok(records)
+    }
+
+    /// Inserts a generation; `Conflict` when another process inserted the same one first.
+    pub async fn insert_generation(&self, record: &CaGenerationRecord) -> Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO ca_generations ({GENERATION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        );
+        on_pool!(self, pool => sqlx::query(&sql)
+            .bind(&record.trust_domain)
+            .bind(record.generation)
+            .bind(&record.state)
+            .bind(&record.key_algorithm)
+            .bind(&record.root_cert)
+            .bind(&record.root_key)
+            .bind(&record.intermediate_cert)
+            .bind(&record.intermediate_key)
+            .bind(&record.issuer_key_id)
+            .bind(record.not_after)
+            .bind(record.created_at)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records an issued certificate; returns once the row is committed. A duplicate
+    /// (issuer, serial) is `Conflict`.
+    pub async fn record_issued(&self, record: &CertificateRecord) -> Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        on_pool!(self, pool => sqlx::query(&sql)
+            .bind(&record.issuer_key_id)
+            .bind(&record.serial)
+            .bind(&record.trust_domain)
+            .bind(&record.spiffe_id)
+            .bind(record.not_before)
+            .bind(record.not_after)
+            .bind(&record.spki_sha256)
+            .bind(&record.der)
+            .bind(&record.requested_by)
+            .bind(&record.request_id)
+            .bind(&record.api)
+            .bind(record.created_at)
+            .bind(record.revoked_at)
+            .bind(&record.revocation_reason)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The certificate with this serial from this issuer.
+    pub async fn certificate(
+        &self,
+        issuer_key_id: &str,
+        serial: &str,
+    ) -> Result<Option<CertificateRecord>, Error> {
+        let sql = format!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM certificates \
+             WHERE issuer_key_id = $1 AND serial = $2"
+        );
+        let record = on_pool!(self, pool => sqlx::query_as(&sql).bind(issuer_key_id).bind(serial).fetch_optional(pool).await)?;
+        Ok(record)
+    }
+
+    /// Certificates with this serial from any issuer (serials are unique only per issuer).
+    pub async fn certificates_by_serial(&self, serial: &str) -> Result<Vec<CertificateRecord>, Error> {
+        let sql = format!("SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1");
+        let records = on_pool!(self, pool => sqlx::query_as(&sql).bind(serial).fetch_all(pool).await)?;
+        Ok(records)
+    }
+
+    /// Marks a certificate revoked (first revocation wins). Returns whether a row changed.
+    pub async fn revoke(
+        &self,
+        issuer_key_id: &str,
+        serial: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<bool, Error> {
+        let sql = "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+                   WHERE issuer_key_id = $3 AND serial = $4 AND revoked_at IS NULL";
+        let result = on_pool!(self, pool => sqlx::query(sql)
+            .bind(at)
+            .bind(reason)
+            .bind(issuer_key_id)
+            .bind(serial)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(result == 1)
+    }
+
+    pub async fn count_certificates(&self) -> Result<i64, Error> {
+        let sql = "SELECT COUNT(*) FROM certificates";
+        let count: i64 = on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await)?;
+        Ok(count)
+    }
+
+    pub async fn append_audit(&self, event: &AuditRecord) -> Result<(), Error> {
+        let sql = "INSERT INTO audit_events (at, actor, action, target, outcome, request_id, detail) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(event.at)
+            .bind(&event.actor)
+            .bind(&event.action)
+            .bind(&event.target)
+            .bind(&event.outcome)
+            .bind(&event.request_id)
+            .bind(&event.detail)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The newest audit events, newest first.
+    pub async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditRecord>, Error> {
+        let sql = "SELECT at, actor, action, target, outcome, request_id, detail FROM audit_events \
+                   ORDER BY id DESC LIMIT $1";
+        let records = on_pool!(self, pool => sqlx::query_as(sql).bind(limit).fetch_all(pool).await)?;
+        Ok(records)
+    }
+}

@@ -1,0 +1,38 @@
+//! The SQLite backend (the embedded default): WAL journal with `synchronous = FULL`, so a
+//! committed issuance record survives a crash; a busy timeout so concurrent writers queue.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::store::{Error, StoreOptions};
+
+pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
+    let connect = SqliteConnectOptions::from_str(&options.url)
+        .map_err(|e| Error::Url(e.to_string()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    if let Some(parent) = connect.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Url(e.to_string()))?;
+    }
+    let pool = SqlitePoolOptions::new()
+        .max_connections(options.max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        .connect_with(connect)
+        .await?;
+    sqlx::migrate!("../migrations/sqlite")
+        .run(&pool)
+        .await
+        .map_err(|e| Error::Migrate(e.to_string()))?;
+    Ok(pool)
+}
+
+/// SQLITE_BUSY (5) and SQLITE_LOCKED (6) clear up by themselves.
+pub(super) fn is_transient(code: Option<&str>) -> bool {
+    matches!(code, Some("5" | "6"))
+}
