@@ -1,1 +1,207 @@
-//! placeholder
+//! The shared test kit: fresh databases on both backends, a real server on 127.0.0.1:0,
+//! CSR makers (rcgen, and openssl for keys rcgen/ring refuse to make), the independent checkers
+//! (openssl, pkilint), and a TCP proxy that can cut a database connection.
+
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ca_server::config::Config;
+use ca_server::server::Server;
+
+/// The two store backends every storage-touching test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an async test body once per backend: `both_backends!(name, body_fn)` makes
+/// `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body(ca_tests::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body(ca_tests::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// Base URL of the test Postgres server (`CA_TEST_POSTGRES`, default the local trust-auth one).
+pub fn postgres_base_url() -> String {
+    std::env::var("CA_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// Creates an empty Postgres database for one test and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let base = postgres_base_url();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("Postgres must be running on 127.0.0.1:5432 (scripts/test starts it)");
+    let name = format!("ca_test_{}", random_hex(8));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    format!("{base}/{name}")
+}
+
+/// A database URL of `backend` for one test; SQLite files go under `dir`.
+pub async fn fresh_database(backend: Backend, dir: &Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("ca.db").display()),
+        Backend::Postgres => fresh_postgres_database().await,
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new().fill(&mut buf).unwrap();
+    hex::encode(buf)
+}
+
+/// A server running on 127.0.0.1:0 listeners over a fresh database, with its data directory.
+pub struct TestServer {
+    pub server: Server,
+    pub config: Config,
+    pub dir: tempfile::TempDir,
+    pub admin_token: String,
+}
+
+impl TestServer {
+    /// A server with the embedded default's trust domain (`cluster.local`) on `backend`.
+    pub async fn start(backend: Backend) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let url = fresh_database(backend, dir.path()).await;
+        let config = Config::ephemeral(dir.path(), &url);
+        TestServer::start_with(config, dir).await
+    }
+
+    /// A server with a given config (its data directory is `dir`).
+    pub async fn start_with(config: Config, dir: tempfile::TempDir) -> TestServer {
+        let server = Server::start(config.clone()).await.expect("server starts");
+        let admin_token = std::fs::read_to_string(&config.bootstrap_token_file).unwrap();
+        TestServer {
+            server,
+            config,
+            dir,
+            admin_token,
+        }
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.server.admin_addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.server.http_addr)
+    }
+
+    pub fn admin_client(&self) -> ca_client::AdminClient {
+        ca_client::AdminClient::new(&self.admin_url(), &self.admin_token).unwrap()
+    }
+
+    /// Stops the server but keeps its data directory and database for a restart.
+    pub async fn stop(self) -> (Config, tempfile::TempDir) {
+        self.server.shutdown().await;
+        (self.config, self.dir)
+    }
+}
+
+/// `target/debug` (or whichever profile runs the tests): where the workspace binaries are.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_owned()
+}
+
+/// Path of a workspace binary (`cactl`, `ca-server`); built by the test command first.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with scripts/test (it builds the binaries first)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command, returning (success, stdout, stderr).
+pub fn run(command: &mut Command) -> (bool, String, String) {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A CSR made by openssl (for keys ring refuses to make: RSA-1024, P-224). `key_args` are the
+/// `-newkey` arguments, e.g. `["rsa:1024"]` or `["ec", "-pkeyopt", "ec_paramgen_curve:P-224"]`.
+pub fn openssl_csr(key_args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let csr = dir.path().join("csr.pem");
+    let mut command = Command::new("openssl");
+    command
+        .args(["req", "-new", "-nodes", "-subj", "/", "-newkey"])
+        .args(key_args)
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(&csr);
+    let (ok, _, stderr) = run(&mut command);
+    assert!(ok, "openssl req failed: {stderr}");
+    std::fs::read_to_string(csr).unwrap()
+}
+
+/// The Python virtualenv with pkilint (made by scripts/test).
+pub fn python_tool(name: &str) -> PathBuf {
+    let root = bin_dir().parent().unwrap().join("pyenv").join("bin").join(name);
+    assert!(
+        root.exists(),
+        "{} is missing: scripts/test installs pkilint into target/pyenv",
+        root.display()
+    );
+    root
+}
+
+/// Runs a pkilint linter (`lint_pkix_cert`, `lint_crl`, ...) on a PEM/DER file and returns the
+/// finding codes at WARNING or above.
+pub fn pkilint(tool: &str, extra_args: &[&str], file: &Path) -> Vec<String> {
+    let mut command = Command::new(python_tool(tool));
+    command
+        .arg("lint")
+        .args(extra_args)
+        .args(["-s", "WARNING", "-f", "JSON"])
+        .arg(file);
+    let (_, stdout, stderr) = run(&mut command);
+    let json: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("pkilint output is not JSON ({e}): {stdout} {stderr}"));
+    let mut codes = Vec::new();
+    collect_codes(&json, &mut codes);
+    codes
+}
+
+fn collect_codes(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(code)) = map.get("code") {
+                out.push(code.clone());
+            }
+            for v in map.values() {
+                collect_codes(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_codes(v, out)),
+        _ => {}
+    }
+}

@@ -1,1 +1,8 @@
-//! e2e
+//! The end-to-end test binary: real servers on 127.0.0.1:0, real Postgres and SQLite, real HTTP
+//! clients and the real `cactl` and `ca-server` binaries. One binary, one module per area.
+
+mod cli;
+mod issuance;
+mod lifecycle;
+mod profile;
+mod store_conformance;

@@ -1,0 +1,140 @@
+//! The store conformance suite: the same verbs and constraints on Postgres and SQLite.
+
+use ca_server::store::{AuditRecord, CaGenerationRecord, CertificateRecord, Error, Store, StoreOptions};
+use ca_tests::{Backend, both_backends, fresh_database};
+
+async fn open(backend: Backend, dir: &std::path::Path) -> (Store, String) {
+    let url = fresh_database(backend, dir).await;
+    (Store::open(&StoreOptions::new(&url)).await.unwrap(), url)
+}
+
+fn certificate(issuer: &str, serial: &str) -> CertificateRecord {
+    CertificateRecord {
+        issuer_key_id: issuer.to_owned(),
+        serial: serial.to_owned(),
+        trust_domain: "td".to_owned(),
+        spiffe_id: "spiffe://td/ns/a/sa/b".to_owned(),
+        not_before: 1_000,
+        not_after: 2_000,
+        spki_sha256: "00".repeat(32),
+        der: vec![1, 2, 3],
+        requested_by: "test".to_owned(),
+        request_id: "r1".to_owned(),
+        api: "admin".to_owned(),
+        created_at: 1_000,
+        revoked_at: None,
+        revocation_reason: None,
+    }
+}
+
+fn generation(td: &str, number: i32, key_id: &str) -> CaGenerationRecord {
+    CaGenerationRecord {
+        trust_domain: td.to_owned(),
+        generation: number,
+        state: "active".to_owned(),
+        key_algorithm: "ecdsa-p256".to_owned(),
+        root_cert: vec![1],
+        root_key: vec![2],
+        intermediate_cert: vec![3],
+        intermediate_key: vec![4],
+        issuer_key_id: key_id.to_owned(),
+        not_after: 9_999,
+        created_at: 1,
+    }
+}
+
+async fn migrations_are_idempotent_and_concurrent(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let opens = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Store::open(&StoreOptions::new(&url)).await })
+    });
+    for open in opens {
+        open.await.unwrap().unwrap().close().await;
+    }
+    let store = Store::open(&StoreOptions::new(&url)).await.unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(store.count_certificates().await.unwrap(), 0);
+    store.close().await;
+}
+both_backends!(migrations_on, migrations_are_idempotent_and_concurrent);
+
+async fn generations_one_active_per_trust_domain(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(backend, dir.path()).await;
+    store.ensure_trust_domain("td", 1).await.unwrap();
+    store.ensure_trust_domain("td", 2).await.unwrap();
+    assert!(store.active_generation("td").await.unwrap().is_none());
+    store.insert_generation(&generation("td", 1, "k1")).await.unwrap();
+    // The same generation number again, or a second active one: conflicts.
+    assert!(matches!(store.insert_generation(&generation("td", 1, "k2")).await, Err(Error::Conflict(_))));
+    assert!(matches!(store.insert_generation(&generation("td", 2, "k3")).await, Err(Error::Conflict(_))));
+    let mut prepared = generation("td", 2, "k4");
+    prepared.state = "prepared".to_owned();
+    store.insert_generation(&prepared).await.unwrap();
+    let active = store.active_generation("td").await.unwrap().unwrap();
+    assert_eq!(active.issuer_key_id, "k1");
+    assert_eq!(active.root_key, vec![2]);
+    let all = store.generations("td").await.unwrap();
+    assert_eq!(all.iter().map(|g| g.generation).collect::<Vec<_>>(), vec![1, 2]);
+    // A generation of an unknown trust domain violates the foreign key.
+    assert!(store.insert_generation(&generation("nope", 1, "k5")).await.is_err());
+    store.close().await;
+}
+both_backends!(generations_on, generations_one_active_per_trust_domain);
+
+async fn certificates_are_unique_per_issuer(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(backend, dir.path()).await;
+    store.record_issued(&certificate("issuer-a", "0a")).await.unwrap();
+    assert!(matches!(store.record_issued(&certificate("issuer-a", "0a")).await, Err(Error::Conflict(_))));
+    // The same serial from another issuer is a different certificate.
+    store.record_issued(&certificate("issuer-b", "0a")).await.unwrap();
+    assert_eq!(store.count_certificates().await.unwrap(), 2);
+    assert_eq!(store.certificates_by_serial("0a").await.unwrap().len(), 2);
+    let found = store.certificate("issuer-a", "0a").await.unwrap().unwrap();
+    assert_eq!(found, certificate("issuer-a", "0a"));
+    assert!(store.certificate("issuer-a", "0b").await.unwrap().is_none());
+
+    // Revocation: the first one wins; unknown serials change nothing.
+    assert!(store.revoke("issuer-a", "0a", "keyCompromise", 1_500).await.unwrap());
+    assert!(!store.revoke("issuer-a", "0a", "superseded", 1_600).await.unwrap());
+    assert!(!store.revoke("issuer-a", "ff", "superseded", 1_600).await.unwrap());
+    let revoked = store.certificate("issuer-a", "0a").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(1_500));
+    assert_eq!(revoked.revocation_reason.as_deref(), Some("keyCompromise"));
+    assert!(store.certificate("issuer-b", "0a").await.unwrap().unwrap().revoked_at.is_none());
+    store.close().await;
+}
+both_backends!(certificates_on, certificates_are_unique_per_issuer);
+
+async fn audit_events_newest_first(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(backend, dir.path()).await;
+    for i in 0..5 {
+        store
+            .append_audit(&AuditRecord {
+                at: i,
+                actor: "a".to_owned(),
+                action: "x".to_owned(),
+                target: format!("t{i}"),
+                outcome: "success".to_owned(),
+                request_id: "r".to_owned(),
+                detail: "'; DROP TABLE audit_events; --".to_owned(),
+            })
+            .await
+            .unwrap();
+    }
+    let events = store.recent_audit(3).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), vec!["t4", "t3", "t2"]);
+    assert_eq!(events[0].detail, "'; DROP TABLE audit_events; --");
+    store.close().await;
+}
+both_backends!(audit_on, audit_events_newest_first);
+
+#[tokio::test]
+async fn unknown_url_schemes_are_refused() {
+    let err = Store::open(&StoreOptions::new("mysql://x")).await.unwrap_err();
+    assert!(matches!(err, Error::Url(_)));
+}
