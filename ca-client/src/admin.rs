@@ -48,7 +48,12 @@ impl AdminClient {
     }
 
     /// Asks for a certificate for `spiffe_id` over the CSR's public key.
-    pub async fn issue(&self, csr_pem: &str, spiffe_id: &str, ttl: Option<&str>) -> Result<Issued, Error> {
+    pub async fn issue(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &str,
+        ttl: Option<&str>,
+    ) -> Result<Issued, Error> {
         let mut body = serde_json::json!({"csr": csr_pem, "spiffe_id": spiffe_id});
         if let Some(ttl) = ttl {
             body["ttl"] = serde_json::Value::String(ttl.to_owned());
@@ -56,7 +61,11 @@ impl AdminClient {
         self.post("/admin/v1/issue", &body).await
     }
 
-    async fn post<T: for<'de> Deserialize<'de>>(&self, path: &str, body: &serde_json::Value) -> Result<T, Error> {
+    async fn post<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, Error> {
         let url = format!("{}{path}", self.base_url);
         let response = self
             .http
@@ -70,7 +79,10 @@ impl AdminClient {
                 message: e.to_string(),
             })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| Error::Protocol(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => Error::Server {

@@ -87,8 +87,11 @@ pub fn generate_key(key_type: KeyType) -> Result<KeyPair, Error> {
         .map_err(|e| Error::Key(e.to_string()))?;
     let der = key.to_pkcs8_der().map_err(|e| Error::Key(e.to_string()))?;
     let der = Zeroizing::new(der.as_bytes().to_vec());
-    KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(der.as_slice()), &rcgen::PKCS_RSA_SHA256)
-        .map_err(|e| Error::Key(e.to_string()))
+    KeyPair::from_pkcs8_der_and_sign_algo(
+        &PrivatePkcs8KeyDer::from(der.as_slice()),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .map_err(|e| Error::Key(e.to_string()))
 }
 
 fn keygen(alg: &'static rcgen::SignatureAlgorithm) -> Result<KeyPair, Error> {

@@ -12,7 +12,12 @@ pub const CHAIN_FILE: &str = "cert-chain.pem";
 pub const ROOT_FILE: &str = "root-cert.pem";
 
 /// Writes the three files into `dir` (created if missing).
-pub fn write_identity(dir: &Path, key_pem: &str, chain_pem: &str, root_pem: &str) -> Result<(), Error> {
+pub fn write_identity(
+    dir: &Path,
+    key_pem: &str,
+    chain_pem: &str,
+    root_pem: &str,
+) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
     write_atomic(&dir.join(KEY_FILE), key_pem.as_bytes(), 0o600)?;
     write_atomic(&dir.join(CHAIN_FILE), chain_pem.as_bytes(), 0o644)?;

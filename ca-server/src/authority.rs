@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::TrustDomainConfig;
-use crate::keys::{self, CaKey, KeyAlgorithm, Kek};
+use crate::keys::{self, CaKey, Kek, KeyAlgorithm};
 use crate::serial::Serial;
 use crate::spiffe::TrustDomain;
 use crate::store::{self, CaGenerationRecord, Store};
@@ -94,7 +94,9 @@ impl Authorities {
         let mut by_name = BTreeMap::new();
         for config in trust_domains {
             let name = config.name.as_str();
-            store.ensure_trust_domain(name, now.unix_timestamp()).await?;
+            store
+                .ensure_trust_domain(name, now.unix_timestamp())
+                .await?;
             let record = match store.active_generation(name).await? {
                 Some(record) => record,
                 None => {
@@ -115,7 +117,8 @@ impl Authorities {
                             .await?
                             .ok_or_else(|| Error::Inconsistent {
                                 trust_domain: name.to_owned(),
-                                message: "lost the creation race but found no active generation".to_owned(),
+                                message: "lost the creation race but found no active generation"
+                                    .to_owned(),
                             })?,
                         Err(e) => return Err(e.into()),
                     }
@@ -223,7 +226,9 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
     let (_, intermediate) = X509Certificate::from_der(&record.intermediate_cert)
         .map_err(|e| inconsistent(format!("intermediate certificate does not parse: {e}")))?;
     if root.public_key().raw != root_key.spki_der().as_slice() {
-        return Err(inconsistent("root key does not match the root certificate".to_owned()));
+        return Err(inconsistent(
+            "root key does not match the root certificate".to_owned(),
+        ));
     }
     if intermediate.public_key().raw != intermediate_key.spki_der().as_slice() {
         return Err(inconsistent(
@@ -236,8 +241,11 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
     let intermediate_not_after = intermediate.validity().not_after.timestamp();
     let intermediate_not_before = intermediate.validity().not_before.timestamp();
     let trust_domain = TrustDomain::parse(name).map_err(|e| inconsistent(e.to_string()))?;
-    let issuer = Issuer::from_ca_cert_der(&record.intermediate_cert.as_slice().into(), intermediate_key)
-        .map_err(|e| inconsistent(format!("intermediate certificate: {e}")))?;
+    let issuer = Issuer::from_ca_cert_der(
+        &record.intermediate_cert.as_slice().into(),
+        intermediate_key,
+    )
+    .map_err(|e| inconsistent(format!("intermediate certificate: {e}")))?;
     Ok(Authority {
         trust_domain,
         generation: record.generation,

@@ -137,7 +137,10 @@ impl Config {
             public_url: raw.listen.public_url,
         };
         if raw.trust_domains.is_empty() {
-            return Err(invalid("trust_domains", "at least one trust domain is required"));
+            return Err(invalid(
+                "trust_domains",
+                "at least one trust domain is required",
+            ));
         }
         let mut trust_domains = Vec::new();
         let mut seen = BTreeSet::new();
@@ -147,8 +150,12 @@ impl Config {
             if !seen.insert(name.clone()) {
                 return Err(invalid(&key("name"), "duplicate trust domain"));
             }
-            let key_algorithm = KeyAlgorithm::parse(&td.key_algorithm)
-                .ok_or_else(|| invalid(&key("key_algorithm"), "expected ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096"))?;
+            let key_algorithm = KeyAlgorithm::parse(&td.key_algorithm).ok_or_else(|| {
+                invalid(
+                    &key("key_algorithm"),
+                    "expected ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096",
+                )
+            })?;
             let default_ttl = parse_duration(&key("default_ttl"), &td.default_ttl)?;
             let max_ttl = parse_duration(&key("max_ttl"), &td.max_ttl)?;
             let root_ttl = parse_duration(&key("root_ttl"), &td.root_ttl)?;
@@ -158,10 +165,16 @@ impl Config {
                 return Err(invalid(&key("default_ttl"), "must not exceed max_ttl"));
             }
             if max_ttl >= intermediate_ttl {
-                return Err(invalid(&key("max_ttl"), "must be shorter than intermediate_ttl"));
+                return Err(invalid(
+                    &key("max_ttl"),
+                    "must be shorter than intermediate_ttl",
+                ));
             }
             if intermediate_ttl > root_ttl {
-                return Err(invalid(&key("intermediate_ttl"), "must not exceed root_ttl"));
+                return Err(invalid(
+                    &key("intermediate_ttl"),
+                    "must not exceed root_ttl",
+                ));
             }
             let federates_with = td
                 .federates_with
@@ -181,14 +194,20 @@ impl Config {
         }
         let serving_trust_domain = TrustDomain::parse(&raw.tls.serving_trust_domain)
             .map_err(|e| invalid("tls.serving_trust_domain", e))?;
-        if !trust_domains.iter().any(|td| td.name == serving_trust_domain) {
+        if !trust_domains
+            .iter()
+            .any(|td| td.name == serving_trust_domain)
+        {
             return Err(invalid(
                 "tls.serving_trust_domain",
                 "must name one of [[trust_domains]]",
             ));
         }
         if raw.tls.serving_dns_names.is_empty() {
-            return Err(invalid("tls.serving_dns_names", "at least one name is required"));
+            return Err(invalid(
+                "tls.serving_dns_names",
+                "at least one name is required",
+            ));
         }
         let mut clusters = Vec::new();
         for (i, c) in raw.clusters.into_iter().enumerate() {
@@ -196,15 +215,23 @@ impl Config {
             if c.name.is_empty() {
                 return Err(invalid(&key("name"), "must not be empty"));
             }
-            let trust_domain =
-                TrustDomain::parse(&c.trust_domain).map_err(|e| invalid(&key("trust_domain"), e))?;
+            let trust_domain = TrustDomain::parse(&c.trust_domain)
+                .map_err(|e| invalid(&key("trust_domain"), e))?;
             if !trust_domains.iter().any(|td| td.name == trust_domain) {
-                return Err(invalid(&key("trust_domain"), "must name one of [[trust_domains]]"));
+                return Err(invalid(
+                    &key("trust_domain"),
+                    "must name one of [[trust_domains]]",
+                ));
             }
             let jwks = match (c.jwks_file, c.jwks_url) {
                 (Some(file), None) => JwksSource::File(file),
                 (None, Some(url)) => JwksSource::Url(url),
-                _ => return Err(invalid(&key("jwks_file"), "exactly one of jwks_file and jwks_url is required")),
+                _ => {
+                    return Err(invalid(
+                        &key("jwks_file"),
+                        "exactly one of jwks_file and jwks_url is required",
+                    ));
+                }
             };
             if c.issuer.is_empty() {
                 return Err(invalid(&key("issuer"), "must not be empty"));
@@ -214,7 +241,10 @@ impl Config {
                     .split_once('/')
                     .is_some_and(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains('/'));
                 if !ok {
-                    return Err(invalid(&key("trusted_node_accounts"), "entries are `<namespace>/<service account>`"));
+                    return Err(invalid(
+                        &key("trusted_node_accounts"),
+                        "entries are `<namespace>/<service account>`",
+                    ));
                 }
             }
             clusters.push(ClusterConfig {
@@ -254,16 +284,24 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, Error> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| invalid(key, "duration needs a unit: s, m, h, d or y"))?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| invalid(key, format!("`{text}` is not a duration like 30s, 5m, 24h, 30d, 10y")))?;
+    let number: u64 = number.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{text}` is not a duration like 30s, 5m, 24h, 30d, 10y"),
+        )
+    })?;
     let unit_seconds: u64 = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         "y" => 365 * 86_400,
-        _ => return Err(invalid(key, format!("unknown unit `{unit}`; use s, m, h, d or y"))),
+        _ => {
+            return Err(invalid(
+                key,
+                format!("unknown unit `{unit}`; use s, m, h, d or y"),
+            ));
+        }
     };
     let seconds = number
         .checked_mul(unit_seconds)
@@ -276,8 +314,12 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, Error> {
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, Error> {
-    text.parse()
-        .map_err(|_| invalid(key, format!("`{text}` is not an address like 127.0.0.1:8080")))
+    text.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{text}` is not an address like 127.0.0.1:8080"),
+        )
+    })
 }
 
 fn invalid(key: &str, message: impl ToString) -> Error {
@@ -442,7 +484,10 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://ca-data/ca.db");
         assert_eq!(config.trust_domains.len(), 1);
         assert_eq!(config.trust_domains[0].name.as_str(), "cluster.local");
-        assert_eq!(config.trust_domains[0].default_ttl, Duration::from_secs(86_400));
+        assert_eq!(
+            config.trust_domains[0].default_ttl,
+            Duration::from_secs(86_400)
+        );
         assert_eq!(config.listen.grpc.to_string(), "127.0.0.1:8443");
     }
 
@@ -457,12 +502,27 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
-            ("[[trust_domains]]\nname = \"td\"\nmax_ttl = \"1w\"", "trust_domains[0].max_ttl"),
-            ("[[trust_domains]]\nname = \"Bad_TD\"", "trust_domains[0].name"),
-            ("[[trust_domains]]\nname = \"td\"\nkey_algorithm = \"ed25519\"", "trust_domains[0].key_algorithm"),
+            (
+                "[[trust_domains]]\nname = \"td\"\nmax_ttl = \"1w\"",
+                "trust_domains[0].max_ttl",
+            ),
+            (
+                "[[trust_domains]]\nname = \"Bad_TD\"",
+                "trust_domains[0].name",
+            ),
+            (
+                "[[trust_domains]]\nname = \"td\"\nkey_algorithm = \"ed25519\"",
+                "trust_domains[0].key_algorithm",
+            ),
             ("[listen]\nadmin = \"nowhere\"", "listen.admin"),
-            ("[[trust_domains]]\nname = \"td\"\ndefault_ttl = \"48h\"", "trust_domains[0].default_ttl"),
-            ("[tls]\nserving_trust_domain = \"other.td\"", "tls.serving_trust_domain"),
+            (
+                "[[trust_domains]]\nname = \"td\"\ndefault_ttl = \"48h\"",
+                "trust_domains[0].default_ttl",
+            ),
+            (
+                "[tls]\nserving_trust_domain = \"other.td\"",
+                "tls.serving_trust_domain",
+            ),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err();
@@ -474,9 +534,24 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("k", "30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("k", "5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("k", "30d").unwrap(), Duration::from_secs(30 * 86_400));
-        assert_eq!(parse_duration("k", "10y").unwrap(), Duration::from_secs(3650 * 86_400));
-        for bad in ["", "5", "h", "0s", "-1h", "1.5h", "99999999999999999999y", "101y"] {
+        assert_eq!(
+            parse_duration("k", "30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("k", "10y").unwrap(),
+            Duration::from_secs(3650 * 86_400)
+        );
+        for bad in [
+            "",
+            "5",
+            "h",
+            "0s",
+            "-1h",
+            "1.5h",
+            "99999999999999999999y",
+            "101y",
+        ] {
             assert!(parse_duration("k", bad).is_err(), "{bad}");
         }
     }
@@ -487,6 +562,11 @@ mod tests {
         assert!(Config::from_toml(base).is_err());
         let ok = Config::from_toml(&format!("{base}jwks_file = \"/x\"")).unwrap();
         assert_eq!(ok.clusters[0].audiences, vec!["istio-ca".to_owned()]);
-        assert!(Config::from_toml(&format!("{base}jwks_file = \"/x\"\njwks_url = \"https://x\"")).is_err());
+        assert!(
+            Config::from_toml(&format!(
+                "{base}jwks_file = \"/x\"\njwks_url = \"https://x\""
+            ))
+            .is_err()
+        );
     }
 }

@@ -83,12 +83,18 @@ impl Ca {
     }
 
     /// Issues and records a certificate for an already authorised identity.
-    pub async fn enroll(&self, request: &Request<'_>, now: OffsetDateTime) -> Result<Enrolled, Error> {
+    pub async fn enroll(
+        &self,
+        request: &Request<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Enrolled, Error> {
         let authority = self.authority_for(request.spiffe_id)?;
         let td_config = self
             .config
             .trust_domain(request.spiffe_id.trust_domain())
-            .ok_or_else(|| Error::UnknownTrustDomain(request.spiffe_id.trust_domain().to_string()))?;
+            .ok_or_else(|| {
+                Error::UnknownTrustDomain(request.spiffe_id.trust_domain().to_string())
+            })?;
         let policy = TtlPolicy {
             default_ttl: td_config.default_ttl,
             max_ttl: td_config.max_ttl,
@@ -99,7 +105,8 @@ impl Ca {
         let mut attempts = 0;
         let cert = loop {
             attempts += 1;
-            let cert = issuance::issue(authority, policy, &csr, request.spiffe_id, request.ttl, now)?;
+            let cert =
+                issuance::issue(authority, policy, &csr, request.spiffe_id, request.ttl, now)?;
             let record = CertificateRecord {
                 issuer_key_id: authority.issuer_key_id.clone(),
                 serial: cert.serial.to_hex(),

@@ -10,7 +10,11 @@ use ca_server::config::Config;
 use ca_server::server::Server;
 
 #[derive(Debug, Parser)]
-#[command(name = "ca-server", version, about = "Mesh CA: SPIFFE workload certificates for Istio")]
+#[command(
+    name = "ca-server",
+    version,
+    about = "Mesh CA: SPIFFE workload certificates for Istio"
+)]
 struct Args {
     /// TOML config file; without one the embedded default runs (SQLite under ca-data/).
     #[arg(long, env = "CA_CONFIG")]
@@ -44,12 +48,10 @@ async fn main() -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
         };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

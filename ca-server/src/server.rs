@@ -62,9 +62,13 @@ impl Server {
         let store = Store::open(&options).await?;
         tracing::info!(backend = store.backend(), "store open, migrations applied");
 
-        let authorities =
-            Authorities::load_or_create(&store, &kek, &config.trust_domains, OffsetDateTime::now_utc())
-                .await?;
+        let authorities = Authorities::load_or_create(
+            &store,
+            &kek,
+            &config.trust_domains,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
         for authority in authorities.iter() {
             tracing::info!(
                 trust_domain = %authority.trust_domain,
@@ -91,8 +95,16 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         for (listener, router, name) in [
-            (http_listener, http::public_router(state.clone()), "public http"),
-            (admin_listener, http::admin_router(state.clone()), "admin http"),
+            (
+                http_listener,
+                http::public_router(state.clone()),
+                "public http",
+            ),
+            (
+                admin_listener,
+                http::admin_router(state.clone()),
+                "admin http",
+            ),
         ] {
             let mut stop = shutdown.subscribe();
             tasks.spawn(async move {

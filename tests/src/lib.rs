@@ -2,6 +2,9 @@
 //! CSR makers (rcgen, and openssl for keys rcgen/ring refuse to make), the independent checkers
 //! (openssl, pkilint), and a TCP proxy that can cut a database connection.
 
+// This crate is test code: a panic here is a test failure with its message, which is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +40,8 @@ macro_rules! both_backends {
 
 /// Base URL of the test Postgres server (`CA_TEST_POSTGRES`, default the local trust-auth one).
 pub fn postgres_base_url() -> String {
-    std::env::var("CA_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    std::env::var("CA_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 /// Creates an empty Postgres database for one test and returns its URL.
@@ -137,7 +141,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Runs a command, returning (success, stdout, stderr).
 pub fn run(command: &mut Command) -> (bool, String, String) {
-    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -165,7 +171,12 @@ pub fn openssl_csr(key_args: &[&str]) -> String {
 
 /// The Python virtualenv with pkilint (made by scripts/test).
 pub fn python_tool(name: &str) -> PathBuf {
-    let root = bin_dir().parent().unwrap().join("pyenv").join("bin").join(name);
+    let root = bin_dir()
+        .parent()
+        .unwrap()
+        .join("pyenv")
+        .join("bin")
+        .join(name);
     assert!(
         root.exists(),
         "{} is missing: scripts/test installs pkilint into target/pyenv",

@@ -30,7 +30,9 @@ impl Proxy {
                 let Ok((client, _)) = accepted else { return };
                 let mut stop = cut_accept.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = TcpStream::connect(target).await else { return };
+                    let Ok(mut upstream) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}

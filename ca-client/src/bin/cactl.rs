@@ -12,10 +12,20 @@ use ca_client::{AdminClient, KeyType, files};
 #[command(name = "cactl", version, about = "Command line for the mesh CA")]
 struct Cli {
     /// Admin API base URL.
-    #[arg(long, global = true, env = "CA_ADMIN", default_value = "http://127.0.0.1:9090")]
+    #[arg(
+        long,
+        global = true,
+        env = "CA_ADMIN",
+        default_value = "http://127.0.0.1:9090"
+    )]
     admin: String,
     /// File holding the admin bearer token.
-    #[arg(long, global = true, env = "CA_ADMIN_TOKEN_FILE", default_value = "ca-data/admin.token")]
+    #[arg(
+        long,
+        global = true,
+        env = "CA_ADMIN_TOKEN_FILE",
+        default_value = "ca-data/admin.token"
+    )]
     admin_token_file: PathBuf,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
@@ -72,7 +82,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn issue(cli: &Cli, spiffe_id: &str, out: &Path, key: &str, ttl: Option<&str>) -> anyhow::Result<()> {
+async fn issue(
+    cli: &Cli,
+    spiffe_id: &str,
+    out: &Path,
+    key: &str,
+    ttl: Option<&str>,
+) -> anyhow::Result<()> {
     let key_type = KeyType::parse(key)?;
     let admin = admin_client(cli)?;
     let generated = ca_client::csr::generate(key_type, Some(spiffe_id))?;
@@ -105,7 +121,11 @@ async fn issue(cli: &Cli, spiffe_id: &str, out: &Path, key: &str, ttl: Option<&s
 }
 
 fn admin_client(cli: &Cli) -> anyhow::Result<AdminClient> {
-    let token = std::fs::read_to_string(&cli.admin_token_file)
-        .with_context(|| format!("cannot read admin token file {}", cli.admin_token_file.display()))?;
+    let token = std::fs::read_to_string(&cli.admin_token_file).with_context(|| {
+        format!(
+            "cannot read admin token file {}",
+            cli.admin_token_file.display()
+        )
+    })?;
     Ok(AdminClient::new(&cli.admin, &token)?)
 }

@@ -95,8 +95,16 @@ async fn issue(
     let request_id = request_id(&headers);
     let result = issue_inner(&state, &caller, &request_id, body, now).await;
     let (outcome, target, detail) = match &result {
-        Ok(response) => ("success", response.spiffe_id.clone(), format!("serial {}", response.serial)),
-        Err(e) => ("rejected", String::new(), format!("{}: {}", e.code, e.message)),
+        Ok(response) => (
+            "success",
+            response.spiffe_id.clone(),
+            format!("serial {}", response.serial),
+        ),
+        Err(e) => (
+            "rejected",
+            String::new(),
+            format!("{}: {}", e.code, e.message),
+        ),
     };
     let event = AuditRecord {
         at: now.unix_timestamp(),
@@ -122,7 +130,11 @@ async fn issue_inner(
 ) -> Result<IssueResponse, ApiError> {
     let Json(body) = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(rejection.status(), "payload_too_large", "request body too large")
+            ApiError::new(
+                rejection.status(),
+                "payload_too_large",
+                "request body too large",
+            )
         } else {
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
@@ -133,7 +145,8 @@ async fn issue_inner(
         None => None,
         Some(Ttl::Seconds(seconds)) => Some(Duration::from_secs(seconds)),
         Some(Ttl::Text(text)) => Some(
-            parse_duration("ttl", &text).map_err(|e| ApiError::bad_request("invalid_ttl", e.to_string()))?,
+            parse_duration("ttl", &text)
+                .map_err(|e| ApiError::bad_request("invalid_ttl", e.to_string()))?,
         ),
     };
     let request = Request {
@@ -167,5 +180,9 @@ fn request_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| crate::serial::Serial::random().map(|s| s.to_hex()).unwrap_or_default())
+        .unwrap_or_else(|| {
+            crate::serial::Serial::random()
+                .map(|s| s.to_hex())
+                .unwrap_or_default()
+        })
 }

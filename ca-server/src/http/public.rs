@@ -37,17 +37,25 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 /// `GET /v1/bundles/{td}.pem`: the roots of a trust domain as PEM.
-async fn bundle(State(state): State<HttpState>, Path(file): Path<String>) -> Result<Response, ApiError> {
+async fn bundle(
+    State(state): State<HttpState>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
     let Some(name) = file.strip_suffix(".pem") else {
         return Err(ApiError::not_found("use /v1/bundles/{trust domain}.pem"));
     };
-    let trust_domain = TrustDomain::parse(name)
-        .map_err(|_| ApiError::not_found("unknown trust domain"))?;
+    let trust_domain =
+        TrustDomain::parse(name).map_err(|_| ApiError::not_found("unknown trust domain"))?;
     let authority = state
         .ca
         .authorities
         .get(&trust_domain)
         .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
-    let body: String = state.ca.roots_for(authority).iter().map(|der| to_pem(der)).collect();
+    let body: String = state
+        .ca
+        .roots_for(authority)
+        .iter()
+        .map(|der| to_pem(der))
+        .collect();
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], body).into_response())
 }

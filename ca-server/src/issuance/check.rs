@@ -28,8 +28,8 @@ pub fn check(
     authority: &Authority,
 ) -> Result<(), Error> {
     let fail = |message: &str| Err(Error::SelfCheck(message.to_owned()));
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| Error::SelfCheck(format!("does not parse: {e}")))?;
+    let (rest, cert) = X509Certificate::from_der(der)
+        .map_err(|e| Error::SelfCheck(format!("does not parse: {e}")))?;
     if !rest.is_empty() {
         return fail("trailing bytes");
     }
@@ -41,7 +41,10 @@ pub fn check(
     }
     let serial = cert.raw_serial();
     let expected_serial = template.serial.as_bytes();
-    if serial != expected_serial || serial.len() > 20 || serial.first().is_none_or(|b| b & 0x80 != 0) {
+    if serial != expected_serial
+        || serial.len() > 20
+        || serial.first().is_none_or(|b| b & 0x80 != 0)
+    {
         return fail("serial is not the positive, at most 20-octet value drawn");
     }
     if cert.tbs_certificate.signature != cert.signature_algorithm {
@@ -59,7 +62,9 @@ pub fn check(
     {
         return fail("validity differs from the template");
     }
-    if template.not_after > authority.intermediate_not_after || template.not_before >= template.not_after {
+    if template.not_after > authority.intermediate_not_after
+        || template.not_before >= template.not_after
+    {
         return fail("validity outside the issuer's");
     }
     if cert.public_key().raw != csr.spki_der.as_slice() {
@@ -68,10 +73,12 @@ pub fn check(
 
     let mut seen = HashSet::new();
     let mut saw = |oid: &str| seen.insert(oid.to_owned());
-    let issuer_ski = issuer.iter_extensions().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0.to_vec()),
-        _ => None,
-    });
+    let issuer_ski = issuer
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0.to_vec()),
+            _ => None,
+        });
     for extension in cert.iter_extensions() {
         let oid = extension.oid.to_id_string();
         if !saw(&oid) {

@@ -68,17 +68,18 @@ pub fn parse(bytes: &[u8]) -> Result<VerifiedCsr, Error> {
         return Err(Error::CsrTooLarge);
     }
     let der = decode_envelope(bytes)?;
-    let (rest, csr) = X509CertificationRequest::from_der(&der)
-        .map_err(|e| Error::MalformedCsr(e.to_string()))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(&der).map_err(|e| Error::MalformedCsr(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(Error::MalformedCsr("trailing bytes after the CSR".to_owned()));
+        return Err(Error::MalformedCsr(
+            "trailing bytes after the CSR".to_owned(),
+        ));
     }
     // Key policy before the signature check: ring cannot verify RSA-1024 or P-224 signatures, and
     // the caller deserves "key too small", not "bad signature".
     let spki = &csr.certification_request_info.subject_pki;
     let key_kind = key_policy(spki)?;
-    csr.verify_signature()
-        .map_err(|_| Error::BadCsrSignature)?;
+    csr.verify_signature().map_err(|_| Error::BadCsrSignature)?;
 
     let mut requested_uris = Vec::new();
     let mut requests_other_names = false;
@@ -98,16 +99,15 @@ pub fn parse(bytes: &[u8]) -> Result<VerifiedCsr, Error> {
                 ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
                     requests_ca_powers = true
                 }
-                ParsedExtension::ExtendedKeyUsage(eku) => {
+                ParsedExtension::ExtendedKeyUsage(eku)
                     if eku.any
                         || eku.code_signing
                         || eku.email_protection
                         || eku.time_stamping
                         || eku.ocsp_signing
-                        || !eku.other.is_empty()
-                    {
-                        requests_ca_powers = true;
-                    }
+                        || !eku.other.is_empty() =>
+                {
+                    requests_ca_powers = true;
                 }
                 ParsedExtension::NameConstraints(_) | ParsedExtension::PolicyConstraints(_) => {
                     requests_ca_powers = true
@@ -169,7 +169,9 @@ fn key_policy(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyK
                 Some(other) => Err(Error::UnsupportedKey(format!(
                     "ECDSA keys must be on P-256 or P-384, not curve {other}"
                 ))),
-                None => Err(Error::UnsupportedKey("ECDSA key without a named curve".to_owned())),
+                None => Err(Error::UnsupportedKey(
+                    "ECDSA key without a named curve".to_owned(),
+                )),
             }
         }
         Ok(_) => Err(Error::UnsupportedKey(format!(
@@ -209,8 +211,16 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        for input in [&b""[..], b"\x30", b"\x30\x03\x02\x01\x00", b"-----BEGIN CERTIFICATE REQUEST-----\n!!\n-----END CERTIFICATE REQUEST-----\n"] {
-            assert!(matches!(parse(input), Err(Error::MalformedCsr(_))), "{input:?}");
+        for input in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x03\x02\x01\x00",
+            b"-----BEGIN CERTIFICATE REQUEST-----\n!!\n-----END CERTIFICATE REQUEST-----\n",
+        ] {
+            assert!(
+                matches!(parse(input), Err(Error::MalformedCsr(_))),
+                "{input:?}"
+            );
         }
     }
 }

@@ -150,3 +150,6 @@ pub fn issue(
         capped_by_issuer: wanted_not_after > authority.intermediate_not_after,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -26,7 +26,11 @@ pub struct Template<'a> {
 }
 
 /// Builds the certificate and signs it with the authority's intermediate.
-pub fn sign(template: &Template<'_>, csr: &VerifiedCsr, authority: &Authority) -> Result<Vec<u8>, Error> {
+pub fn sign(
+    template: &Template<'_>,
+    csr: &VerifiedCsr,
+    authority: &Authority,
+) -> Result<Vec<u8>, Error> {
     let signing = |e: rcgen::Error| Error::Signing(e.to_string());
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -41,7 +45,10 @@ pub fn sign(template: &Template<'_>, csr: &VerifiedCsr, authority: &Authority) -
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = if template.rsa_key {
-        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ]
     } else {
         vec![KeyUsagePurpose::DigitalSignature]
     };
@@ -52,7 +59,9 @@ pub fn sign(template: &Template<'_>, csr: &VerifiedCsr, authority: &Authority) -
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
     let public_key = SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(signing)?;
-    let certificate = params.signed_by(&public_key, &authority.issuer).map_err(signing)?;
+    let certificate = params
+        .signed_by(&public_key, &authority.issuer)
+        .map_err(signing)?;
     Ok(certificate.der().to_vec())
 }
 

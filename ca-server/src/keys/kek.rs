@@ -100,7 +100,8 @@ impl Kek {
     }
 
     fn key(&self) -> Result<LessSafeKey, Error> {
-        let unbound = UnboundKey::new(&AES_256_GCM, self.bytes.as_slice()).map_err(|_| Error::Encrypt)?;
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, self.bytes.as_slice()).map_err(|_| Error::Encrypt)?;
         Ok(LessSafeKey::new(unbound))
     }
 }

@@ -199,7 +199,7 @@ mod tests {
             CaKey::open(&other, KeyAlgorithm::EcdsaP256, &sealed, b"td/1/root"),
             Err(Error::Decrypt)
         ));
-        let mut tampered = sealed.clone();
+        let mut tampered = sealed;
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(matches!(
@@ -210,7 +210,11 @@ mod tests {
 
     #[test]
     fn every_algorithm_generates_and_signs() {
-        for algorithm in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Rsa2048] {
+        for algorithm in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Rsa2048,
+        ] {
             let key = CaKey::generate(algorithm).unwrap();
             assert!(!format!("{key:?}").contains(&hex::encode(&key.pkcs8[..8])));
             assert!(format!("{key:?}").contains("redacted"));

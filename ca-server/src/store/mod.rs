@@ -156,15 +156,16 @@ impl Store {
     /// Connects (creating a SQLite file when missing) and applies the migrations. Safe to run from
     /// several processes at once: Postgres migrations take an advisory lock; SQLite locks the file.
     pub async fn open(options: &StoreOptions) -> Result<Store, Error> {
-        let pool = if options.url.starts_with("postgres://") || options.url.starts_with("postgresql://") {
-            Pool::Postgres(postgres::open(options).await?)
-        } else if options.url.starts_with("sqlite:") {
-            Pool::Sqlite(sqlite::open(options).await?)
-        } else {
-            return Err(Error::Url(
-                "expected postgres://... or sqlite://...".to_owned(),
-            ));
-        };
+        let pool =
+            if options.url.starts_with("postgres://") || options.url.starts_with("postgresql://") {
+                Pool::Postgres(postgres::open(options).await?)
+            } else if options.url.starts_with("sqlite:") {
+                Pool::Sqlite(sqlite::open(options).await?)
+            } else {
+                return Err(Error::Url(
+                    "expected postgres://... or sqlite://...".to_owned(),
+                ));
+            };
         Ok(Store { pool })
     }
 
@@ -213,7 +214,8 @@ impl Store {
             "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 \
              ORDER BY generation"
         );
-        let records = on_pool!(self, pool => sqlx::query_as(&sql).bind(trust_domain).fetch_all(pool).await)?;
+        let records =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(trust_domain).fetch_all(pool).await)?;
         Ok(records)
     }
 
@@ -284,9 +286,13 @@ impl Store {
     }
 
     /// Certificates with this serial from any issuer (serials are unique only per issuer).
-    pub async fn certificates_by_serial(&self, serial: &str) -> Result<Vec<CertificateRecord>, Error> {
+    pub async fn certificates_by_serial(
+        &self,
+        serial: &str,
+    ) -> Result<Vec<CertificateRecord>, Error> {
         let sql = format!("SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE serial = $1");
-        let records = on_pool!(self, pool => sqlx::query_as(&sql).bind(serial).fetch_all(pool).await)?;
+        let records =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(serial).fetch_all(pool).await)?;
         Ok(records)
     }
 
@@ -338,7 +344,8 @@ impl Store {
     pub async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditRecord>, Error> {
         let sql = "SELECT at, actor, action, target, outcome, request_id, detail FROM audit_events \
                    ORDER BY id DESC LIMIT $1";
-        let records = on_pool!(self, pool => sqlx::query_as(sql).bind(limit).fetch_all(pool).await)?;
+        let records =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(limit).fetch_all(pool).await)?;
         Ok(records)
     }
 }

@@ -17,7 +17,11 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
-    if let Some(parent) = connect.get_filename().parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = connect
+        .get_filename()
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(|e| Error::Url(e.to_string()))?;
     }
     let pool = SqlitePoolOptions::new()

@@ -38,8 +38,11 @@ async fn quick_start_with_the_embedded_default() {
         {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "server did not become ready: {}",
-            std::fs::read_to_string(cwd.path().join("server.log")).unwrap_or_default());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "server did not become ready: {}",
+            std::fs::read_to_string(cwd.path().join("server.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let data = cwd.path().join("ca-data");
@@ -53,7 +56,10 @@ async fn quick_start_with_the_embedded_default() {
     }
     assert!(data.join("ca.db").exists());
     let log_text = std::fs::read_to_string(cwd.path().join("server.log")).unwrap();
-    assert!(log_text.contains("ca-data/kek") && log_text.contains("ca-data/admin.token"), "{log_text}");
+    assert!(
+        log_text.contains("ca-data/kek") && log_text.contains("ca-data/admin.token"),
+        "{log_text}"
+    );
 
     let id = "spiffe://cluster.local/ns/default/sa/quickstart";
     for (key, rsa) in [("ecdsa-p256", false), ("rsa-2048", true)] {
@@ -65,33 +71,59 @@ async fn quick_start_with_the_embedded_default() {
         assert!(ok, "cactl issue failed: {stdout}{stderr}");
         assert!(stdout.contains(id), "{stdout}");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out.join("key.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
         let root = std::fs::read_to_string(out.join("root-cert.pem")).unwrap();
         let blocks = pem::parse_many(&chain).unwrap();
         assert_eq!(blocks.len(), 2);
         assert_svid_profile(blocks[0].contents(), id, rsa);
-        let (ok, output) = openssl_verify(cwd.path(), &root, &pem::encode(&blocks[1]), &pem::encode(&blocks[0]));
+        let (ok, output) = openssl_verify(
+            cwd.path(),
+            &root,
+            &pem::encode(&blocks[1]),
+            &pem::encode(&blocks[0]),
+        );
         assert!(ok, "{output}");
         // The key on disk matches the certificate.
         let key_pem = std::fs::read_to_string(out.join("key.pem")).unwrap();
         let key_pair = rcgen::KeyPair::from_pem(&key_pem).unwrap();
         let (_, cert) = <x509_parser::prelude::X509Certificate<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(blocks[0].contents()).unwrap();
-        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key_pair.public_key_raw());
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key_pair.public_key_raw()
+        );
     }
 
     // JSON output, and a clear error for a bad token.
-    let (ok, stdout, _) = run(Command::new(bin("cactl"))
-        .current_dir(cwd.path())
-        .args(["--output", "json", "issue", "--spiffe-id", id, "--out", "json-out"]));
+    let (ok, stdout, _) = run(Command::new(bin("cactl")).current_dir(cwd.path()).args([
+        "--output",
+        "json",
+        "issue",
+        "--spiffe-id",
+        id,
+        "--out",
+        "json-out",
+    ]));
     assert!(ok);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["spiffe_id"], id);
     std::fs::write(cwd.path().join("bad.token"), "nope").unwrap();
-    let (ok, _, stderr) = run(Command::new(bin("cactl"))
-        .current_dir(cwd.path())
-        .args(["issue", "--admin-token-file", "bad.token", "--spiffe-id", id, "--out", "x"]));
+    let (ok, _, stderr) = run(Command::new(bin("cactl")).current_dir(cwd.path()).args([
+        "issue",
+        "--admin-token-file",
+        "bad.token",
+        "--spiffe-id",
+        id,
+        "--out",
+        "x",
+    ]));
     assert!(!ok);
-    assert!(stderr.contains("401") && stderr.contains("unauthenticated"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("unauthenticated"),
+        "{stderr}"
+    );
 }

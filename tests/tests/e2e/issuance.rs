@@ -16,9 +16,16 @@ fn pem_der(pem_text: &str) -> Vec<u8> {
 async fn issues_a_correct_svid(backend: Backend) {
     let server = TestServer::start(backend).await;
     let admin = server.admin_client();
-    for (key, rsa) in [(KeyType::EcdsaP256, false), (KeyType::EcdsaP384, false), (KeyType::Rsa2048, true)] {
+    for (key, rsa) in [
+        (KeyType::EcdsaP256, false),
+        (KeyType::EcdsaP384, false),
+        (KeyType::Rsa2048, true),
+    ] {
         let generated = ca_client::csr::generate(key, Some(ID)).unwrap();
-        let issued = admin.issue(&generated.csr_pem, ID, Some("1h")).await.unwrap();
+        let issued = admin
+            .issue(&generated.csr_pem, ID, Some("1h"))
+            .await
+            .unwrap();
         assert_eq!(issued.spiffe_id, ID);
         let leaf = pem_der(&issued.certificate_pem);
         assert_svid_profile(&leaf, ID, rsa);
@@ -26,21 +33,38 @@ async fn issues_a_correct_svid(backend: Backend) {
         assert_eq!(blocks.len(), 2, "chain is leaf + intermediate");
         assert_eq!(blocks[0].contents(), leaf.as_slice());
         let intermediate_pem = pem::encode(&blocks[1]);
-        let (ok, out) = openssl_verify(server.dir.path(), &issued.root_pem, &intermediate_pem, &issued.certificate_pem);
+        let (ok, out) = openssl_verify(
+            server.dir.path(),
+            &issued.root_pem,
+            &intermediate_pem,
+            &issued.certificate_pem,
+        );
         assert!(ok, "openssl verify: {out}");
 
         let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
         let (_, int) = X509Certificate::from_der(blocks[1].contents()).unwrap();
-        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert_eq!(lifetime, 3600 + 60, "1h TTL plus the 60s backdate");
         assert!(cert.validity().not_after.timestamp() <= int.validity().not_after.timestamp());
         // The public key is the CSR's.
         let csr_der = generated.csr_der.clone();
-        let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der).unwrap();
-        assert_eq!(cert.public_key().raw, csr.certification_request_info.subject_pki.raw);
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
+                .unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            csr.certification_request_info.subject_pki.raw
+        );
 
         // Recorded before it was returned.
-        let records = server.server.ca.store.certificates_by_serial(&issued.serial).await.unwrap();
+        let records = server
+            .server
+            .ca
+            .store
+            .certificates_by_serial(&issued.serial)
+            .await
+            .unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].der, leaf);
         assert_eq!(records[0].spiffe_id, ID);
@@ -52,7 +76,8 @@ async fn issues_a_correct_svid(backend: Backend) {
         let issued = admin.issue(&generated.csr_pem, ID, ttl).await.unwrap();
         let der = pem_der(&issued.certificate_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        let lifetime =
+            cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert_eq!(lifetime, 86_400 + 60, "{ttl:?}");
     }
     server.stop().await;
@@ -67,10 +92,16 @@ async fn same_key_gets_different_serials(backend: Backend) {
     let b = admin.issue(&generated.csr_pem, ID, None).await.unwrap();
     assert_ne!(a.serial, b.serial);
     assert_eq!(a.serial.len(), 32, "128-bit serial in hex");
-    assert_eq!(server.server.ca.store.count_certificates().await.unwrap(), 2);
+    assert_eq!(
+        server.server.ca.store.count_certificates().await.unwrap(),
+        2
+    );
     server.stop().await;
 }
-both_backends!(same_key_gets_different_serials_on, same_key_gets_different_serials);
+both_backends!(
+    same_key_gets_different_serials_on,
+    same_key_gets_different_serials
+);
 
 /// Every bad input gets its own stable error code and writes no certificate row (only an audit
 /// row of the rejection).
@@ -89,19 +120,53 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
     let p224 = openssl_csr(&["ec", "-pkeyopt", "ec_paramgen_curve:P-224"]);
     let not_a_csr = pem::encode(&pem::Pem::new("CERTIFICATE", good.csr_der.clone()));
     let huge = format!("{}{}", good.csr_pem, "A".repeat(70 * 1024));
-    let other_ns = ca_client::csr::generate(KeyType::EcdsaP256, Some("spiffe://cluster.local/ns/other/sa/web")).unwrap();
+    let other_ns = ca_client::csr::generate(
+        KeyType::EcdsaP256,
+        Some("spiffe://cluster.local/ns/other/sa/web"),
+    )
+    .unwrap();
 
     let cases: Vec<(&str, String, &str, Option<&str>, &str)> = vec![
-        ("tampered signature", tampered_pem, ID, None, "bad_csr_signature"),
+        (
+            "tampered signature",
+            tampered_pem,
+            ID,
+            None,
+            "bad_csr_signature",
+        ),
         ("RSA-1024", rsa_1024, ID, None, "unsupported_key"),
         ("P-224", p224.clone(), ID, None, "unsupported_key"),
         ("non-CSR PEM", not_a_csr, ID, None, "not_a_csr"),
         ("70 KiB body", huge, ID, None, "csr_too_large"),
         ("garbage", "hello".to_owned(), ID, None, "malformed_csr"),
-        ("CSR claims another identity", other_ns.csr_pem.clone(), ID, None, "csr_identity_mismatch"),
-        ("foreign trust domain", good.csr_pem.clone(), "spiffe://evil.example/ns/default/sa/web", None, "unknown_trust_domain"),
-        ("invalid SPIFFE ID", good.csr_pem.clone(), "spiffe://cluster.local/ns/../sa/web", None, "invalid_spiffe_id"),
-        ("invalid TTL", good.csr_pem.clone(), ID, Some("forever"), "invalid_ttl"),
+        (
+            "CSR claims another identity",
+            other_ns.csr_pem.clone(),
+            ID,
+            None,
+            "csr_identity_mismatch",
+        ),
+        (
+            "foreign trust domain",
+            good.csr_pem.clone(),
+            "spiffe://evil.example/ns/default/sa/web",
+            None,
+            "unknown_trust_domain",
+        ),
+        (
+            "invalid SPIFFE ID",
+            good.csr_pem.clone(),
+            "spiffe://cluster.local/ns/../sa/web",
+            None,
+            "invalid_spiffe_id",
+        ),
+        (
+            "invalid TTL",
+            good.csr_pem.clone(),
+            ID,
+            Some("forever"),
+            "invalid_ttl",
+        ),
     ];
     for (name, csr, spiffe_id, ttl, expected) in cases {
         let err = admin.issue(&csr, spiffe_id, ttl).await.unwrap_err();
@@ -113,10 +178,18 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
             other => panic!("{name}: unexpected {other:?}"),
         }
     }
-    assert_eq!(server.server.ca.store.count_certificates().await.unwrap(), 0, "no row written");
+    assert_eq!(
+        server.server.ca.store.count_certificates().await.unwrap(),
+        0,
+        "no row written"
+    );
     let audit = server.server.ca.store.recent_audit(100).await.unwrap();
     assert_eq!(audit.len(), 10);
-    assert!(audit.iter().all(|e| e.outcome == "rejected" && e.action == "certificate.issue"));
+    assert!(
+        audit
+            .iter()
+            .all(|e| e.outcome == "rejected" && e.action == "certificate.issue")
+    );
 
     // A body over the admin limit is refused before it is parsed.
     let response = reqwest::Client::new()
@@ -138,7 +211,13 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
             .unwrap_err();
         assert!(matches!(err, Error::Server { status: 401, .. }), "{err:?}");
     }
-    assert_eq!(server.server.ca.store.count_certificates().await.unwrap(), 0);
+    assert_eq!(
+        server.server.ca.store.count_certificates().await.unwrap(),
+        0
+    );
     server.stop().await;
 }
-both_backends!(bad_input_is_rejected_on, bad_input_is_rejected_and_changes_nothing);
+both_backends!(
+    bad_input_is_rejected_on,
+    bad_input_is_rejected_and_changes_nothing
+);

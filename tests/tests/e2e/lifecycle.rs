@@ -13,12 +13,15 @@ use ca_tests::{Backend, TestServer, both_backends};
 const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
 
 async fn root_pem(server: &TestServer) -> String {
-    reqwest::get(format!("{}/v1/bundles/cluster.local.pem", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    reqwest::get(format!(
+        "{}/v1/bundles/cluster.local.pem",
+        server.http_url()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap()
 }
 
 async fn restart_keeps_the_root(backend: Backend) {
@@ -28,11 +31,21 @@ async fn restart_keeps_the_root(backend: Backend) {
     let (config, dir) = server.stop().await;
     let server = TestServer::start_with(config, dir).await;
     assert_eq!(root_pem(&server).await, before);
-    let generations = server.server.ca.store.generations("cluster.local").await.unwrap();
+    let generations = server
+        .server
+        .ca
+        .store
+        .generations("cluster.local")
+        .await
+        .unwrap();
     assert_eq!(generations.len(), 1, "no second generation was created");
     // And it still issues.
     let generated = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-    server.admin_client().issue(&generated.csr_pem, ID, None).await.unwrap();
+    server
+        .admin_client()
+        .issue(&generated.csr_pem, ID, None)
+        .await
+        .unwrap();
     server.stop().await;
 }
 both_backends!(restart_keeps_the_root_on, restart_keeps_the_root);
@@ -40,7 +53,9 @@ both_backends!(restart_keeps_the_root_on, restart_keeps_the_root);
 async fn wrong_kek_refuses_to_start(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (config, dir) = server.stop().await;
-    let store = Store::open(&StoreOptions::new(&config.database_url)).await.unwrap();
+    let store = Store::open(&StoreOptions::new(&config.database_url))
+        .await
+        .unwrap();
     let before = store.generations("cluster.local").await.unwrap();
     store.close().await;
 
@@ -54,7 +69,9 @@ async fn wrong_kek_refuses_to_start(backend: Backend) {
     let err = Server::start(config.clone()).await.unwrap_err();
     assert!(matches!(err, StartError::Keys(_)), "{err}");
 
-    let store = Store::open(&StoreOptions::new(&config.database_url)).await.unwrap();
+    let store = Store::open(&StoreOptions::new(&config.database_url))
+        .await
+        .unwrap();
     let after = store.generations("cluster.local").await.unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].root_cert, before[0].root_cert);
@@ -82,8 +99,13 @@ async fn store_unreachable_postgres_fails_closed() {
 
     proxy.cut();
     let err = admin.issue(&generated.csr_pem, ID, None).await.unwrap_err();
-    assert!(matches!(&err, Error::Server { status: 503, code, .. } if code == "unavailable"), "{err:?}");
-    let ready = reqwest::get(format!("{}/readyz", server.http_url())).await.unwrap();
+    assert!(
+        matches!(&err, Error::Server { status: 503, code, .. } if code == "unavailable"),
+        "{err:?}"
+    );
+    let ready = reqwest::get(format!("{}/readyz", server.http_url()))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
 
     // The direct connection still sees exactly one certificate.
@@ -119,7 +141,15 @@ async fn concurrent_first_starts_agree_on_one_root() {
     let ra = sa.ca.authorities.iter().next().unwrap().root_der.clone();
     let rb = sb.ca.authorities.iter().next().unwrap().root_der.clone();
     assert_eq!(ra, rb);
-    assert_eq!(sa.ca.store.generations("cluster.local").await.unwrap().len(), 1);
+    assert_eq!(
+        sa.ca
+            .store
+            .generations("cluster.local")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     sa.shutdown().await;
     sb.shutdown().await;
 }

@@ -1,6 +1,9 @@
 //! The end-to-end test binary: real servers on 127.0.0.1:0, real Postgres and SQLite, real HTTP
 //! clients and the real `cactl` and `ca-server` binaries. One binary, one module per area.
 
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod issuance;
 mod lifecycle;

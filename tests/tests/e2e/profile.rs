@@ -51,7 +51,12 @@ pub fn assert_svid_profile(der: &[u8], spiffe_id: &str, rsa: bool) {
 }
 
 /// `openssl verify -CAfile root -untrusted intermediate leaf` with the client-auth purpose.
-pub fn openssl_verify(dir: &Path, root_pem: &str, intermediate_pem: &str, leaf_pem: &str) -> (bool, String) {
+pub fn openssl_verify(
+    dir: &Path,
+    root_pem: &str,
+    intermediate_pem: &str,
+    leaf_pem: &str,
+) -> (bool, String) {
     std::fs::write(dir.join("v-root.pem"), root_pem).unwrap();
     std::fs::write(dir.join("v-int.pem"), intermediate_pem).unwrap();
     std::fs::write(dir.join("v-leaf.pem"), leaf_pem).unwrap();
@@ -78,13 +83,26 @@ async fn issued_certificates_pass_pkilint() {
         let file = server.dir.path().join("leaf.pem");
         std::fs::write(&file, &issued.certificate_pem).unwrap();
         let codes = ca_tests::pkilint("lint_pkix_cert", &[], &file);
-        let unexpected: Vec<_> = codes.iter().filter(|c| *c != "pkix.invalid_uri_syntax").collect();
-        assert!(unexpected.is_empty(), "pkilint findings for {key:?}: {codes:?}");
+        let unexpected: Vec<_> = codes
+            .iter()
+            .filter(|c| *c != "pkix.invalid_uri_syntax")
+            .collect();
+        assert!(
+            unexpected.is_empty(),
+            "pkilint findings for {key:?}: {codes:?}"
+        );
         // The intermediate too.
-        let intermediate = issued.chain_pem.split_inclusive("-----END CERTIFICATE-----\n").nth(1).unwrap();
+        let intermediate = issued
+            .chain_pem
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .nth(1)
+            .unwrap();
         std::fs::write(&file, intermediate).unwrap();
         let codes = ca_tests::pkilint("lint_pkix_cert", &[], &file);
-        assert!(codes.is_empty(), "pkilint findings for the intermediate: {codes:?}");
+        assert!(
+            codes.is_empty(),
+            "pkilint findings for the intermediate: {codes:?}"
+        );
     }
     server.stop().await;
 }

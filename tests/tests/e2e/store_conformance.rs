@@ -1,6 +1,8 @@
 //! The store conformance suite: the same verbs and constraints on Postgres and SQLite.
 
-use ca_server::store::{AuditRecord, CaGenerationRecord, CertificateRecord, Error, Store, StoreOptions};
+use ca_server::store::{
+    AuditRecord, CaGenerationRecord, CertificateRecord, Error, Store, StoreOptions,
+};
 use ca_tests::{Backend, both_backends, fresh_database};
 
 async fn open(backend: Backend, dir: &std::path::Path) -> (Store, String) {
@@ -66,10 +68,19 @@ async fn generations_one_active_per_trust_domain(backend: Backend) {
     store.ensure_trust_domain("td", 1).await.unwrap();
     store.ensure_trust_domain("td", 2).await.unwrap();
     assert!(store.active_generation("td").await.unwrap().is_none());
-    store.insert_generation(&generation("td", 1, "k1")).await.unwrap();
+    store
+        .insert_generation(&generation("td", 1, "k1"))
+        .await
+        .unwrap();
     // The same generation number again, or a second active one: conflicts.
-    assert!(matches!(store.insert_generation(&generation("td", 1, "k2")).await, Err(Error::Conflict(_))));
-    assert!(matches!(store.insert_generation(&generation("td", 2, "k3")).await, Err(Error::Conflict(_))));
+    assert!(matches!(
+        store.insert_generation(&generation("td", 1, "k2")).await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        store.insert_generation(&generation("td", 2, "k3")).await,
+        Err(Error::Conflict(_))
+    ));
     let mut prepared = generation("td", 2, "k4");
     prepared.state = "prepared".to_owned();
     store.insert_generation(&prepared).await.unwrap();
@@ -77,9 +88,17 @@ async fn generations_one_active_per_trust_domain(backend: Backend) {
     assert_eq!(active.issuer_key_id, "k1");
     assert_eq!(active.root_key, vec![2]);
     let all = store.generations("td").await.unwrap();
-    assert_eq!(all.iter().map(|g| g.generation).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        all.iter().map(|g| g.generation).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     // A generation of an unknown trust domain violates the foreign key.
-    assert!(store.insert_generation(&generation("nope", 1, "k5")).await.is_err());
+    assert!(
+        store
+            .insert_generation(&generation("nope", 1, "k5"))
+            .await
+            .is_err()
+    );
     store.close().await;
 }
 both_backends!(generations_on, generations_one_active_per_trust_domain);
@@ -87,10 +106,19 @@ both_backends!(generations_on, generations_one_active_per_trust_domain);
 async fn certificates_are_unique_per_issuer(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(backend, dir.path()).await;
-    store.record_issued(&certificate("issuer-a", "0a")).await.unwrap();
-    assert!(matches!(store.record_issued(&certificate("issuer-a", "0a")).await, Err(Error::Conflict(_))));
+    store
+        .record_issued(&certificate("issuer-a", "0a"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.record_issued(&certificate("issuer-a", "0a")).await,
+        Err(Error::Conflict(_))
+    ));
     // The same serial from another issuer is a different certificate.
-    store.record_issued(&certificate("issuer-b", "0a")).await.unwrap();
+    store
+        .record_issued(&certificate("issuer-b", "0a"))
+        .await
+        .unwrap();
     assert_eq!(store.count_certificates().await.unwrap(), 2);
     assert_eq!(store.certificates_by_serial("0a").await.unwrap().len(), 2);
     let found = store.certificate("issuer-a", "0a").await.unwrap().unwrap();
@@ -98,13 +126,36 @@ async fn certificates_are_unique_per_issuer(backend: Backend) {
     assert!(store.certificate("issuer-a", "0b").await.unwrap().is_none());
 
     // Revocation: the first one wins; unknown serials change nothing.
-    assert!(store.revoke("issuer-a", "0a", "keyCompromise", 1_500).await.unwrap());
-    assert!(!store.revoke("issuer-a", "0a", "superseded", 1_600).await.unwrap());
-    assert!(!store.revoke("issuer-a", "ff", "superseded", 1_600).await.unwrap());
+    assert!(
+        store
+            .revoke("issuer-a", "0a", "keyCompromise", 1_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke("issuer-a", "0a", "superseded", 1_600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke("issuer-a", "ff", "superseded", 1_600)
+            .await
+            .unwrap()
+    );
     let revoked = store.certificate("issuer-a", "0a").await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at, Some(1_500));
     assert_eq!(revoked.revocation_reason.as_deref(), Some("keyCompromise"));
-    assert!(store.certificate("issuer-b", "0a").await.unwrap().unwrap().revoked_at.is_none());
+    assert!(
+        store
+            .certificate("issuer-b", "0a")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
     store.close().await;
 }
 both_backends!(certificates_on, certificates_are_unique_per_issuer);
@@ -127,7 +178,10 @@ async fn audit_events_newest_first(backend: Backend) {
             .unwrap();
     }
     let events = store.recent_audit(3).await.unwrap();
-    assert_eq!(events.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(), vec!["t4", "t3", "t2"]);
+    assert_eq!(
+        events.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        vec!["t4", "t3", "t2"]
+    );
     assert_eq!(events[0].detail, "'; DROP TABLE audit_events; --");
     store.close().await;
 }
@@ -135,6 +189,8 @@ both_backends!(audit_on, audit_events_newest_first);
 
 #[tokio::test]
 async fn unknown_url_schemes_are_refused() {
-    let err = Store::open(&StoreOptions::new("mysql://x")).await.unwrap_err();
+    let err = Store::open(&StoreOptions::new("mysql://x"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Url(_)));
 }

@@ -1,0 +1,222 @@
+//! Engine tests with a real authority and rcgen-made CSRs; no store, fixed clocks.
+
+use std::time::Duration;
+
+use rcgen::{
+    CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, KeyPair, SanType,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::authority::{Authority, create_generation, open_generation};
+use crate::config::Config;
+use crate::issuance::{Error, TtlPolicy, csr, issue};
+use crate::keys::Kek;
+use crate::spiffe::SpiffeId;
+
+const ID: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+fn authority_at(created: OffsetDateTime) -> Authority {
+    let config = Config::embedded_default();
+    let kek = Kek::from_bytes([1; 32]);
+    let record = create_generation(&config.trust_domains[0], &kek, 1, created).unwrap();
+    open_generation(&record, &kek).unwrap()
+}
+
+fn policy() -> TtlPolicy {
+    TtlPolicy {
+        default_ttl: Duration::from_secs(3600),
+        max_ttl: Duration::from_secs(86_400),
+    }
+}
+
+fn csr_with(params: CertificateParams, key: &KeyPair) -> Vec<u8> {
+    params.serialize_request(key).unwrap().der().to_vec()
+}
+
+fn plain_csr(key: &KeyPair, uri: Option<&str>) -> Vec<u8> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    if let Some(uri) = uri {
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+    }
+    csr_with(params, key)
+}
+
+fn id() -> SpiffeId {
+    SpiffeId::parse(ID).unwrap()
+}
+
+#[test]
+fn not_after_never_passes_the_intermediate() {
+    let now = OffsetDateTime::now_utc();
+    // The intermediate (1y) was made long ago: 30 minutes of it are left.
+    let created = now - time::Duration::days(365) + time::Duration::minutes(30);
+    let authority = authority_at(created);
+    let key = KeyPair::generate().unwrap();
+    let verified = csr::parse(&plain_csr(&key, None)).unwrap();
+    let cert = issue(
+        &authority,
+        policy(),
+        &verified,
+        &id(),
+        Some(Duration::from_secs(7200)),
+        now,
+    )
+    .unwrap();
+    assert_eq!(cert.not_after, authority.intermediate_not_after);
+    assert!(cert.capped_by_issuer);
+    // Once the intermediate has expired nothing is issued.
+    let later = OffsetDateTime::from_unix_timestamp(authority.intermediate_not_after).unwrap();
+    assert_eq!(
+        issue(&authority, policy(), &verified, &id(), None, later).unwrap_err(),
+        Error::IssuerNotValid
+    );
+}
+
+#[test]
+fn ttl_rules() {
+    let now = OffsetDateTime::now_utc();
+    let authority = authority_at(now);
+    let key = KeyPair::generate().unwrap();
+    let verified = csr::parse(&plain_csr(&key, Some(ID))).unwrap();
+    let cases = [
+        (None, 3600, false),
+        (Some(0), 3600, false),
+        (Some(60), 60, false),
+        (Some(86_400), 86_400, false),
+        (Some(86_401), 86_400, true),
+        (Some(u64::MAX), 86_400, true),
+    ];
+    for (requested, expected, clamped) in cases {
+        let cert = issue(
+            &authority,
+            policy(),
+            &verified,
+            &id(),
+            requested.map(Duration::from_secs),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            cert.not_after - now.unix_timestamp(),
+            expected,
+            "{requested:?}"
+        );
+        assert_eq!(cert.not_before, now.unix_timestamp() - 60);
+        assert_eq!(cert.ttl_clamped, clamped);
+    }
+}
+
+#[test]
+fn csr_identity_rules() {
+    let now = OffsetDateTime::now_utc();
+    let authority = authority_at(now);
+    let key = KeyPair::generate().unwrap();
+
+    let mut dns = CertificateParams::new(vec!["web.default.svc".to_owned()]).unwrap();
+    dns.distinguished_name = DistinguishedName::new();
+    let mut cn = CertificateParams::default();
+    cn.distinguished_name = DistinguishedName::new();
+    cn.distinguished_name.push(DnType::CommonName, "admin");
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = DistinguishedName::new();
+    ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let mut two_uris = CertificateParams::default();
+    two_uris.distinguished_name = DistinguishedName::new();
+    two_uris.subject_alt_names = vec![
+        SanType::URI(ID.try_into().unwrap()),
+        SanType::URI(
+            "spiffe://cluster.local/ns/kube-system/sa/admin"
+                .try_into()
+                .unwrap(),
+        ),
+    ];
+    // An O= subject (istio-agent's shape) is fine.
+    let mut org = CertificateParams::default();
+    org.distinguished_name = DistinguishedName::new();
+    org.distinguished_name.push(DnType::OrganizationName, "");
+    org.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
+    // An unknown extension in the request is ignored (never copied).
+    let mut custom = CertificateParams::default();
+    custom.distinguished_name = DistinguishedName::new();
+    custom.custom_extensions = vec![CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![5, 0])];
+
+    let cases: Vec<(&str, CertificateParams, Result<(), Error>)> = vec![
+        (
+            "dns",
+            dns,
+            Err(Error::CsrClaimsOtherIdentity(String::new())),
+        ),
+        ("cn", cn, Err(Error::CsrClaimsOtherIdentity(String::new()))),
+        ("ca", ca, Err(Error::CsrRequestsCaPowers)),
+        (
+            "two uris",
+            two_uris,
+            Err(Error::CsrClaimsOtherIdentity(String::new())),
+        ),
+        ("O= subject", org, Ok(())),
+        ("unknown extension", custom, Ok(())),
+    ];
+    for (name, params, expected) in cases {
+        let verified = csr::parse(&csr_with(params, &key)).unwrap();
+        let result = issue(&authority, policy(), &verified, &id(), None, now).map(|_| ());
+        match (result, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(Error::CsrClaimsOtherIdentity(_)), Err(Error::CsrClaimsOtherIdentity(_))) => {}
+            (Err(got), Err(want)) => assert_eq!(got, want, "{name}"),
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+    let other_td = SpiffeId::parse("spiffe://eu.cluster.local/ns/default/sa/web").unwrap();
+    let verified = csr::parse(&plain_csr(&key, None)).unwrap();
+    assert!(matches!(
+        issue(&authority, policy(), &verified, &other_td, None, now),
+        Err(Error::WrongTrustDomain(_))
+    ));
+}
+
+/// Two very different CSRs (names, subject, extensions) over keys of one type produce
+/// certificates identical in everything but serial, validity, key and signature: the CSR
+/// contributes its public key and nothing else (CFSSL provenance review, security.md #26).
+#[test]
+fn only_the_public_key_comes_from_the_csr() {
+    let now = OffsetDateTime::now_utc();
+    let authority = authority_at(now);
+    let plain_key = KeyPair::generate().unwrap();
+    let busy_key = KeyPair::generate().unwrap();
+    let plain = csr::parse(&plain_csr(&plain_key, None)).unwrap();
+    let mut busy = CertificateParams::default();
+    busy.distinguished_name = DistinguishedName::new();
+    busy.distinguished_name
+        .push(DnType::OrganizationName, "Evil Corp");
+    busy.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
+    busy.custom_extensions = vec![CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![5, 0])];
+    let busy = csr::parse(&csr_with(busy, &busy_key)).unwrap();
+    let a = issue(&authority, policy(), &plain, &id(), None, now).unwrap();
+    let b = issue(&authority, policy(), &busy, &id(), None, now).unwrap();
+    let (_, ca) = X509Certificate::from_der(&a.der).unwrap();
+    let (_, cb) = X509Certificate::from_der(&b.der).unwrap();
+    assert_eq!(ca.subject().as_raw(), cb.subject().as_raw());
+    assert_eq!(ca.issuer().as_raw(), cb.issuer().as_raw());
+    let strip = |c: &X509Certificate<'_>| {
+        c.extensions()
+            .iter()
+            .filter(|e| e.oid.to_id_string() != "2.5.29.14")
+            .map(|e| (e.oid.to_id_string(), e.critical, e.value.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&ca), strip(&cb));
+    assert_eq!(ca.validity().not_after, cb.validity().not_after);
+}
+
+#[test]
+fn tampered_csr_signature_is_refused() {
+    let key = KeyPair::generate().unwrap();
+    let mut der = plain_csr(&key, Some(ID));
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    assert_eq!(csr::parse(&der).unwrap_err(), Error::BadCsrSignature);
+    let pem_text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", plain_csr(&key, None)));
+    assert!(csr::parse(pem_text.as_bytes()).is_ok());
+}
