@@ -73,6 +73,55 @@ pub fn generate(key_type: KeyType, uri_san: Option<&str>) -> Result<KeyAndCsr, E
     })
 }
 
+/// Generates a key and a CSR shaped like istio-agent's: subject `O=` (an empty organization) and
+/// exactly one URI SAN, marked critical.
+pub fn generate_istio_style(key_type: KeyType, uri_san: &str) -> Result<KeyAndCsr, Error> {
+    let key_pair = generate_key(key_type)?;
+    let mut params = CertificateParams::default();
+    let mut subject = DistinguishedName::new();
+    subject.push(rcgen::DnType::OrganizationName, "");
+    params.distinguished_name = subject;
+    // rcgen marks the SAN critical only for an empty subject; write it ourselves.
+    let mut san =
+        rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], general_names_uri(uri_san));
+    san.set_criticality(true);
+    params.custom_extensions = vec![san];
+    let csr = params
+        .serialize_request(&key_pair)
+        .map_err(|e| Error::Key(e.to_string()))?;
+    let csr_pem = csr.pem().map_err(|e| Error::Key(e.to_string()))?;
+    Ok(KeyAndCsr {
+        key_pem: Zeroizing::new(key_pair.serialize_pem()),
+        csr_pem,
+        csr_der: csr.der().to_vec(),
+    })
+}
+
+/// DER of `GeneralNames ::= SEQUENCE { uniformResourceIdentifier [6] IA5String }`.
+fn general_names_uri(uri: &str) -> Vec<u8> {
+    let mut name = vec![0x86];
+    push_len(&mut name, uri.len());
+    name.extend_from_slice(uri.as_bytes());
+    let mut out = vec![0x30];
+    push_len(&mut out, name.len());
+    out.extend_from_slice(&name);
+    out
+}
+
+fn push_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+}
+
 /// Generates a key pair of `key_type`.
 pub fn generate_key(key_type: KeyType) -> Result<KeyPair, Error> {
     let rsa_bits = match key_type {

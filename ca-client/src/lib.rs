@@ -23,7 +23,10 @@ pub mod admin;
 pub mod csr;
 pub mod error;
 pub mod files;
+pub mod inspect;
+pub mod workload;
 
 pub use admin::AdminClient;
 pub use csr::KeyType;
 pub use error::Error;
+pub use workload::{ConnectOptions, TokenAuth, WorkloadClient};

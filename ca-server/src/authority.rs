@@ -53,6 +53,7 @@ pub struct Authority {
     /// The intermediate's notAfter (unix seconds): no leaf outlives it.
     pub intermediate_not_after: i64,
     pub intermediate_not_before: i64,
+    pub root_not_after: i64,
     pub issuer: Issuer<'static, CaKey>,
 }
 
@@ -240,6 +241,7 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         .map_err(|e| inconsistent(format!("intermediate is not signed by the root: {e}")))?;
     let intermediate_not_after = intermediate.validity().not_after.timestamp();
     let intermediate_not_before = intermediate.validity().not_before.timestamp();
+    let root_not_after = root.validity().not_after.timestamp();
     let trust_domain = TrustDomain::parse(name).map_err(|e| inconsistent(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_der(
         &record.intermediate_cert.as_slice().into(),
@@ -254,6 +256,7 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         issuer_key_id: record.issuer_key_id.clone(),
         intermediate_not_after,
         intermediate_not_before,
+        root_not_after,
         issuer,
     })
 }

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::authn::jwt::Clusters;
 use crate::authority::{Authorities, Authority};
 use crate::config::Config;
 use crate::issuance::{self, IssuedCert, TtlPolicy};
+use crate::metrics::{IssuedLabels, Metrics, OpLabels, TrustDomainLabels};
 use crate::spiffe::SpiffeId;
 use crate::store::{self, CertificateRecord, Store};
 
@@ -24,6 +26,17 @@ pub enum Error {
     /// The record could not be committed; no certificate was handed out.
     #[error("store: {0}")]
     Store(#[from] store::Error),
+}
+
+impl Error {
+    /// The `reason` label of `ca_issuance_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Issuance(e) => e.reason(),
+            Error::UnknownTrustDomain(_) => "unknown_trust_domain",
+            Error::Store(_) => "store_unavailable",
+        }
+    }
 }
 
 /// Which front door a request came through (recorded with the certificate).
@@ -73,6 +86,9 @@ pub struct Ca {
     pub config: Arc<Config>,
     pub store: Store,
     pub authorities: Authorities,
+    /// Kubernetes clusters whose tokens we accept, with their cached JWKS.
+    pub clusters: Clusters,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Ca {
@@ -82,8 +98,52 @@ impl Ca {
             .ok_or_else(|| Error::UnknownTrustDomain(spiffe_id.trust_domain().to_string()))
     }
 
-    /// Issues and records a certificate for an already authorised identity.
+    /// Issues and records a certificate for an already authorised identity, and counts it.
     pub async fn enroll(
+        &self,
+        request: &Request<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Enrolled, Error> {
+        let started = std::time::Instant::now();
+        let trust_domain = request.spiffe_id.trust_domain().as_str();
+        let result = self.enroll_uncounted(request, now).await;
+        match &result {
+            Ok(enrolled) => {
+                self.metrics
+                    .issued
+                    .get_or_create(&IssuedLabels {
+                        trust_domain: trust_domain.to_owned(),
+                        api: request.api.as_str().to_owned(),
+                    })
+                    .inc();
+                self.metrics
+                    .issuance_duration
+                    .observe(started.elapsed().as_secs_f64());
+                if enrolled.cert.ttl_clamped {
+                    self.metrics
+                        .ttl_clamped
+                        .get_or_create(&TrustDomainLabels {
+                            trust_domain: trust_domain.to_owned(),
+                        })
+                        .inc();
+                }
+            }
+            Err(e) => {
+                self.metrics.issuance_failure(trust_domain, e.reason());
+                if let Error::Store(_) = e {
+                    self.metrics
+                        .store_errors
+                        .get_or_create(&OpLabels {
+                            op: "record_issued".to_owned(),
+                        })
+                        .inc();
+                }
+            }
+        }
+        result
+    }
+
+    async fn enroll_uncounted(
         &self,
         request: &Request<'_>,
         now: OffsetDateTime,

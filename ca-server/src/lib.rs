@@ -12,13 +12,19 @@
 //! - `http`: the public and admin HTTP listeners.
 //! - `server`: start everything on its listeners; shut it down.
 
+pub mod authn;
 pub mod authority;
+pub mod authz;
 pub mod config;
 pub mod enrollment;
+pub mod grpc;
 pub mod http;
 pub mod issuance;
+pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod serial;
 pub mod server;
 pub mod spiffe;
 pub mod store;
+pub mod tls;

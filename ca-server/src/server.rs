@@ -12,12 +12,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::authn::jwt::Clusters;
 use crate::authority::{self, Authorities};
 use crate::config::Config;
 use crate::enrollment::Ca;
+use crate::grpc;
 use crate::http::{self, HttpState};
+use crate::jobs;
 use crate::keys::{self, Kek};
+use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreOptions};
+use crate::tls::{self, ServingIdentity};
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,8 @@ pub enum StartError {
     Store(#[from] store::Error),
     #[error("cannot load the CA: {0}")]
     Authority(#[from] authority::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] tls::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -43,6 +50,7 @@ pub enum StartError {
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
+    pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub ca: Ca,
@@ -78,15 +86,39 @@ impl Server {
             );
         }
 
+        let metrics = Metrics::new();
+        for authority in authorities.iter() {
+            let td = authority.trust_domain.as_str();
+            metrics.cert_expiry(
+                td,
+                "intermediate",
+                &authority.issuer_key_id,
+                authority.intermediate_not_after,
+            );
+            metrics.cert_expiry(
+                td,
+                "root",
+                &authority.issuer_key_id,
+                authority.root_not_after,
+            );
+        }
+        let clusters = Clusters::new(&config.clusters);
+        clusters.load_all().await;
         let ca = Ca {
             config: Arc::new(config),
             store,
             authorities,
+            clusters,
+            metrics,
         };
+        let serving = ServingIdentity::new(&ca, OffsetDateTime::now_utc()).await?;
+        let tls_config = tls::server_config(&ca, serving.clone())?;
         let state = HttpState {
             ca: ca.clone(),
             bootstrap_token_sha256: Arc::new(token_sha256),
         };
+        let grpc_listener = bind(ca.config.listen.grpc).await?;
+        let grpc_addr = local_addr(&grpc_listener, ca.config.listen.grpc)?;
         let http_listener = bind(ca.config.listen.http).await?;
         let admin_listener = bind(ca.config.listen.admin).await?;
         let http_addr = local_addr(&http_listener, ca.config.listen.http)?;
@@ -118,8 +150,23 @@ impl Server {
                 }
             });
         }
-        tracing::info!(http = %http_addr, admin = %admin_addr, "listening");
+        {
+            let mut stop = shutdown.subscribe();
+            let ca = ca.clone();
+            tasks.spawn(async move {
+                let served = grpc::serve(grpc_listener, tls_config, ca, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "gRPC listener failed");
+                }
+            });
+        }
+        tasks.spawn(jobs::run(ca.clone(), serving, shutdown.subscribe()));
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, admin = %admin_addr, "listening");
         Ok(Server {
+            grpc_addr,
             http_addr,
             admin_addr,
             ca,

@@ -5,6 +5,7 @@
 // This crate is test code: a panic here is a test failure with its message, which is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod kube;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,59 @@ impl TestServer {
             dir,
             admin_token,
         }
+    }
+
+    /// A server with two trust domains (`cluster.local`, the serving one, and
+    /// `eu.cluster.local`) and a cluster `Kubernetes` (trust domain `cluster.local`, trusted
+    /// node account `istio-system/ztunnel`) whose tokens `kube` signs.
+    pub async fn start_with_cluster(backend: Backend, kube: &kube::FakeKube) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let url = fresh_database(backend, dir.path()).await;
+        let jwks = dir.path().join("jwks.json");
+        kube.write_jwks(&jwks);
+        let toml = format!(
+            r#"
+            [[trust_domains]]
+            name = "cluster.local"
+            [[trust_domains]]
+            name = "eu.cluster.local"
+            [[clusters]]
+            name = "Kubernetes"
+            trust_domain = "cluster.local"
+            issuer = "{issuer}"
+            jwks_file = "{jwks}"
+            trusted_node_accounts = ["istio-system/ztunnel"]
+            "#,
+            issuer = kube::ISSUER,
+            jwks = jwks.display(),
+        );
+        let parsed = Config::from_toml(&toml).unwrap();
+        let mut config = Config::ephemeral(dir.path(), &url);
+        config.trust_domains = parsed.trust_domains;
+        config.clusters = parsed.clusters;
+        TestServer::start_with(config, dir).await
+    }
+
+    /// The root of the serving trust domain (what verifies the gRPC port), PEM.
+    pub fn serving_root_pem(&self) -> Vec<u8> {
+        let td = &self.config.tls.serving_trust_domain;
+        let authority = self.server.ca.authorities.get(td).unwrap();
+        ca_server::enrollment::to_pem(&authority.root_der).into_bytes()
+    }
+
+    /// A gRPC client of this server, optionally with a client identity (chain PEM, key PEM).
+    pub async fn grpc_client(
+        &self,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> ca_client::WorkloadClient {
+        ca_client::WorkloadClient::connect(&ca_client::ConnectOptions {
+            address: self.server.grpc_addr.to_string(),
+            ca_pem: self.serving_root_pem(),
+            server_name: Some("localhost".to_owned()),
+            client_identity: identity,
+        })
+        .await
+        .unwrap()
     }
 
     pub fn admin_url(&self) -> String {

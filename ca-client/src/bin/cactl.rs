@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use ca_client::{AdminClient, KeyType, files};
+use ca_client::{AdminClient, ConnectOptions, KeyType, TokenAuth, WorkloadClient, files};
 
 #[derive(Debug, Parser)]
 #[command(name = "cactl", version, about = "Command line for the mesh CA")]
@@ -27,6 +27,26 @@ struct Cli {
         default_value = "ca-data/admin.token"
     )]
     admin_token_file: PathBuf,
+    /// gRPC address (`host:port`) for workload requests.
+    #[arg(long, global = true, env = "CA_GRPC", default_value = "127.0.0.1:8443")]
+    grpc: String,
+    /// PEM roots that verify the gRPC server.
+    #[arg(long, global = true, env = "CA_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Name to expect in the gRPC server's certificate (default: the host of --grpc).
+    #[arg(long, global = true, env = "CA_SERVER_NAME")]
+    server_name: Option<String>,
+    /// A Kubernetes service-account token file: request over gRPC like istio-agent.
+    #[arg(long, global = true, env = "CA_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Cluster id sent in the `clusterid` header.
+    #[arg(
+        long,
+        global = true,
+        env = "CA_CLUSTER_ID",
+        default_value = "Kubernetes"
+    )]
+    cluster_id: String,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -43,10 +63,17 @@ enum Output {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Make a key and CSR, have the CA sign it, write key.pem (0600), cert-chain.pem, root-cert.pem.
+    ///
+    /// With --token-file: over gRPC, exactly like istio-agent (bearer JWT + clusterid, CSR with an
+    /// `O=` subject and one critical URI SAN). Without: operator-issued through the admin API.
     Issue {
-        /// The SPIFFE ID to issue for (operator-issued through the admin API).
+        /// The SPIFFE ID. Admin path: required. Token path: the CSR's SAN (default: derived from
+        /// the token's subject and --trust-domain).
         #[arg(long)]
-        spiffe_id: String,
+        spiffe_id: Option<String>,
+        /// Trust domain for the SAN derived from the token (token path).
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
         /// Directory to write the files into.
         #[arg(long)]
         out: PathBuf,
@@ -56,6 +83,15 @@ enum Command {
         /// Requested lifetime, e.g. 1h (default: the trust domain's default_ttl).
         #[arg(long)]
         ttl: Option<String>,
+    },
+    /// Renew the certificate in a directory over mutual TLS with that certificate.
+    Renew {
+        /// Directory with key.pem, cert-chain.pem (and root-cert.pem, the default --ca-file).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Key type of the new key.
+        #[arg(long, default_value = "ecdsa-p256")]
+        key: String,
     },
 }
 
@@ -75,39 +111,189 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Issue {
             spiffe_id,
+            trust_domain,
             out,
             key,
             ttl,
-        } => issue(&cli, spiffe_id, out, key, ttl.as_deref()).await,
+        } => {
+            let key_type = KeyType::parse(key)?;
+            match &cli.token_file {
+                Some(token_file) => {
+                    issue_with_token(
+                        &cli,
+                        token_file,
+                        spiffe_id.as_deref(),
+                        trust_domain,
+                        out,
+                        key_type,
+                        ttl.as_deref(),
+                    )
+                    .await
+                }
+                None => {
+                    let spiffe_id = spiffe_id.as_deref().context(
+                        "--spiffe-id is required (or --token-file for the workload path)",
+                    )?;
+                    issue_with_admin(&cli, spiffe_id, out, key_type, ttl.as_deref()).await
+                }
+            }
+        }
+        Command::Renew { dir, key } => renew(&cli, dir, KeyType::parse(key)?).await,
     }
 }
 
-async fn issue(
+async fn issue_with_admin(
     cli: &Cli,
     spiffe_id: &str,
     out: &Path,
-    key: &str,
+    key_type: KeyType,
     ttl: Option<&str>,
 ) -> anyhow::Result<()> {
-    let key_type = KeyType::parse(key)?;
     let admin = admin_client(cli)?;
     let generated = ca_client::csr::generate(key_type, Some(spiffe_id))?;
     let issued = admin.issue(&generated.csr_pem, spiffe_id, ttl).await?;
     files::write_identity(out, &generated.key_pem, &issued.chain_pem, &issued.root_pem)?;
+    report(cli, &issued.chain_pem, out)
+}
+
+async fn issue_with_token(
+    cli: &Cli,
+    token_file: &Path,
+    spiffe_id: Option<&str>,
+    trust_domain: &str,
+    out: &Path,
+    key_type: KeyType,
+    ttl: Option<&str>,
+) -> anyhow::Result<()> {
+    // Re-read on every call: projected tokens rotate.
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("cannot read token file {}", token_file.display()))?;
+    let identity = match spiffe_id {
+        Some(id) => id.to_owned(),
+        None => identity_from_token(token.trim(), trust_domain)?,
+    };
+    let client = WorkloadClient::connect(&connect_options(cli, None, None)?).await?;
+    let generated = ca_client::csr::generate_istio_style(key_type, &identity)?;
+    let auth = TokenAuth {
+        token: Some(token),
+        cluster_id: Some(cli.cluster_id.clone()),
+    };
+    let chain = client
+        .create_certificate(
+            &generated.csr_pem,
+            ttl_seconds(ttl)?,
+            &auth,
+            &Default::default(),
+        )
+        .await?;
+    write_istio_chain(out, &generated.key_pem, &chain)?;
+    report(cli, &chain[..chain.len() - 1].concat(), out)
+}
+
+async fn renew(cli: &Cli, dir: &Path, key_type: KeyType) -> anyhow::Result<()> {
+    let chain_pem = files::read(&dir.join(files::CHAIN_FILE))?;
+    let key_pem = files::read(&dir.join(files::KEY_FILE))?;
+    let identity = ca_client::inspect::leaf_spiffe_id(&chain_pem)?;
+    let default_roots = dir.join(files::ROOT_FILE);
+    let client = WorkloadClient::connect(&connect_options(
+        cli,
+        Some(&default_roots),
+        Some((chain_pem, key_pem)),
+    )?)
+    .await?;
+    let generated = ca_client::csr::generate_istio_style(key_type, &identity)?;
+    let chain = client
+        .create_certificate(
+            &generated.csr_pem,
+            0,
+            &TokenAuth::default(),
+            &Default::default(),
+        )
+        .await?;
+    write_istio_chain(dir, &generated.key_pem, &chain)?;
+    report(cli, &chain[..chain.len() - 1].concat(), dir)
+}
+
+/// Istio's chain: leaf and intermediates, then the roots as the last element.
+fn write_istio_chain(out: &Path, key_pem: &str, chain: &[String]) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        chain.len() >= 2,
+        "the server answered a chain of {} elements",
+        chain.len()
+    );
+    let (roots, certs) = chain.split_last().context("empty chain")?;
+    files::write_identity(out, key_pem, &certs.concat(), roots)?;
+    Ok(())
+}
+
+fn connect_options(
+    cli: &Cli,
+    default_ca_file: Option<&Path>,
+    client_identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> anyhow::Result<ConnectOptions> {
+    let ca_file = cli
+        .ca_file
+        .as_deref()
+        .or(default_ca_file)
+        .context("--ca-file (the root that verifies the CA's gRPC port) is required")?;
+    Ok(ConnectOptions {
+        address: cli.grpc.clone(),
+        ca_pem: files::read(ca_file)?,
+        server_name: cli.server_name.clone(),
+        client_identity,
+    })
+}
+
+/// `spiffe://<td>/ns/<ns>/sa/<sa>` from the (unverified) `sub` of a service-account token; the
+/// server derives the same from the verified token.
+fn identity_from_token(token: &str, trust_domain: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).context("the token is not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .context("the token payload is not base64url")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the token payload is not JSON")?;
+    let sub = claims["sub"].as_str().context("the token has no sub")?;
+    match sub.split(':').collect::<Vec<_>>().as_slice() {
+        ["system", "serviceaccount", ns, sa] => {
+            Ok(format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}"))
+        }
+        _ => anyhow::bail!("the token's sub is not a service account: {sub}"),
+    }
+}
+
+fn ttl_seconds(ttl: Option<&str>) -> anyhow::Result<i64> {
+    let Some(ttl) = ttl else { return Ok(0) };
+    let (number, unit) = ttl.split_at(ttl.find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.len()));
+    let number: i64 = number.parse().context("--ttl is like 30m, 1h, 24h")?;
+    let unit = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => anyhow::bail!("unknown --ttl unit {other}"),
+    };
+    number.checked_mul(unit).context("--ttl out of range")
+}
+
+/// Prints what was written: the leaf's identity, serial and expiry.
+fn report(cli: &Cli, chain_pem: &str, out: &Path) -> anyhow::Result<()> {
+    let leaf = ca_client::inspect::leaf_summary(chain_pem.as_bytes())?;
     match cli.output {
         Output::Json => println!(
             "{}",
             serde_json::json!({
-                "serial": issued.serial,
-                "spiffe_id": issued.spiffe_id,
-                "not_after": issued.not_after,
+                "serial": leaf.serial,
+                "spiffe_id": leaf.spiffe_id,
+                "not_after": leaf.not_after,
                 "dir": out.display().to_string(),
             })
         ),
         Output::Human => {
-            println!("issued   {}", issued.spiffe_id);
-            println!("serial   {}", issued.serial);
-            println!("expires  {}", issued.not_after);
+            println!("issued   {}", leaf.spiffe_id);
+            println!("serial   {}", leaf.serial);
+            println!("expires  {}", leaf.not_after);
             println!(
                 "wrote    {}/{{{}, {}, {}}}",
                 out.display(),

@@ -72,22 +72,10 @@ impl IntoResponse for ApiError {
 
 impl From<issuance::Error> for ApiError {
     fn from(error: issuance::Error) -> Self {
-        use issuance::Error as E;
-        let code = match &error {
-            E::CsrTooLarge => "csr_too_large",
-            E::MalformedCsr(_) => "malformed_csr",
-            E::NotACsr(_) => "not_a_csr",
-            E::BadCsrSignature => "bad_csr_signature",
-            E::UnsupportedKey(_) => "unsupported_key",
-            E::CsrClaimsOtherIdentity(_) => "csr_identity_mismatch",
-            E::CsrRequestsCaPowers => "csr_requests_ca",
-            E::WrongTrustDomain(_) => "wrong_trust_domain",
-            E::TtlOutOfRange => "invalid_ttl",
-            E::IssuerNotValid | E::Signing(_) | E::SelfCheck(_) | E::Rng(_) => {
-                return ApiError::internal(&error);
-            }
-        };
-        ApiError::bad_request(code, error.to_string())
+        if !error.is_bad_request() {
+            return ApiError::internal(&error);
+        }
+        ApiError::bad_request(error.reason(), error.to_string())
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod check;
 pub mod csr;
 pub mod profile;
+pub mod serving;
 
 use std::time::Duration;
 
@@ -52,6 +53,35 @@ pub enum Error {
     SelfCheck(String),
     #[error(transparent)]
     Rng(#[from] crate::serial::RngError),
+}
+
+impl Error {
+    /// A stable short name (metric label, error code).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::CsrTooLarge => "csr_too_large",
+            Error::MalformedCsr(_) => "malformed_csr",
+            Error::NotACsr(_) => "not_a_csr",
+            Error::BadCsrSignature => "bad_csr_signature",
+            Error::UnsupportedKey(_) => "unsupported_key",
+            Error::CsrClaimsOtherIdentity(_) => "csr_identity_mismatch",
+            Error::CsrRequestsCaPowers => "csr_requests_ca",
+            Error::WrongTrustDomain(_) => "wrong_trust_domain",
+            Error::TtlOutOfRange => "invalid_ttl",
+            Error::IssuerNotValid => "issuer_not_valid",
+            Error::Signing(_) => "signing_failed",
+            Error::SelfCheck(_) => "self_check_failed",
+            Error::Rng(_) => "rng_failed",
+        }
+    }
+
+    /// The caller's fault (vs. ours).
+    pub fn is_bad_request(&self) -> bool {
+        !matches!(
+            self,
+            Error::IssuerNotValid | Error::Signing(_) | Error::SelfCheck(_) | Error::Rng(_)
+        )
+    }
 }
 
 /// TTL policy of a trust domain.

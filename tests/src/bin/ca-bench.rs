@@ -12,10 +12,12 @@ use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
 use ca_client::KeyType;
+use ca_server::authn::jwt::Clusters;
 use ca_server::authority::Authorities;
 use ca_server::config::Config;
 use ca_server::enrollment::{Api, Ca, Request};
 use ca_server::keys::Kek;
+use ca_server::metrics::Metrics;
 use ca_server::spiffe::SpiffeId;
 use ca_server::store::{Store, StoreOptions};
 
@@ -142,9 +144,11 @@ async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::
     )
     .await?;
     Ok(Ca {
+        clusters: Clusters::new(&config.clusters),
         config: Arc::new(config),
         store,
         authorities,
+        metrics: Metrics::new(),
     })
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod grpc;
 mod issuance;
 mod lifecycle;
 mod profile;

@@ -1,0 +1,388 @@
+//! Kubernetes service-account tokens checked locally against each cluster's JWKS (file or URL,
+//! cached, refreshed). Only RS256 and ES256; each key pins its algorithm (RSA keys verify RS256,
+//! P-256 keys ES256; a JWK `alg` that says otherwise drops the key). Issuer, audience, `exp`
+//! (required) and `nbf` are checked here against the `now` we are given, with a small leeway.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::{ClusterConfig, JwksSource};
+use crate::spiffe::{SpiffeId, TrustDomain};
+
+/// Largest token accepted, before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Largest JWKS document read or fetched.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Clock leeway for `exp` and `nbf`.
+pub const LEEWAY_SECONDS: i64 = 30;
+/// How often an unknown `kid` may trigger a JWKS reload.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("algorithm {0} is not allowed (RS256, ES256 only)")]
+    Algorithm(String),
+    #[error("no key in the cluster's JWKS matches")]
+    UnknownKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token has no exp claim")]
+    MissingExpiry,
+    #[error("issuer {0:?} is not the cluster's")]
+    WrongIssuer(String),
+    #[error("audience is not one of the cluster's")]
+    WrongAudience,
+    #[error("subject is not a service account: {0}")]
+    BadSubject(String),
+}
+
+impl TokenError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::Algorithm(_) => "token_algorithm",
+            TokenError::UnknownKey => "token_unknown_key",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::MissingExpiry => "token_missing_exp",
+            TokenError::WrongIssuer(_) => "token_wrong_issuer",
+            TokenError::WrongAudience => "token_wrong_audience",
+            TokenError::BadSubject(_) => "token_bad_subject",
+        }
+    }
+}
+
+/// A verified service account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+/// One usable key of a JWKS.
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// A parsed JWKS.
+#[derive(Default)]
+pub struct Jwks {
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl Jwks {
+    /// Parses a JWKS document; keys of other types or algorithms are skipped.
+    pub fn parse(bytes: &[u8]) -> Result<Jwks, String> {
+        if bytes.len() > MAX_JWKS_BYTES {
+            return Err("JWKS document too large".to_owned());
+        }
+        let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let pinned = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            let declared = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
+            if declared.is_some_and(|d| d != format!("{pinned:?}")) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                algorithm: pinned,
+                key,
+            });
+        }
+        Ok(Jwks { keys })
+    }
+}
+
+/// A cluster's token checker with its cached JWKS.
+pub struct ClusterTokens {
+    pub config: ClusterConfig,
+    jwks: RwLock<Arc<Jwks>>,
+    last_load: RwLock<Option<Instant>>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for ClusterTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTokens")
+            .field("cluster", &self.config.name)
+            .finish()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iss: Option<String>,
+    sub: Option<String>,
+    #[serde(default)]
+    aud: Audience,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    #[serde(rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaim>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct KubernetesClaim {
+    namespace: Option<String>,
+    serviceaccount: Option<NamedRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedRef {
+    name: Option<String>,
+}
+
+impl ClusterTokens {
+    pub fn new(config: ClusterConfig) -> ClusterTokens {
+        ClusterTokens {
+            config,
+            jwks: RwLock::new(Arc::new(Jwks::default())),
+            last_load: RwLock::new(None),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.config.trust_domain
+    }
+
+    /// (Re)loads the JWKS from its file or URL. On failure the previous keys stay.
+    pub async fn reload(&self) -> Result<(), String> {
+        if let Ok(mut last) = self.last_load.write() {
+            *last = Some(Instant::now());
+        }
+        let bytes = match &self.config.jwks {
+            JwksSource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            JwksSource::Url(url) => {
+                let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("{url}: HTTP {}", response.status()));
+                }
+                if response
+                    .content_length()
+                    .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+                {
+                    return Err(format!("{url}: JWKS too large"));
+                }
+                response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+            }
+        };
+        let jwks = Jwks::parse(&bytes)?;
+        if let Ok(mut current) = self.jwks.write() {
+            *current = Arc::new(jwks);
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Jwks> {
+        self.jwks.read().map(|j| j.clone()).unwrap_or_default()
+    }
+
+    fn may_reload(&self) -> bool {
+        self.last_load
+            .read()
+            .map(|last| last.is_none_or(|t| t.elapsed() >= MIN_RELOAD_INTERVAL))
+            .unwrap_or(false)
+    }
+
+    /// Verifies a token and returns the service account it names. An unknown `kid` triggers a
+    /// JWKS reload (rate-limited) before giving up.
+    pub async fn verify(&self, token: &str, now: i64) -> Result<ServiceAccount, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        match self.verify_with(&self.current(), token, now) {
+            Err(TokenError::UnknownKey) if self.may_reload() => {
+                if let Err(e) = self.reload().await {
+                    tracing::warn!(cluster = %self.config.name, error = %e, "JWKS reload failed");
+                }
+                self.verify_with(&self.current(), token, now)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_with(
+        &self,
+        jwks: &Jwks,
+        token: &str,
+        now: i64,
+    ) -> Result<ServiceAccount, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            let text = e.to_string();
+            // An unknown `alg` such as "none" fails header parsing in jsonwebtoken.
+            if text.contains("unknown variant") {
+                TokenError::Algorithm(text)
+            } else {
+                TokenError::Malformed(text)
+            }
+        })?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let candidates: Vec<&Key> = jwks
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| header.kid.is_none() || k.kid == header.kid)
+            .collect();
+        if candidates.is_empty() {
+            return Err(TokenError::UnknownKey);
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let mut claims = None;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
+                }
+                Err(e) => return Err(TokenError::Malformed(e.to_string())),
+            }
+        }
+        let claims = claims.ok_or(TokenError::BadSignature)?;
+        self.check_claims(claims, now)
+    }
+
+    fn check_claims(&self, claims: Claims, now: i64) -> Result<ServiceAccount, TokenError> {
+        let exp = claims.exp.ok_or(TokenError::MissingExpiry)?;
+        if now > exp.saturating_add(LEEWAY_SECONDS) {
+            return Err(TokenError::Expired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| now < nbf.saturating_sub(LEEWAY_SECONDS))
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        let issuer = claims.iss.unwrap_or_default();
+        if issuer != self.config.issuer {
+            return Err(TokenError::WrongIssuer(issuer));
+        }
+        let audiences: Vec<String> = match claims.aud {
+            Audience::None => Vec::new(),
+            Audience::One(a) => vec![a],
+            Audience::Many(a) => a,
+        };
+        if !audiences.iter().any(|a| self.config.audiences.contains(a)) {
+            return Err(TokenError::WrongAudience);
+        }
+        let subject = claims.sub.unwrap_or_default();
+        let parts: Vec<&str> = subject.split(':').collect();
+        let (namespace, service_account) = match parts.as_slice() {
+            ["system", "serviceaccount", ns, sa] if !ns.is_empty() && !sa.is_empty() => (*ns, *sa),
+            _ => return Err(TokenError::BadSubject(subject.chars().take(100).collect())),
+        };
+        if let Some(k8s) = &claims.kubernetes {
+            let ns_ok = k8s.namespace.as_deref().is_none_or(|n| n == namespace);
+            let sa_ok = k8s
+                .serviceaccount
+                .as_ref()
+                .and_then(|s| s.name.as_deref())
+                .is_none_or(|n| n == service_account);
+            if !ns_ok || !sa_ok {
+                return Err(TokenError::BadSubject(
+                    "kubernetes.io claim disagrees with sub".to_owned(),
+                ));
+            }
+        }
+        // The names must make a valid SPIFFE ID path.
+        SpiffeId::for_service_account(&self.config.trust_domain, namespace, service_account)
+            .map_err(|e| TokenError::BadSubject(e.to_string()))?;
+        Ok(ServiceAccount {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        })
+    }
+}
+
+/// Every configured cluster, by `clusterid`.
+#[derive(Debug, Default, Clone)]
+pub struct Clusters {
+    by_name: BTreeMap<String, Arc<ClusterTokens>>,
+}
+
+impl Clusters {
+    pub fn new(configs: &[ClusterConfig]) -> Clusters {
+        Clusters {
+            by_name: configs
+                .iter()
+                .map(|c| (c.name.clone(), Arc::new(ClusterTokens::new(c.clone()))))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<ClusterTokens>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ClusterTokens>> {
+        self.by_name.values()
+    }
+
+    /// Loads every cluster's JWKS; failures are logged (tokens of that cluster fail until a
+    /// later reload works), not fatal.
+    pub async fn load_all(&self) {
+        for cluster in self.by_name.values() {
+            if let Err(e) = cluster.reload().await {
+                tracing::warn!(cluster = %cluster.config.name, error = %e, "cannot load JWKS");
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Our own `ca.v1.CertificateAuthority`: `Issue` with the same authentication as the Istio
+//! service and a structured answer; `GetBundles`. (`WatchBundles` arrives with federation.)
+
+use std::pin::Pin;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use ca_proto::ca_v1::certificate_authority_server::CertificateAuthority;
+use ca_proto::ca_v1::{
+    GetBundlesRequest, GetBundlesResponse, IssueRequest, IssueResponse, TrustDomainBundle,
+    WatchBundlesRequest,
+};
+
+use crate::enrollment::{Api, Ca};
+use crate::grpc::{authenticate, request_id, requested_ttl, status};
+
+#[derive(Debug, Clone)]
+pub struct ApiService {
+    pub ca: Ca,
+}
+
+#[tonic::async_trait]
+impl CertificateAuthority for ApiService {
+    async fn issue(
+        &self,
+        request: Request<IssueRequest>,
+    ) -> Result<Response<IssueResponse>, Status> {
+        let now = OffsetDateTime::now_utc();
+        let principal = authenticate(&self.ca, &request, now).await?;
+        let request_id = request_id(request.metadata());
+        let message = request.into_inner();
+        let ttl = requested_ttl(message.ttl_seconds)?;
+        let requested_by = principal.describe();
+        let enrolled = self
+            .ca
+            .enroll(
+                &crate::enrollment::Request {
+                    csr: &message.csr,
+                    spiffe_id: principal.spiffe_id(),
+                    ttl,
+                    requested_by: &requested_by,
+                    request_id: &request_id,
+                    api: Api::CaV1,
+                },
+                now,
+            )
+            .await
+            .map_err(|e| {
+                tracing::info!(caller = %requested_by, error = %e, "issuance refused");
+                status::from_enrollment(&e)
+            })?;
+        let cert = &enrolled.cert;
+        Ok(Response::new(IssueResponse {
+            spiffe_id: cert.spiffe_id.to_string(),
+            serial: cert.serial.to_hex(),
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            renew_after: renew_after(cert.not_before, cert.not_after),
+            chain: vec![cert.der.clone(), enrolled.intermediate_der.clone()],
+            trust_bundle: enrolled.roots.clone(),
+        }))
+    }
+
+    async fn get_bundles(
+        &self,
+        _request: Request<GetBundlesRequest>,
+    ) -> Result<Response<GetBundlesResponse>, Status> {
+        let bundles = self
+            .ca
+            .authorities
+            .iter()
+            .map(|authority| TrustDomainBundle {
+                trust_domain: authority.trust_domain.to_string(),
+                roots: self.ca.roots_for(authority),
+                sequence: u64::try_from(authority.generation).unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(GetBundlesResponse { bundles }))
+    }
+
+    type WatchBundlesStream =
+        Pin<Box<dyn Stream<Item = Result<GetBundlesResponse, Status>> + Send>>;
+
+    async fn watch_bundles(
+        &self,
+        _request: Request<WatchBundlesRequest>,
+    ) -> Result<Response<Self::WatchBundlesStream>, Status> {
+        Err(Status::unimplemented(
+            "WatchBundles arrives with federation",
+        ))
+    }
+}
+
+/// About half-life, jittered by up to ±5 % of the lifetime so a fleet does not renew at once.
+pub fn renew_after(not_before: i64, not_after: i64) -> i64 {
+    let lifetime = (not_after - not_before).max(0);
+    let spread = lifetime / 10;
+    let mut byte = [0u8; 2];
+    let jitter = if spread > 0 && SystemRandom::new().fill(&mut byte).is_ok() {
+        i64::from(u16::from_be_bytes(byte)) % (spread + 1) - spread / 2
+    } else {
+        0
+    };
+    not_before + lifetime / 2 + jitter
+}

@@ -1,0 +1,155 @@
+//! The gRPC port (tonic over our own rustls acceptor): Istio's `IstioCertificateService`, our
+//! `ca.v1.CertificateAuthority`, `grpc.health.v1.Health` and server reflection.
+//!
+//! The TLS handshake runs per connection in its own task (a slow client cannot stall the accept
+//! loop) with a timeout; the resulting `TlsStream` exposes the verified client chain to handlers
+//! through `Request::peer_certs`.
+
+pub mod api;
+pub mod istio;
+pub mod status;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Server;
+
+use crate::authn::{self, Credentials, Principal};
+use crate::enrollment::Ca;
+
+/// Largest gRPC message accepted (a CSR is capped at 64 KiB on its own).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// A TLS handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections waiting to be handed to the gRPC server.
+const ACCEPT_QUEUE: usize = 256;
+
+/// Serves the gRPC API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ca: Ca,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (sender, receiver) =
+        tokio::sync::mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(ACCEPT_QUEUE);
+    let acceptor = TlsAcceptor::from(tls);
+    let accept_loop = tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = sender.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ca_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer<istio::IstioService>>()
+        .await;
+    health_reporter
+        .set_serving::<ca_proto::ca_v1::certificate_authority_server::CertificateAuthorityServer<api::ApiService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ca_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| tracing::error!(error = %e, "reflection service"))
+        .ok();
+
+    let istio =
+        ca_proto::istio::istio_certificate_service_server::IstioCertificateServiceServer::new(
+            istio::IstioService { ca: ca.clone() },
+        )
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let api = ca_proto::ca_v1::certificate_authority_server::CertificateAuthorityServer::new(
+        api::ApiService { ca },
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let result = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .timeout(Duration::from_secs(30))
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(istio)
+        .add_service(api)
+        .serve_with_incoming_shutdown(ReceiverStream::new(receiver), shutdown)
+        .await;
+    accept_loop.abort();
+    result
+}
+
+/// Reads the caller's credentials from a request and authenticates them; failures are logged
+/// with their reason and counted, and become an opaque status.
+pub(crate) async fn authenticate<T>(
+    ca: &Ca,
+    request: &tonic::Request<T>,
+    now: OffsetDateTime,
+) -> Result<Principal, tonic::Status> {
+    let metadata = request.metadata();
+    let peer_certs = request.peer_certs();
+    let credentials = Credentials {
+        authorization: ascii(metadata, "authorization"),
+        cluster_id: ascii(metadata, "clusterid"),
+        peer_certs: peer_certs.as_deref().map(Vec::as_slice),
+    };
+    authn::authenticate(
+        &credentials,
+        &ca.clusters,
+        &ca.authorities,
+        &ca.store,
+        now.unix_timestamp(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::info!(reason = e.reason(), error = %e, "authentication failed");
+        ca.metrics.authn_failure(e.reason());
+        status::from_authn(&e)
+    })
+}
+
+fn ascii<'a>(metadata: &'a MetadataMap, key: &str) -> Option<&'a str> {
+    metadata.get(key).and_then(|v| v.to_str().ok())
+}
+
+/// Converts a requested lifetime in seconds: `<= 0` means the default; more than 100 years is
+/// refused (never wrapped); anything else is passed on and clamped to `max_ttl` by the engine.
+pub(crate) fn requested_ttl(seconds: i64) -> Result<Option<Duration>, tonic::Status> {
+    const ABSURD: i64 = 100 * 365 * 86_400;
+    match seconds {
+        s if s <= 0 => Ok(None),
+        s if s > ABSURD => Err(status::invalid_ttl()),
+        s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
+    }
+}
+
+/// A fresh request id for the issuance record.
+pub(crate) fn request_id(metadata: &MetadataMap) -> String {
+    ascii(metadata, "x-request-id")
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            crate::serial::Serial::random()
+                .map(|s| s.to_hex())
+                .unwrap_or_default()
+        })
+}

@@ -1,0 +1,48 @@
+//! The one mapping from domain errors to `tonic::Status` (SPEC section 4). Only transient
+//! failures (store down, overload) use codes istio-agent retries (`UNAVAILABLE`,
+//! `RESOURCE_EXHAUSTED`); authentication failures are opaque.
+
+use tonic::{Code, Status};
+
+use crate::{authn, authz, enrollment};
+
+/// Istio's own text for a failed authentication; the real reason is only logged.
+pub const UNAUTHENTICATED: &str = "request authenticate failure";
+/// Istio's text for a refused impersonation.
+pub const IMPERSONATION_FAILED: &str = "request impersonation authentication failure";
+
+pub fn from_authn(error: &authn::Error) -> Status {
+    match error {
+        authn::Error::Store(_) => Status::unavailable("the CA cannot check revocation right now"),
+        _ => Status::unauthenticated(UNAUTHENTICATED),
+    }
+}
+
+pub fn from_authz(error: &authz::Error) -> Status {
+    match error {
+        authz::Error::UnknownSigner(signer) => {
+            Status::permission_denied(format!("unknown certificate signer {signer:?}"))
+        }
+        _ => Status::unauthenticated(IMPERSONATION_FAILED),
+    }
+}
+
+pub fn from_enrollment(error: &enrollment::Error) -> Status {
+    match error {
+        enrollment::Error::Issuance(e) if e.is_bad_request() => {
+            Status::new(Code::InvalidArgument, format!("{}: {e}", e.reason()))
+        }
+        enrollment::Error::Issuance(_) => Status::internal("the CA failed to sign"),
+        enrollment::Error::UnknownTrustDomain(td) => {
+            Status::permission_denied(format!("this CA does not issue for trust domain {td}"))
+        }
+        enrollment::Error::Store(_) => {
+            Status::unavailable("the CA cannot record certificates right now; retry")
+        }
+    }
+}
+
+/// A `validity_duration` (or `ttl_seconds`) that cannot be honoured or clamped sensibly.
+pub fn invalid_ttl() -> Status {
+    Status::invalid_argument("validity_duration out of range")
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics (names fixed by SPEC section 9), registered once at start on a registry the
+//! state owns (no globals), rendered by `GET /metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuedLabels {
+    pub trust_domain: String,
+    pub api: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub trust_domain: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrustDomainLabels {
+    pub trust_domain: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub trust_domain: String,
+    pub kind: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: String,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub issued: Family<IssuedLabels, Counter>,
+    pub issuance_failures: Family<FailureLabels, Counter>,
+    pub issuance_duration: Histogram,
+    pub authn_failures: Family<ReasonLabels, Counter>,
+    pub ttl_clamped: Family<TrustDomainLabels, Counter>,
+    pub cert_not_after: Family<CertLabels, Gauge>,
+    pub store_errors: Family<OpLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let issued = Family::<IssuedLabels, Counter>::default();
+        registry.register(
+            "ca_certificates_issued",
+            "Certificates issued",
+            issued.clone(),
+        );
+        let issuance_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "ca_issuance_failures",
+            "Issuance requests refused or failed, by reason",
+            issuance_failures.clone(),
+        );
+        let issuance_duration = Histogram::new(
+            [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "ca_issuance_duration_seconds",
+            "Time from request to recorded certificate",
+            issuance_duration.clone(),
+        );
+        let authn_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ca_authn_failures",
+            "Authentication failures, by reason",
+            authn_failures.clone(),
+        );
+        let ttl_clamped = Family::<TrustDomainLabels, Counter>::default();
+        registry.register(
+            "ca_ttl_clamped",
+            "Requests whose TTL was shortened to max_ttl",
+            ttl_clamped.clone(),
+        );
+        let cert_not_after = Family::<CertLabels, Gauge>::default();
+        registry.register(
+            "ca_cert_not_after_timestamp_seconds",
+            "notAfter of the CA and serving certificates",
+            cert_not_after.clone(),
+        );
+        let store_errors = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "ca_store_errors",
+            "Store operations that failed",
+            store_errors.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            issued,
+            issuance_failures,
+            issuance_duration,
+            authn_failures,
+            ttl_clamped,
+            cert_not_after,
+            store_errors,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            return String::new();
+        }
+        out
+    }
+
+    pub fn authn_failure(&self, reason: &str) {
+        self.authn_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn issuance_failure(&self, trust_domain: &str, reason: &str) {
+        self.issuance_failures
+            .get_or_create(&FailureLabels {
+                trust_domain: trust_domain.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn cert_expiry(&self, trust_domain: &str, kind: &str, key_id: &str, not_after: i64) {
+        self.cert_not_after
+            .get_or_create(&CertLabels {
+                trust_domain: trust_domain.to_owned(),
+                kind: kind.to_owned(),
+                key_id: key_id.to_owned(),
+            })
+            .set(not_after);
+    }
+}

@@ -1,0 +1,595 @@
+//! The Istio CA API over real TLS gRPC: istio-agent- and ztunnel-shaped requests, renewal over
+//! mutual TLS, and every authentication and authorization refusal with its status code.
+
+use std::collections::BTreeMap;
+
+use ca_client::{Error, KeyType, TokenAuth, WorkloadClient};
+use ca_tests::kube::{FakeKube, SigningKey, alg_none_token};
+use ca_tests::{Backend, TestServer, both_backends};
+use tonic::Code;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::profile::{assert_svid_profile, openssl_verify};
+
+const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+fn token_auth(token: &str) -> TokenAuth {
+    TokenAuth {
+        token: Some(token.to_owned()),
+        cluster_id: Some("Kubernetes".to_owned()),
+    }
+}
+
+fn code_of(result: Result<Vec<String>, Error>) -> Code {
+    match result {
+        Err(Error::Server { status, .. }) => Code::from_i32(i32::from(status)),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+/// Checks Istio's response shape and verifies the chain to its last element with openssl.
+fn check_istio_chain(
+    dir: &std::path::Path,
+    chain: &[String],
+    spiffe_id: &str,
+    rsa: bool,
+) -> Vec<u8> {
+    assert!(chain.len() >= 3, "leaf, intermediate, roots");
+    assert!(
+        chain.iter().all(|e| e.ends_with('\n')),
+        "every element newline-terminated"
+    );
+    for element in &chain[..chain.len() - 1] {
+        assert_eq!(
+            pem::parse_many(element).unwrap().len(),
+            1,
+            "one certificate per element"
+        );
+    }
+    let leaf = pem::parse(&chain[0]).unwrap().into_contents();
+    assert_svid_profile(&leaf, spiffe_id, rsa);
+    let (ok, out) = openssl_verify(dir, chain.last().unwrap(), &chain[1], &chain[0]);
+    assert!(ok, "{out}");
+    leaf
+}
+
+async fn istio_agent_and_ztunnel_requests(backend: Backend) {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(backend, &kube).await;
+    let client = server.grpc_client(None).await;
+    let dir = server.dir.path();
+
+    // istio-agent: RSA-2048, `O=` subject, one critical URI SAN = the caller; RS256 token.
+    let agent_csr = ca_client::csr::generate_istio_style(KeyType::Rsa2048, WEB).unwrap();
+    let token = kube.keys[1].sign(&FakeKube::claims("default", "web"));
+    let mut metadata = BTreeMap::new();
+    metadata.insert("CertSigner".to_owned(), String::new());
+    let chain = client
+        .create_certificate(&agent_csr.csr_pem, 3600, &token_auth(&token), &metadata)
+        .await
+        .unwrap();
+    let leaf = check_istio_chain(dir, &chain, WEB, true);
+    let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
+    assert_eq!(
+        cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(),
+        3660
+    );
+
+    // ztunnel (dedicated mode): P-256, empty subject, no metadata, ES256 token.
+    let zt_id = "spiffe://cluster.local/ns/istio-system/sa/ztunnel";
+    let zt_csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(zt_id)).unwrap();
+    let chain = client
+        .create_certificate(
+            &zt_csr.csr_pem,
+            0,
+            &token_auth(&kube.token("istio-system", "ztunnel")),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    check_istio_chain(dir, &chain, zt_id, false);
+
+    // ztunnel as node proxy: impersonates a workload of its trust domain.
+    let target = "spiffe://cluster.local/ns/shop/sa/cart";
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(target)).unwrap();
+    let mut metadata = BTreeMap::new();
+    metadata.insert("ImpersonatedIdentity".to_owned(), target.to_owned());
+    let chain = client
+        .create_certificate(
+            &csr.csr_pem,
+            0,
+            &token_auth(&kube.token("istio-system", "ztunnel")),
+            &metadata,
+        )
+        .await
+        .unwrap();
+    check_istio_chain(dir, &chain, target, false);
+
+    // Renewal over mutual TLS with the agent's certificate.
+    let identity = (
+        chain_pem(&chain_for(&client, &kube, &agent_csr).await),
+        agent_csr.key_pem.as_bytes().to_vec(),
+    );
+    let renewing = server.grpc_client(Some(identity)).await;
+    let renew_csr = ca_client::csr::generate_istio_style(KeyType::EcdsaP256, WEB).unwrap();
+    let chain = renewing
+        .create_certificate(
+            &renew_csr.csr_pem,
+            0,
+            &TokenAuth::default(),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    check_istio_chain(dir, &chain, WEB, false);
+
+    let records = server.server.ca.store.count_certificates().await.unwrap();
+    assert_eq!(
+        records, 6,
+        "five workload certificates and the serving certificate, all recorded"
+    );
+    server.stop().await;
+}
+both_backends!(istio_requests_on, istio_agent_and_ztunnel_requests);
+
+async fn chain_for(
+    client: &WorkloadClient,
+    kube: &FakeKube,
+    csr: &ca_client::csr::KeyAndCsr,
+) -> Vec<String> {
+    client
+        .create_certificate(
+            &csr.csr_pem,
+            0,
+            &token_auth(&kube.token("default", "web")),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap()
+}
+
+fn chain_pem(chain: &[String]) -> Vec<u8> {
+    chain[..chain.len() - 1].concat().into_bytes()
+}
+
+/// Every refusal: the right status code, and no certificate row written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_the_right_codes() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(WEB)).unwrap();
+    let bare_csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let good = kube.token("default", "web");
+    let stranger = SigningKey::es256("es-1"); // same kid, a key the JWKS does not hold
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+
+    let mut expired = FakeKube::claims("default", "web");
+    expired["exp"] = (now - 600).into();
+    expired["nbf"] = (now - 4000).into();
+    let mut wrong_aud = FakeKube::claims("default", "web");
+    wrong_aud["aud"] = serde_json::json!(["https://kubernetes.default.svc"]);
+    let mut no_exp = FakeKube::claims("default", "web");
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let mut wrong_iss = FakeKube::claims("default", "web");
+    wrong_iss["iss"] = "https://evil.example".into();
+    let mut future = FakeKube::claims("default", "web");
+    future["nbf"] = (now + 3600).into();
+    let mut not_sa = FakeKube::claims("default", "web");
+    not_sa["sub"] = "system:node:worker-1".into();
+
+    let other_ns = ca_client::csr::generate(
+        KeyType::EcdsaP256,
+        Some("spiffe://cluster.local/ns/kube-system/sa/web"),
+    )
+    .unwrap();
+    let other_td = ca_client::csr::generate(
+        KeyType::EcdsaP256,
+        Some("spiffe://eu.cluster.local/ns/default/sa/web"),
+    )
+    .unwrap();
+    let with_dns = {
+        let key = ca_client::csr::generate_key(KeyType::EcdsaP256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["web.default.svc".to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    };
+
+    let none = TokenAuth::default();
+    let unknown_cluster = TokenAuth {
+        token: Some(good.clone()),
+        cluster_id: Some("other-cluster".to_owned()),
+    };
+    let impersonate = |id: &str| {
+        let mut m = BTreeMap::new();
+        m.insert("ImpersonatedIdentity".to_owned(), id.to_owned());
+        m
+    };
+    let empty = BTreeMap::new();
+    let ztunnel = kube.token("istio-system", "ztunnel");
+    let mut signer = BTreeMap::new();
+    signer.insert("CertSigner".to_owned(), "istio-system-signer".to_owned());
+
+    let cases: Vec<(&str, &str, TokenAuth, BTreeMap<String, String>, i64, Code)> = vec![
+        (
+            "no credentials",
+            &csr.csr_pem,
+            none.clone(),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "alg none",
+            &csr.csr_pem,
+            token_auth(&alg_none_token(&FakeKube::claims("default", "web"))),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "expired token",
+            &csr.csr_pem,
+            token_auth(&kube.keys[0].sign(&expired)),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "no exp",
+            &csr.csr_pem,
+            token_auth(&kube.keys[0].sign(&no_exp)),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "not yet valid",
+            &csr.csr_pem,
+            token_auth(&kube.keys[0].sign(&future)),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "wrong audience",
+            &csr.csr_pem,
+            token_auth(&kube.keys[0].sign(&wrong_aud)),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "wrong issuer",
+            &csr.csr_pem,
+            token_auth(&kube.keys[0].sign(&wrong_iss)),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "not a service account",
+            &csr.csr_pem,
+            token_auth(&kube.keys[0].sign(&not_sa)),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "unknown cluster id",
+            &csr.csr_pem,
+            unknown_cluster,
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "key not in the JWKS",
+            &csr.csr_pem,
+            token_auth(&stranger.sign(&FakeKube::claims("default", "web"))),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "garbage token",
+            &csr.csr_pem,
+            token_auth("not.a.jwt"),
+            empty.clone(),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "CSR for another namespace",
+            &other_ns.csr_pem,
+            token_auth(&good),
+            empty.clone(),
+            0,
+            Code::InvalidArgument,
+        ),
+        (
+            "CSR for another trust domain",
+            &other_td.csr_pem,
+            token_auth(&good),
+            empty.clone(),
+            0,
+            Code::InvalidArgument,
+        ),
+        (
+            "CSR with a DNS SAN",
+            &with_dns,
+            token_auth(&good),
+            empty.clone(),
+            0,
+            Code::InvalidArgument,
+        ),
+        (
+            "impersonation by a workload",
+            &bare_csr.csr_pem,
+            token_auth(&good),
+            impersonate("spiffe://cluster.local/ns/shop/sa/cart"),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "impersonation across trust domains",
+            &bare_csr.csr_pem,
+            token_auth(&ztunnel),
+            impersonate("spiffe://eu.cluster.local/ns/shop/sa/cart"),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "impersonation of a non-workload ID",
+            &bare_csr.csr_pem,
+            token_auth(&ztunnel),
+            impersonate("spiffe://cluster.local/admin"),
+            0,
+            Code::Unauthenticated,
+        ),
+        (
+            "unknown CertSigner",
+            &csr.csr_pem,
+            token_auth(&good),
+            signer,
+            0,
+            Code::PermissionDenied,
+        ),
+        (
+            "absurd validity",
+            &csr.csr_pem,
+            token_auth(&good),
+            empty.clone(),
+            i64::MAX,
+            Code::InvalidArgument,
+        ),
+        (
+            "CSR not PEM",
+            "hello",
+            token_auth(&good),
+            empty.clone(),
+            0,
+            Code::InvalidArgument,
+        ),
+    ];
+    for (name, csr_pem, auth, metadata, validity, expected) in cases {
+        let result = client
+            .create_certificate(csr_pem, validity, &auth, &metadata)
+            .await;
+        assert_eq!(code_of(result), expected, "{name}");
+    }
+    assert_eq!(
+        server.server.ca.store.count_certificates().await.unwrap(),
+        1,
+        "only the serving certificate"
+    );
+
+    // Forwarded identity headers are never read.
+    let mut request = tonic::Request::new(ca_proto::istio::IstioCertificateRequest {
+        csr: csr.csr_pem.clone(),
+        validity_duration: 0,
+        metadata: None,
+    });
+    request.metadata_mut().insert(
+        "x-forwarded-client-cert",
+        format!("By=spiffe://cluster.local/ns/istio-system/sa/gw;URI={WEB}")
+            .parse()
+            .unwrap(),
+    );
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{}", server.server.grpc_addr))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        server.serving_root_pem(),
+                    ))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status =
+        ca_proto::istio::istio_certificate_service_client::IstioCertificateServiceClient::new(
+            channel.clone(),
+        )
+        .create_certificate(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        status.message(),
+        "request authenticate failure",
+        "opaque message"
+    );
+
+    // Longer than max_ttl is clamped (24h), not refused.
+    let chain = client
+        .create_certificate(&csr.csr_pem, 7 * 86_400, &token_auth(&good), &empty)
+        .await
+        .unwrap();
+    let leaf = pem::parse(&chain[0]).unwrap().into_contents();
+    let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
+    assert_eq!(
+        cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp(),
+        86_400 + 60
+    );
+
+    // Health and metrics.
+    let status = tonic_health_check(channel).await;
+    assert_eq!(status, 1, "SERVING");
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "ca_authn_failures_total{reason=\"token_expired\"} 1",
+        "ca_authn_failures_total{reason=\"no_credentials\"} 2",
+        "ca_authn_failures_total{reason=\"token_algorithm\"} 1",
+        "ca_authn_failures_total{reason=\"impersonation_cross_trust_domain\"} 1",
+        "ca_ttl_clamped_total{trust_domain=\"cluster.local\"} 1",
+        "ca_certificates_issued_total{trust_domain=\"cluster.local\",api=\"istio\"} 1",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "{needle} missing from:\n{metrics}"
+        );
+    }
+    server.stop().await;
+}
+
+async fn tonic_health_check(channel: tonic::transport::Channel) -> i32 {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "istio.v1.auth.IstioCertificateService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// A revoked certificate cannot renew; neither can one we never issued (another CA's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_refusals() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(WEB)).unwrap();
+    let chain = client
+        .create_certificate(
+            &csr.csr_pem,
+            0,
+            &token_auth(&kube.token("default", "web")),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    let identity = (chain_pem(&chain), csr.key_pem.as_bytes().to_vec());
+    let renewing = server.grpc_client(Some(identity.clone())).await;
+    let next = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    renewing
+        .create_certificate(&next.csr_pem, 0, &TokenAuth::default(), &BTreeMap::new())
+        .await
+        .unwrap();
+
+    // Revoke it through the store, then renewal fails.
+    let leaf = pem::parse(&chain[0]).unwrap().into_contents();
+    let (_, cert) = X509Certificate::from_der(&leaf).unwrap();
+    let serial = hex::encode(cert.raw_serial());
+    let issuer = server
+        .server
+        .ca
+        .authorities
+        .iter()
+        .find(|a| a.trust_domain.as_str() == "cluster.local")
+        .unwrap()
+        .issuer_key_id
+        .clone();
+    assert!(
+        server
+            .server
+            .ca
+            .store
+            .revoke(&issuer, &serial, "keyCompromise", 1)
+            .await
+            .unwrap()
+    );
+    let renewing = server.grpc_client(Some(identity)).await;
+    let result = renewing
+        .create_certificate(&next.csr_pem, 0, &TokenAuth::default(), &BTreeMap::new())
+        .await;
+    assert_eq!(code_of(result), Code::Unauthenticated);
+
+    // A certificate from a CA we do not know fails the TLS handshake itself.
+    let foreign_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(WEB.try_into().unwrap())];
+    let foreign = params.self_signed(&foreign_key).unwrap();
+    let result = WorkloadClient::connect(&ca_client::ConnectOptions {
+        address: server.server.grpc_addr.to_string(),
+        ca_pem: server.serving_root_pem(),
+        server_name: Some("localhost".to_owned()),
+        client_identity: Some((
+            foreign.pem().into_bytes(),
+            foreign_key.serialize_pem().into_bytes(),
+        )),
+    })
+    .await;
+    match result {
+        Err(_) => {}
+        Ok(client) => {
+            let r = client
+                .create_certificate(&next.csr_pem, 0, &TokenAuth::default(), &BTreeMap::new())
+                .await;
+            assert!(
+                r.is_err(),
+                "a foreign client certificate must not get through"
+            );
+        }
+    }
+    server.stop().await;
+}
+
+/// ca.v1: structured answer, same authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_v1_issue_and_bundles() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let answer = client
+        .issue(
+            &csr.csr_der,
+            7200,
+            &token_auth(&kube.token("default", "web")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.spiffe_id, WEB);
+    assert_eq!(answer.not_after - answer.not_before, 7260);
+    let half = answer.not_before + (answer.not_after - answer.not_before) / 2;
+    assert!((answer.renew_after - half).abs() <= (answer.not_after - answer.not_before) / 20 + 1);
+    assert_eq!(answer.chain.len(), 2);
+    assert_eq!(answer.trust_bundle.len(), 1);
+    assert_svid_profile(&answer.chain[0], WEB, false);
+    let records = server
+        .server
+        .ca
+        .store
+        .certificates_by_serial(&answer.serial)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].api, "ca.v1");
+    let err = client
+        .issue(&csr.csr_der, 0, &TokenAuth::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Server { status: 16, .. }), "{err:?}");
+    server.stop().await;
+}
