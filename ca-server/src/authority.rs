@@ -101,27 +101,37 @@ impl Authorities {
             let record = match store.active_generation(name).await? {
                 Some(record) => record,
                 None => {
-                    if !store.generations(name).await?.is_empty() {
+                    // Another process may have created it since we looked.
+                    let existing = store.generations(name).await?;
+                    if let Some(active) = existing.iter().find(|g| g.state == "active") {
+                        active.clone()
+                    } else if !existing.is_empty() {
                         return Err(Error::Inconsistent {
                             trust_domain: name.to_owned(),
-                            message: "generations exist but none is active; refusing to create a new root".to_owned(),
+                            message: "generations exist but none is active; refusing to create a new root"
+                                .to_owned(),
                         });
-                    }
-                    let created = create_generation(config, kek, 1, now)?;
-                    match store.insert_generation(&created).await {
-                        Ok(()) => {
-                            tracing::info!(trust_domain = name, "created root and intermediate CA");
-                            created
+                    } else {
+                        let created = create_generation(config, kek, 1, now)?;
+                        match store.insert_generation(&created).await {
+                            Ok(()) => {
+                                tracing::info!(
+                                    trust_domain = name,
+                                    "created root and intermediate CA"
+                                );
+                                created
+                            }
+                            Err(store::Error::Conflict(_)) => store
+                                .active_generation(name)
+                                .await?
+                                .ok_or_else(|| Error::Inconsistent {
+                                    trust_domain: name.to_owned(),
+                                    message:
+                                        "lost the creation race but found no active generation"
+                                            .to_owned(),
+                                })?,
+                            Err(e) => return Err(e.into()),
                         }
-                        Err(store::Error::Conflict(_)) => store
-                            .active_generation(name)
-                            .await?
-                            .ok_or_else(|| Error::Inconsistent {
-                                trust_domain: name.to_owned(),
-                                message: "lost the creation race but found no active generation"
-                                    .to_owned(),
-                            })?,
-                        Err(e) => return Err(e.into()),
                     }
                 }
             };

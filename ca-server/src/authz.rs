@@ -73,11 +73,9 @@ pub fn decide(
     let path: Vec<&str> = target
         .as_str()
         .trim_start_matches("spiffe://")
-        .splitn(2, '/')
-        .nth(1)
-        .unwrap_or_default()
-        .split('/')
-        .collect();
+        .split_once('/')
+        .map(|(_, path)| path.split('/').collect())
+        .unwrap_or_default();
     if !matches!(path.as_slice(), ["ns", _, "sa", _]) {
         return Err(Error::ImpersonationMalformed(target.to_string()));
     }

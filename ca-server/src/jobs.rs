@@ -30,7 +30,7 @@ pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Rec
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "serving certificate renewal failed; will retry"),
         }
-        if ticks % JWKS_EVERY_TICKS == 0 {
+        if ticks.is_multiple_of(JWKS_EVERY_TICKS) {
             ca.clusters.load_all().await;
         }
     }

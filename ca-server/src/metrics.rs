@@ -72,12 +72,9 @@ impl Metrics {
             "Issuance requests refused or failed, by reason",
             issuance_failures.clone(),
         );
-        let issuance_duration = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]
-            .into_iter(),
-        );
+        let issuance_duration = Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         registry.register(
             "ca_issuance_duration_seconds",
             "Time from request to recorded certificate",

@@ -5,12 +5,11 @@
 //! CONFLICT`, `RETURNING`, timestamps as unix seconds); the `on_pool!` macro runs the same query
 //! code against whichever pool is open. What differs per backend (connecting, migrations, error
 //! codes) lives in `postgres.rs` and `sqlite.rs`. Dispatch is a closed enum rather than a trait
-//! object: two backends, no `async-trait`.
+//! object: two backends, no `async-trait`. The conformance suite that runs every verb on both
+//! backends is `tests/tests/e2e/store_conformance.rs`.
 
 mod postgres;
 mod sqlite;
-#[cfg(test)]
-mod tests;
 
 use std::time::Duration;
 

@@ -33,6 +33,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// gRPC `CreateCertificate` against an in-process server on loopback: N concurrent HTTP/2
+    /// clients with bearer tokens, pre-generated CSRs; afterwards every received serial is looked
+    /// up in the database.
+    Grpc {
+        #[arg(long, default_value = "sqlite,postgres")]
+        backends: String,
+        #[arg(long, default_value = "ecdsa-p256,rsa-2048")]
+        keys: String,
+        /// Concurrent clients, each with its own connection.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
         /// Backends: sqlite, postgres (comma-separated).
@@ -63,6 +79,35 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Grpc {
+            backends,
+            keys,
+            clients,
+            seconds,
+            runs,
+        } => {
+            println!(
+                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  (median of {runs} runs of {seconds}s)"
+            );
+            for backend in backends.split(',') {
+                for key in keys.split(',') {
+                    let key_type = KeyType::parse(key)?;
+                    let csrs = make_csr_pems(key_type, 64)?;
+                    let mut results = Vec::new();
+                    for _ in 0..runs {
+                        results.push(
+                            run_grpc(backend, &csrs, clients, Duration::from_secs(seconds)).await?,
+                        );
+                    }
+                    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+                    let m = &results[results.len() / 2];
+                    println!(
+                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}",
+                        m.rate, m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms
+                    );
+                }
+            }
+        }
         Command::Engine {
             backends,
             keys,
@@ -108,10 +153,114 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Default)]
 struct RunResult {
     rate: f64,
     p50_ms: f64,
+    p90_ms: f64,
     p99_ms: f64,
+    max_ms: f64,
+}
+
+impl RunResult {
+    fn from_latencies(mut latencies: Vec<Duration>, elapsed: f64) -> RunResult {
+        latencies.sort();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0)
+        };
+        RunResult {
+            rate: latencies.len() as f64 / elapsed,
+            p50_ms: pct(0.5),
+            p90_ms: pct(0.9),
+            p99_ms: pct(0.99),
+            max_ms: latencies
+                .last()
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0),
+        }
+    }
+}
+
+fn make_csr_pems(key_type: KeyType, count: usize) -> anyhow::Result<Vec<String>> {
+    (0..count)
+        .map(|_| Ok(ca_client::csr::generate(key_type, None)?.csr_pem))
+        .collect()
+}
+
+async fn run_grpc(
+    backend: &str,
+    csrs: &[String],
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<RunResult> {
+    let kube = ca_tests::kube::FakeKube::new();
+    let server = match backend {
+        "sqlite" => {
+            ca_tests::TestServer::start_with_cluster(ca_tests::Backend::Sqlite, &kube).await
+        }
+        "postgres" => {
+            ca_tests::TestServer::start_with_cluster(ca_tests::Backend::Postgres, &kube).await
+        }
+        other => anyhow::bail!("unknown backend {other}"),
+    };
+    let csrs = Arc::new(csrs.to_vec());
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(server.grpc_client(None).await);
+    }
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, client) in connections.into_iter().enumerate() {
+        let csrs = csrs.clone();
+        let auth = ca_client::TokenAuth {
+            token: Some(kube.token("bench", &format!("w{i}"))),
+            cluster_id: Some("Kubernetes".to_owned()),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut serials = Vec::new();
+            let mut n = i;
+            let metadata = Default::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let chain = client
+                    .create_certificate(&csrs[n % csrs.len()], 0, &auth, &metadata)
+                    .await?;
+                latencies.push(t.elapsed());
+                serials.push(ca_client::inspect::leaf_summary(chain[0].as_bytes())?.serial);
+                n += clients;
+            }
+            Ok::<_, anyhow::Error>((latencies, serials))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut serials = Vec::new();
+    for task in tasks {
+        let (l, s) = task.await??;
+        latencies.extend(l);
+        serials.extend(s);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Every certificate a client received is in the database.
+    let store = &server.server.ca.store;
+    let recorded = store.count_certificates().await?;
+    anyhow::ensure!(
+        recorded as usize == serials.len() + 1,
+        "recorded {recorded}, received {}",
+        serials.len()
+    );
+    for serial in serials.iter().step_by((serials.len() / 200).max(1)) {
+        anyhow::ensure!(
+            store.certificates_by_serial(serial).await?.len() == 1,
+            "serial {serial} not recorded"
+        );
+    }
+    server.stop().await;
+    Ok(RunResult::from_latencies(latencies, elapsed))
 }
 
 fn make_csrs(key_type: KeyType, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -192,22 +341,11 @@ async fn run_engine(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
     let recorded = ca.store.count_certificates().await?;
     anyhow::ensure!(
         recorded as usize == latencies.len(),
         "recorded {recorded} != issued {}",
         latencies.len()
     );
-    Ok(RunResult {
-        rate: latencies.len() as f64 / elapsed,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-    })
+    Ok(RunResult::from_latencies(latencies, elapsed))
 }

@@ -127,3 +127,98 @@ async fn quick_start_with_the_embedded_default() {
         "{stderr}"
     );
 }
+
+/// `cactl issue --token-file` (istio-agent's request) and `cactl renew --dir` (mutual TLS) against
+/// a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cactl_workload_issue_and_renew() {
+    let kube = ca_tests::kube::FakeKube::new();
+    let server = ca_tests::TestServer::start_with_cluster(ca_tests::Backend::Sqlite, &kube).await;
+    let dir = server.dir.path().to_owned();
+    let token_file = dir.join("istio-token");
+    std::fs::write(&token_file, kube.token("default", "web")).unwrap();
+    let ca_file = dir.join("ca-root.pem");
+    std::fs::write(&ca_file, server.serving_root_pem()).unwrap();
+    let grpc = server.server.grpc_addr.to_string();
+    let out = dir.join("workload");
+    let common = |command: &mut Command| {
+        command
+            .env_remove("CA_TOKEN_FILE")
+            .args(["--grpc", &grpc, "--server-name", "localhost", "--ca-file"])
+            .arg(&ca_file);
+    };
+    let mut issue = Command::new(bin("cactl"));
+    common(&mut issue);
+    issue
+        .args([
+            "--output",
+            "json",
+            "issue",
+            "--key",
+            "rsa-2048",
+            "--ttl",
+            "2h",
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .arg("--out")
+        .arg(&out);
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || run(&mut issue))
+        .await
+        .unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    let first: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        first["spiffe_id"],
+        "spiffe://cluster.local/ns/default/sa/web"
+    );
+    let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
+    let blocks = pem::parse_many(&chain).unwrap();
+    assert_eq!(blocks.len(), 2);
+    assert_svid_profile(
+        blocks[0].contents(),
+        "spiffe://cluster.local/ns/default/sa/web",
+        true,
+    );
+
+    let mut renew = Command::new(bin("cactl"));
+    common(&mut renew);
+    renew.args(["--output", "json", "renew", "--dir"]).arg(&out);
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || run(&mut renew))
+        .await
+        .unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    let second: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(second["spiffe_id"], first["spiffe_id"]);
+    assert_ne!(second["serial"], first["serial"]);
+    let records = server
+        .server
+        .ca
+        .store
+        .certificates_by_serial(second["serial"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(
+        records[0].requested_by.starts_with("cert:"),
+        "{}",
+        records[0].requested_by
+    );
+
+    // An unreachable server is a clear error.
+    let (ok, _, stderr) = run(Command::new(bin("cactl"))
+        .args([
+            "--grpc",
+            "127.0.0.1:1",
+            "--server-name",
+            "localhost",
+            "--ca-file",
+        ])
+        .arg(&ca_file)
+        .args(["issue", "--token-file"])
+        .arg(&token_file)
+        .args(["--out", "/nonexistent/x"]));
+    assert!(!ok);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    server.stop().await;
+}

@@ -152,6 +152,16 @@ fn chain_pem(chain: &[String]) -> Vec<u8> {
     chain[..chain.len() - 1].concat().into_bytes()
 }
 
+/// (name, CSR PEM, auth, metadata, validity_duration, expected code)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    TokenAuth,
+    BTreeMap<String, String>,
+    i64,
+    Code,
+);
+
 /// Every refusal: the right status code, and no certificate row written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_have_the_right_codes() {
@@ -210,7 +220,7 @@ async fn refusals_have_the_right_codes() {
     let mut signer = BTreeMap::new();
     signer.insert("CertSigner".to_owned(), "istio-system-signer".to_owned());
 
-    let cases: Vec<(&str, &str, TokenAuth, BTreeMap<String, String>, i64, Code)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "no credentials",
             &csr.csr_pem,

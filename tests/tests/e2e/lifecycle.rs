@@ -110,7 +110,11 @@ async fn store_unreachable_postgres_fails_closed() {
 
     // The direct connection still sees exactly one certificate.
     let store = Store::open(&StoreOptions::new(&url)).await.unwrap();
-    assert_eq!(store.count_certificates().await.unwrap(), 1);
+    assert_eq!(
+        store.count_certificates().await.unwrap(),
+        2,
+        "the serving certificate and one issued"
+    );
     store.close().await;
     server.stop().await;
 }
@@ -125,9 +129,13 @@ async fn store_closed_sqlite_fails_closed() {
     let err = admin.issue(&generated.csr_pem, ID, None).await.unwrap_err();
     assert!(matches!(&err, Error::Server { status: 503, .. }), "{err:?}");
     let url = server.config.database_url.clone();
-    server.stop().await;
+    let (_config, _dir) = server.stop().await; // keep the SQLite file
     let store = Store::open(&StoreOptions::new(&url)).await.unwrap();
-    assert_eq!(store.count_certificates().await.unwrap(), 0);
+    assert_eq!(
+        store.count_certificates().await.unwrap(),
+        1,
+        "only the serving certificate"
+    );
 }
 
 /// Two servers starting at once on one empty database agree on one root.

@@ -6,7 +6,9 @@
 
 mod cli;
 mod grpc;
+mod interop;
 mod issuance;
 mod lifecycle;
 mod profile;
 mod store_conformance;
+mod tidy;
