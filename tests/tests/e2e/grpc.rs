@@ -603,3 +603,87 @@ async fn ca_v1_issue_and_bundles() {
     assert!(matches!(err, Error::Server { status: 16, .. }), "{err:?}");
     server.stop().await;
 }
+
+/// JWKS from a URL (served on loopback), and key rotation: a token signed by a key added to the
+/// JWKS after start is accepted once the unknown `kid` triggers a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_and_key_rotation() {
+    use std::sync::{Arc, Mutex};
+    let kube = FakeKube::new();
+    let jwks = Arc::new(Mutex::new(
+        serde_json::json!({"keys": [kube.keys[0].jwk.clone()]}),
+    ));
+    let served = jwks.clone();
+    let app = axum::Router::new().route(
+        "/openid/v1/jwks",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { axum::Json(served.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = ca_tests::fresh_database(Backend::Sqlite, dir.path()).await;
+    let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
+    config.clusters = ca_server::config::Config::from_toml(&format!(
+        "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"{}\"\njwks_url = \"http://{jwks_addr}/openid/v1/jwks\"\n",
+        ca_tests::kube::ISSUER
+    ))
+    .unwrap()
+    .clusters;
+    let server = TestServer::start_with(config, dir).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let es = kube.keys[0].sign(&FakeKube::claims("default", "web"));
+    client
+        .create_certificate(&csr.csr_pem, 0, &token_auth(&es), &BTreeMap::new())
+        .await
+        .unwrap();
+
+    // The RSA key is not published yet: refused.
+    let rs = kube.keys[1].sign(&FakeKube::claims("default", "web"));
+    let refused = client
+        .create_certificate(&csr.csr_pem, 0, &token_auth(&rs), &BTreeMap::new())
+        .await;
+    assert_eq!(code_of(refused), Code::Unauthenticated);
+    // Publish it; after the reload interval the unknown kid reloads the JWKS.
+    jwks.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(kube.keys[1].jwk.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(10_100)).await;
+    client
+        .create_certificate(&csr.csr_pem, 0, &token_auth(&rs), &BTreeMap::new())
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+/// The serving certificate is renewed at two thirds of its life, recorded, and used by new
+/// handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_certificate_renews() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let ca = &server.server.ca;
+    let now = time::OffsetDateTime::now_utc();
+    let serving = ca_server::tls::ServingIdentity::new(ca, now).await.unwrap();
+    let first = serving.not_after();
+    assert!(
+        !serving
+            .renew_if_due(ca, now + time::Duration::hours(1))
+            .await
+            .unwrap()
+    );
+    let later = now + time::Duration::hours(17);
+    assert!(serving.renew_if_due(ca, later).await.unwrap());
+    assert!(serving.not_after() > first);
+    assert_eq!(
+        ca.store.count_certificates().await.unwrap(),
+        3,
+        "start, new(), renewal"
+    );
+    server.stop().await;
+}
