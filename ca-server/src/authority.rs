@@ -54,6 +54,10 @@ pub struct Authority {
     pub intermediate_not_after: i64,
     pub intermediate_not_before: i64,
     pub root_not_after: i64,
+    /// CRL distribution point and OCSP URL to put in issued certificates (when `public_url` is
+    /// configured).
+    pub crl_url: Option<String>,
+    pub ocsp_url: Option<String>,
     pub issuer: Issuer<'static, CaKey>,
 }
 
@@ -90,6 +94,7 @@ impl Authorities {
         store: &Store,
         kek: &Kek,
         trust_domains: &[TrustDomainConfig],
+        public_url: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<Authorities, Error> {
         let mut by_name = BTreeMap::new();
@@ -135,7 +140,11 @@ impl Authorities {
                     }
                 }
             };
-            let authority = open_generation(&record, kek)?;
+            let mut authority = open_generation(&record, kek)?;
+            if let Some(base) = public_url {
+                authority.crl_url = Some(format!("{base}/v1/crl/{name}"));
+                authority.ocsp_url = Some(format!("{base}/v1/ocsp/{name}"));
+            }
             by_name.insert(config.name.clone(), Arc::new(authority));
         }
         Ok(Authorities { by_name })
@@ -267,6 +276,8 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         intermediate_not_after,
         intermediate_not_before,
         root_not_after,
+        crl_url: None,
+        ocsp_url: None,
         issuer,
     })
 }

@@ -68,6 +68,8 @@ pub struct TrustDomainConfig {
     pub intermediate_ttl: Duration,
     pub refresh_hint: Duration,
     pub federates_with: Vec<TrustDomain>,
+    /// How long a CRL is valid (nextUpdate - thisUpdate); it is rebuilt at half that.
+    pub crl_validity: Duration,
 }
 
 /// A Kubernetes cluster whose service-account tokens may call the gRPC API.
@@ -134,7 +136,12 @@ impl Config {
             grpc: parse_addr("listen.grpc", &raw.listen.grpc)?,
             http: parse_addr("listen.http", &raw.listen.http)?,
             admin: parse_addr("listen.admin", &raw.listen.admin)?,
-            public_url: raw.listen.public_url,
+            public_url: match raw.listen.public_url {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(invalid("listen.public_url", "must start with http:// or https://"));
+                }
+                other => other.map(|u| u.trim_end_matches('/').to_owned()),
+            },
         };
         if raw.trust_domains.is_empty() {
             return Err(invalid(
@@ -161,6 +168,10 @@ impl Config {
             let root_ttl = parse_duration(&key("root_ttl"), &td.root_ttl)?;
             let intermediate_ttl = parse_duration(&key("intermediate_ttl"), &td.intermediate_ttl)?;
             let refresh_hint = parse_duration(&key("refresh_hint"), &td.refresh_hint)?;
+            let crl_validity = parse_duration(&key("crl_validity"), &td.crl_validity)?;
+            if crl_validity < Duration::from_secs(120) {
+                return Err(invalid(&key("crl_validity"), "must be at least 2m"));
+            }
             if default_ttl > max_ttl {
                 return Err(invalid(&key("default_ttl"), "must not exceed max_ttl"));
             }
@@ -190,6 +201,7 @@ impl Config {
                 intermediate_ttl,
                 refresh_hint,
                 federates_with,
+                crl_validity,
             });
         }
         let serving_trust_domain = TrustDomain::parse(&raw.tls.serving_trust_domain)
@@ -439,6 +451,7 @@ struct RawTrustDomain {
     intermediate_ttl: String,
     refresh_hint: String,
     federates_with: Vec<String>,
+    crl_validity: String,
 }
 
 impl Default for RawTrustDomain {
@@ -452,6 +465,7 @@ impl Default for RawTrustDomain {
             intermediate_ttl: "1y".to_owned(),
             refresh_hint: "5m".to_owned(),
             federates_with: Vec::new(),
+            crl_validity: "24h".to_owned(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::issuance::{self, IssuedCert, TtlPolicy};
 use crate::metrics::{IssuedLabels, Metrics, OpLabels, TrustDomainLabels};
 use crate::spiffe::SpiffeId;
+use crate::revocation::{CrlCache, DenyList};
 use crate::store::{self, CertificateRecord, Store};
 
 /// Why an enrollment failed.
@@ -23,6 +24,9 @@ pub enum Error {
     Issuance(#[from] issuance::Error),
     #[error("no CA for trust domain {0}")]
     UnknownTrustDomain(String),
+    /// The identity is on the deny list.
+    #[error("identity {0} is denied")]
+    Denied(String),
     /// The record could not be committed; no certificate was handed out.
     #[error("store: {0}")]
     Store(#[from] store::Error),
@@ -34,6 +38,7 @@ impl Error {
         match self {
             Error::Issuance(e) => e.reason(),
             Error::UnknownTrustDomain(_) => "unknown_trust_domain",
+            Error::Denied(_) => "denied",
             Error::Store(_) => "store_unavailable",
         }
     }
@@ -89,6 +94,8 @@ pub struct Ca {
     /// Kubernetes clusters whose tokens we accept, with their cached JWKS.
     pub clusters: Clusters,
     pub metrics: Arc<Metrics>,
+    pub deny_list: Arc<DenyList>,
+    pub crls: Arc<CrlCache>,
 }
 
 impl Ca {
@@ -106,7 +113,11 @@ impl Ca {
     ) -> Result<Enrolled, Error> {
         let started = std::time::Instant::now();
         let trust_domain = request.spiffe_id.trust_domain().as_str();
-        let result = self.enroll_uncounted(request, now).await;
+        let result = if self.deny_list.is_denied(request.spiffe_id) {
+            Err(Error::Denied(request.spiffe_id.to_string()))
+        } else {
+            self.enroll_uncounted_checked(request, now).await
+        };
         match &result {
             Ok(enrolled) => {
                 self.metrics
@@ -143,7 +154,7 @@ impl Ca {
         result
     }
 
-    async fn enroll_uncounted(
+    async fn enroll_uncounted_checked(
         &self,
         request: &Request<'_>,
         now: OffsetDateTime,

@@ -1,6 +1,7 @@
-//! Background jobs, one loop: renew the gRPC serving certificate at two thirds of its life, and
-//! reload every cluster's JWKS periodically. Errors are logged and retried on the next tick; the
-//! loop ends with the server.
+//! Background jobs, one loop ticking every few seconds: reload the deny list (other replicas'
+//! changes), mark CRLs stale when the store's revocation state moved, refresh gauges, renew the
+//! gRPC serving certificate at two thirds of its life, reload every cluster's JWKS. Errors are
+//! logged and retried on the next tick; the loop ends with the server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +10,14 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::enrollment::Ca;
+use crate::metrics::TrustDomainLabels;
 use crate::tls::ServingIdentity;
 
-const TICK: Duration = Duration::from_secs(30);
-const JWKS_EVERY_TICKS: u32 = 10;
+/// How often the deny list and revocation markers are re-read: the bound on how long another
+/// replica's deny or revocation takes to reach this one.
+pub const TICK: Duration = Duration::from_secs(5);
+const SLOW_EVERY_TICKS: u32 = 6;
+const JWKS_EVERY_TICKS: u32 = 60;
 
 pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Receiver<bool>) {
     let mut ticks: u32 = 0;
@@ -22,16 +27,46 @@ pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Rec
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         ticks = ticks.wrapping_add(1);
-        match serving.renew_if_due(&ca, OffsetDateTime::now_utc()).await {
-            Ok(true) => tracing::info!(
-                not_after = serving.not_after(),
-                "serving certificate renewed"
-            ),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "serving certificate renewal failed; will retry"),
+        if let Err(e) = ca.reload_deny_list().await {
+            tracing::warn!(error = %e, "deny list reload failed; keeping the previous list");
+        }
+        for authority in ca.authorities.iter() {
+            if let Err(e) = ca.refresh_crl_if_changed(&authority.trust_domain).await {
+                tracing::warn!(error = %e, "CRL freshness check failed");
+            }
+        }
+        if ticks.is_multiple_of(SLOW_EVERY_TICKS) {
+            let now = OffsetDateTime::now_utc();
+            match serving.renew_if_due(&ca, now).await {
+                Ok(true) => tracing::info!(not_after = serving.not_after(), "serving certificate renewed"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "serving certificate renewal failed; will retry"),
+            }
+            refresh_gauges(&ca, now).await;
         }
         if ticks.is_multiple_of(JWKS_EVERY_TICKS) {
             ca.clusters.load_all().await;
+        }
+    }
+}
+
+async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
+    let denied = ca.deny_list.counts();
+    for authority in ca.authorities.iter() {
+        let td = authority.trust_domain.to_string();
+        if let Ok(count) = ca.store.count_revoked_unexpired(&td, now.unix_timestamp()).await {
+            ca.metrics
+                .revoked
+                .get_or_create(&TrustDomainLabels { trust_domain: td.clone() })
+                .set(count);
+        }
+        ca.metrics
+            .denied
+            .get_or_create(&TrustDomainLabels { trust_domain: td.clone() })
+            .set(denied.get(&td).copied().unwrap_or(0));
+        // Keep the CRL (and its nextUpdate gauge) built even when nobody fetches it.
+        if let Err(e) = ca.crl(&authority.trust_domain, now).await {
+            tracing::warn!(trust_domain = %td, error = %e, "CRL rebuild failed");
         }
     }
 }

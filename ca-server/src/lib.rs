@@ -22,6 +22,7 @@ pub mod http;
 pub mod issuance;
 pub mod jobs;
 pub mod keys;
+pub mod revocation;
 pub mod metrics;
 pub mod serial;
 pub mod server;

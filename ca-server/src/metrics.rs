@@ -55,6 +55,9 @@ pub struct Metrics {
     pub ttl_clamped: Family<TrustDomainLabels, Counter>,
     pub cert_not_after: Family<CertLabels, Gauge>,
     pub store_errors: Family<OpLabels, Counter>,
+    pub revoked: Family<TrustDomainLabels, Gauge>,
+    pub denied: Family<TrustDomainLabels, Gauge>,
+    pub crl_next_update: Family<TrustDomainLabels, Gauge>,
 }
 
 impl Metrics {
@@ -104,6 +107,16 @@ impl Metrics {
             "Store operations that failed",
             store_errors.clone(),
         );
+        let revoked = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register("ca_revoked_certificates", "Revoked, unexpired certificates", revoked.clone());
+        let denied = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register("ca_denied_identities", "Identities on the deny list", denied.clone());
+        let crl_next_update = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register(
+            "ca_crl_next_update_timestamp_seconds",
+            "nextUpdate of the current CRL",
+            crl_next_update.clone(),
+        );
         Arc::new(Metrics {
             registry,
             issued,
@@ -113,6 +126,9 @@ impl Metrics {
             ttl_clamped,
             cert_not_after,
             store_errors,
+            revoked,
+            denied,
+            crl_next_update,
         })
     }
 
@@ -140,6 +156,14 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    pub fn crl_next_update(&self, trust_domain: &str, next_update: i64) {
+        self.crl_next_update
+            .get_or_create(&TrustDomainLabels {
+                trust_domain: trust_domain.to_owned(),
+            })
+            .set(next_update);
     }
 
     pub fn cert_expiry(&self, trust_domain: &str, kind: &str, key_id: &str, not_after: i64) {

@@ -21,6 +21,7 @@ use crate::http::{self, HttpState};
 use crate::jobs;
 use crate::keys::{self, Kek};
 use crate::metrics::Metrics;
+use crate::revocation::{CrlCache, DenyList};
 use crate::store::{self, Store, StoreOptions};
 use crate::tls::{self, ServingIdentity};
 
@@ -74,6 +75,7 @@ impl Server {
             &store,
             &kek,
             &config.trust_domains,
+            config.listen.public_url.as_deref(),
             OffsetDateTime::now_utc(),
         )
         .await?;
@@ -110,7 +112,13 @@ impl Server {
             authorities,
             clusters,
             metrics,
+            deny_list: Arc::new(DenyList::default()),
+            crls: Arc::new(CrlCache::default()),
         };
+        ca.reload_deny_list().await.map_err(|e| match e {
+            crate::revocation::Error::Store(e) => StartError::Store(e),
+            other => StartError::Store(store::Error::Other(other.to_string())),
+        })?;
         let serving = ServingIdentity::new(&ca, OffsetDateTime::now_utc()).await?;
         let tls_config = tls::server_config(&ca, serving.clone())?;
         let state = HttpState {

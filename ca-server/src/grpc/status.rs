@@ -36,6 +36,7 @@ pub fn from_enrollment(error: &enrollment::Error) -> Status {
         enrollment::Error::UnknownTrustDomain(td) => {
             Status::permission_denied(format!("this CA does not issue for trust domain {td}"))
         }
+        enrollment::Error::Denied(_) => Status::permission_denied("this identity is denied"),
         enrollment::Error::Store(_) => {
             Status::unavailable("the CA cannot record certificates right now; retry")
         }

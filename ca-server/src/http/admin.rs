@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::{Json, Router};
 use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use crate::config::parse_duration;
 use crate::enrollment::{Api, Request, to_pem};
 use crate::http::HttpState;
 use crate::http::error::ApiError;
+use crate::revocation::{self, Reason};
 use crate::spiffe::SpiffeId;
 use crate::store::AuditRecord;
 
@@ -26,6 +27,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/admin/v1/issue", post(issue))
+        .route("/admin/v1/certificates/{serial}/revoke", post(revoke))
+        .route("/admin/v1/denied-identities", post(deny).get(list_denied))
+        .route("/admin/v1/denied-identities/{id}", delete(lift_deny))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -171,6 +175,205 @@ async fn issue_inner(
         certificate_pem,
         root_pem: enrolled.roots.iter().map(|der| to_pem(der)).collect(),
     })
+}
+
+/// Appends an audit event; a failure to audit is logged, never hidden from the log.
+async fn audit(state: &HttpState, caller: &AdminCaller, action: &str, target: &str, outcome: &str, request_id: &str, detail: String) {
+    let event = AuditRecord {
+        at: OffsetDateTime::now_utc().unix_timestamp(),
+        actor: caller.name.clone(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: outcome.to_owned(),
+        request_id: request_id.to_owned(),
+        detail,
+    };
+    if let Err(e) = state.ca.store.append_audit(&event).await {
+        tracing::warn!(error = %e, action, "could not write audit event");
+    }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(rejection.status(), "payload_too_large", "request body too large")
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RevokeResponse {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub revoked_at: String,
+    pub reason: String,
+    /// False when the certificate was already revoked (nothing changed).
+    pub newly_revoked: bool,
+}
+
+async fn revoke(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(serial): Path<String>,
+    body: Result<Json<RevokeBody>, JsonRejection>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    let request_id = request_id(&headers);
+    let result = async {
+        let body = json_body(body)?;
+        if serial.is_empty() || serial.len() > 40 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request("invalid_serial", "serials are hex"));
+        }
+        let reason_name = body.reason.unwrap_or_else(|| "unspecified".to_owned());
+        let reason = Reason::parse(&reason_name).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_reason",
+                format!("unknown reason {reason_name:?}; use one of the RFC 5280 names, e.g. keyCompromise, superseded"),
+            )
+        })?;
+        let revoked = state
+            .ca
+            .revoke_serial(&serial, reason, OffsetDateTime::now_utc())
+            .await
+            .map_err(revocation_error)?;
+        Ok(RevokeResponse {
+            serial: revoked.serial,
+            spiffe_id: revoked.spiffe_id,
+            revoked_at: rfc3339(revoked.revoked_at),
+            reason: revoked.reason,
+            newly_revoked: revoked.newly_revoked,
+        })
+    }
+    .await;
+    let (outcome, detail) = match &result {
+        Ok(r) if r.newly_revoked => ("success", format!("reason {}", r.reason)),
+        Ok(_) => ("unchanged", "already revoked".to_owned()),
+        Err(e) => ("rejected", format!("{}: {}", e.code, e.message)),
+    };
+    audit(&state, &caller, "certificate.revoke", &serial, outcome, &request_id, detail).await;
+    result.map(Json)
+}
+
+fn revocation_error(error: revocation::Error) -> ApiError {
+    match error {
+        revocation::Error::UnknownSerial(serial) => ApiError::not_found(format!("no certificate with serial {serial}")),
+        revocation::Error::UnknownReason(r) => ApiError::bad_request("invalid_reason", r),
+        revocation::Error::UnknownTrustDomain(td) => ApiError::not_found(format!("unknown trust domain {td}")),
+        revocation::Error::Store(e) => e.into(),
+        other => ApiError::from_internal(&other),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyBody {
+    pub spiffe_id: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub revoke_existing: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeniedView {
+    pub id: String,
+    pub spiffe_id: String,
+    pub reason: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_certificates: Option<u64>,
+}
+
+impl DeniedView {
+    fn of(record: &crate::store::DeniedRecord, revoked: Option<u64>) -> DeniedView {
+        DeniedView {
+            id: record.id.to_string(),
+            spiffe_id: record.spiffe_id.clone(),
+            reason: record.reason.clone(),
+            created_at: rfc3339(record.created_at),
+            revoked_certificates: revoked,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+async fn deny(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Json<DenyBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<DeniedView>), ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    let request_id = request_id(&headers);
+    let mut target = String::new();
+    let result = async {
+        let body = json_body(body)?;
+        target = body.spiffe_id.chars().take(256).collect();
+        let spiffe_id = SpiffeId::parse(&body.spiffe_id)
+            .map_err(|e| ApiError::bad_request("invalid_spiffe_id", e.to_string()))?;
+        if body.reason.len() > 1024 {
+            return Err(ApiError::bad_request("invalid_reason", "reason longer than 1024 bytes"));
+        }
+        let (record, revoked) = state
+            .ca
+            .deny(&spiffe_id, &body.reason, body.revoke_existing, &caller.name, OffsetDateTime::now_utc())
+            .await
+            .map_err(revocation_error)?;
+        Ok(DeniedView::of(&record, Some(revoked)))
+    }
+    .await;
+    let (outcome, detail) = match &result {
+        Ok(v) => ("success", format!("revoked {}", v.revoked_certificates.unwrap_or(0))),
+        Err(e) => ("rejected", format!("{}: {}", e.code, e.message)),
+    };
+    audit(&state, &caller, "identity.deny", &target, outcome, &request_id, detail).await;
+    result.map(|v| (StatusCode::CREATED, Json(v)))
+}
+
+async fn list_denied(State(state): State<HttpState>, headers: HeaderMap) -> Result<Json<Items<DeniedView>>, ApiError> {
+    authenticate(&state, &headers)?;
+    let records = state.ca.store.denied().await?;
+    Ok(Json(Items {
+        items: records.iter().map(|r| DeniedView::of(r, None)).collect(),
+    }))
+}
+
+async fn lift_deny(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let caller = authenticate(&state, &headers)?;
+    let request_id = request_id(&headers);
+    let result = async {
+        let id: i64 = id.parse().map_err(|_| ApiError::not_found("no such deny"))?;
+        match state.ca.lift_deny(id).await.map_err(revocation_error)? {
+            Some(record) => Ok(record.spiffe_id),
+            None => Err(ApiError::not_found("no such deny")),
+        }
+    }
+    .await;
+    let (outcome, target) = match &result {
+        Ok(spiffe_id) => ("success", spiffe_id.clone()),
+        Err(_) => ("rejected", id.clone()),
+    };
+    audit(&state, &caller, "identity.lift_deny", &target, outcome, &request_id, String::new()).await;
+    result.map(|_| StatusCode::NO_CONTENT)
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 /// The caller's `x-request-id` if it is sane, else a fresh one.

@@ -53,6 +53,10 @@ impl ApiError {
         )
     }
 
+    pub fn from_internal(cause: &dyn std::fmt::Display) -> ApiError {
+        ApiError::internal(cause)
+    }
+
     fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "internal error");
         ApiError::new(
@@ -86,6 +90,11 @@ impl From<enrollment::Error> for ApiError {
             enrollment::Error::UnknownTrustDomain(td) => ApiError::bad_request(
                 "unknown_trust_domain",
                 format!("this CA does not issue for trust domain {td}"),
+            ),
+            enrollment::Error::Denied(id) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "identity_denied",
+                format!("{id} is on the deny list"),
             ),
             enrollment::Error::Store(e) => e.into(),
         }

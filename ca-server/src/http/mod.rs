@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod error;
 pub mod public;
+pub mod revocation;
 
 use std::sync::Arc;
 

@@ -17,6 +17,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/bundles/{file}", get(bundle))
+        .merge(crate::http::revocation::routes())
         .with_state(state)
 }
 

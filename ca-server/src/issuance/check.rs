@@ -129,7 +129,8 @@ pub fn check(
                     return fail("subject key identifier is critical");
                 }
             }
-            (OID_CRLDP | OID_AIA, _) if !extension.critical => {}
+            (OID_CRLDP, _) if !extension.critical && authority.crl_url.is_some() => {}
+            (OID_AIA, _) if !extension.critical && authority.ocsp_url.is_some() => {}
             _ => return fail("unexpected extension"),
         }
     }
@@ -137,6 +138,11 @@ pub fn check(
         if !seen.contains(required) {
             return fail("a required extension is missing");
         }
+    }
+    if authority.crl_url.is_some() != seen.contains(OID_CRLDP)
+        || authority.ocsp_url.is_some() != seen.contains(OID_AIA)
+    {
+        return fail("CRL distribution point or OCSP URL missing");
     }
     Ok(())
 }

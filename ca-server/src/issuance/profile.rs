@@ -58,11 +58,48 @@ pub fn sign(
     ];
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
+    if let Some(url) = &authority.crl_url {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![url.clone()],
+        }];
+    }
+    if let Some(url) = &authority.ocsp_url {
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+            ocsp_access(url),
+        )];
+    }
     let public_key = SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(signing)?;
     let certificate = params
         .signed_by(&public_key, &authority.issuer)
         .map_err(signing)?;
     Ok(certificate.der().to_vec())
+}
+
+/// DER of an AuthorityInfoAccessSyntax with one id-ad-ocsp entry pointing at `url`.
+fn ocsp_access(url: &str) -> Vec<u8> {
+    const ID_AD_OCSP: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+    let mut location = vec![0x86];
+    push_len(&mut location, url.len());
+    location.extend_from_slice(url.as_bytes());
+    let mut description = vec![0x30];
+    push_len(&mut description, ID_AD_OCSP.len() + location.len());
+    description.extend_from_slice(&ID_AD_OCSP);
+    description.extend_from_slice(&location);
+    let mut out = vec![0x30];
+    push_len(&mut out, description.len());
+    out.extend_from_slice(&description);
+    out
+}
+
+fn push_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
 }
 
 fn timestamp(unix: i64) -> Result<OffsetDateTime, Error> {

@@ -144,6 +144,25 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// A revoked certificate, as a CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RevokedRecord {
+    pub serial: String,
+    pub revoked_at: i64,
+    pub revocation_reason: Option<String>,
+}
+
+/// A denied identity.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeniedRecord {
+    pub id: i64,
+    pub spiffe_id: String,
+    pub trust_domain: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
 const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domain, spiffe_id, not_before, \
      not_after, spki_sha256, der, requested_by, request_id, api, created_at, revoked_at, \
      revocation_reason";
@@ -346,5 +365,90 @@ impl Store {
         let records =
             on_pool!(self, pool => sqlx::query_as(sql).bind(limit).fetch_all(pool).await)?;
         Ok(records)
+    }
+
+    /// Revoked certificates of one issuer that have not expired at `now`, by serial.
+    pub async fn revoked_unexpired(&self, issuer_key_id: &str, now: i64) -> Result<Vec<RevokedRecord>, Error> {
+        let sql = "SELECT serial, revoked_at, revocation_reason FROM certificates \
+                   WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 \
+                   ORDER BY serial";
+        let records = on_pool!(self, pool => sqlx::query_as(sql).bind(issuer_key_id).bind(now).fetch_all(pool).await)?;
+        Ok(records)
+    }
+
+    /// A cheap fingerprint of an issuer's revocation state (count and latest time): when it
+    /// changes, CRLs built from the old state are stale.
+    pub async fn revocation_marker(&self, issuer_key_id: &str) -> Result<(i64, i64), Error> {
+        let sql = "SELECT COUNT(*), COALESCE(MAX(revoked_at), 0) FROM certificates \
+                   WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL";
+        let marker: (i64, i64) = on_pool!(self, pool => sqlx::query_as(sql).bind(issuer_key_id).fetch_one(pool).await)?;
+        Ok(marker)
+    }
+
+    /// The next CRL number of an issuer (1, 2, ...), atomically: never handed out twice, even
+    /// to several replicas at once.
+    pub async fn next_crl_number(&self, issuer_key_id: &str) -> Result<i64, Error> {
+        let sql = "INSERT INTO crl_numbers (issuer_key_id, last_number) VALUES ($1, 1) \
+                   ON CONFLICT (issuer_key_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
+                   RETURNING last_number";
+        let number: i64 = on_pool!(self, pool => sqlx::query_scalar(sql).bind(issuer_key_id).fetch_one(pool).await)?;
+        Ok(number)
+    }
+
+    /// Revokes every live (unrevoked, unexpired) certificate of an identity; returns how many.
+    pub async fn revoke_identity(&self, spiffe_id: &str, reason: &str, at: i64) -> Result<u64, Error> {
+        let sql = "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
+                   WHERE spiffe_id = $3 AND revoked_at IS NULL AND not_after > $1";
+        let count = on_pool!(self, pool => sqlx::query(sql)
+            .bind(at)
+            .bind(reason)
+            .bind(spiffe_id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(count)
+    }
+
+    /// Revoked, unexpired certificates of a trust domain (for the gauge).
+    pub async fn count_revoked_unexpired(&self, trust_domain: &str, now: i64) -> Result<i64, Error> {
+        let sql = "SELECT COUNT(*) FROM certificates WHERE trust_domain = $1 \
+                   AND revoked_at IS NOT NULL AND not_after > $2";
+        let count: i64 = on_pool!(self, pool => sqlx::query_scalar(sql).bind(trust_domain).bind(now).fetch_one(pool).await)?;
+        Ok(count)
+    }
+
+    /// Denies an identity; if it is already denied, returns the existing entry.
+    pub async fn deny(&self, record: &DeniedRecord) -> Result<DeniedRecord, Error> {
+        let sql = "INSERT INTO denied_identities (spiffe_id, trust_domain, reason, created_by, created_at) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (spiffe_id) DO NOTHING";
+        on_pool!(self, pool => sqlx::query(sql)
+            .bind(&record.spiffe_id)
+            .bind(&record.trust_domain)
+            .bind(&record.reason)
+            .bind(&record.created_by)
+            .bind(record.created_at)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        let sql = "SELECT id, spiffe_id, trust_domain, reason, created_by, created_at \
+                   FROM denied_identities WHERE spiffe_id = $1";
+        let stored = on_pool!(self, pool => sqlx::query_as(sql).bind(&record.spiffe_id).fetch_one(pool).await)?;
+        Ok(stored)
+    }
+
+    /// Every denied identity, oldest first.
+    pub async fn denied(&self) -> Result<Vec<DeniedRecord>, Error> {
+        let sql = "SELECT id, spiffe_id, trust_domain, reason, created_by, created_at \
+                   FROM denied_identities ORDER BY id";
+        let records = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
+        Ok(records)
+    }
+
+    /// Lifts a deny; returns the lifted entry, if there was one.
+    pub async fn lift_deny(&self, id: i64) -> Result<Option<DeniedRecord>, Error> {
+        let sql = "DELETE FROM denied_identities WHERE id = $1 \
+                   RETURNING id, spiffe_id, trust_domain, reason, created_by, created_at";
+        let record = on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
+        Ok(record)
     }
 }

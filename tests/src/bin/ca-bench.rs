@@ -289,6 +289,7 @@ async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::
         &store,
         &kek,
         &config.trust_domains,
+        None,
         OffsetDateTime::now_utc(),
     )
     .await?;
@@ -298,6 +299,8 @@ async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::
         store,
         authorities,
         metrics: Metrics::new(),
+        deny_list: Default::default(),
+        crls: Default::default(),
     })
 }
 
