@@ -61,18 +61,71 @@ impl AdminClient {
         self.post("/admin/v1/issue", &body).await
     }
 
+    /// Revokes a certificate by serial with an RFC 5280 reason name.
+    pub async fn revoke(&self, serial: &str, reason: &str) -> Result<serde_json::Value, Error> {
+        self.post(
+            &format!("/admin/v1/certificates/{serial}/revoke"),
+            &serde_json::json!({"reason": reason}),
+        )
+        .await
+    }
+
+    /// Denies an identity (optionally revoking its live certificates).
+    pub async fn deny(
+        &self,
+        spiffe_id: &str,
+        reason: &str,
+        revoke_existing: bool,
+    ) -> Result<serde_json::Value, Error> {
+        self.post(
+            "/admin/v1/denied-identities",
+            &serde_json::json!({"spiffe_id": spiffe_id, "reason": reason, "revoke_existing": revoke_existing}),
+        )
+        .await
+    }
+
+    /// Lists denied identities.
+    pub async fn denied(&self) -> Result<serde_json::Value, Error> {
+        self.send(self.http.get(self.url("/admin/v1/denied-identities")))
+            .await
+    }
+
+    /// Lifts a deny by its id.
+    pub async fn lift_deny(&self, id: &str) -> Result<(), Error> {
+        let _: serde_json::Value = self
+            .send(
+                self.http
+                    .delete(self.url(&format!("/admin/v1/denied-identities/{id}"))),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
     async fn post<T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T, Error> {
-        let url = format!("{}{path}", self.base_url);
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// Sends a request with the bearer token; maps error bodies; an empty 2xx body is `null`.
+    async fn send<T: for<'de> Deserialize<'de>>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, Error> {
+        let request = request
+            .bearer_auth(&self.token)
+            .build()
+            .map_err(|e| Error::Argument(e.to_string()))?;
+        let url = request.url().to_string();
         let response = self
             .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
+            .execute(request)
             .await
             .map_err(|e| Error::Unreachable {
                 url: url.clone(),
@@ -97,6 +150,11 @@ impl AdminClient {
                 },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| Error::Protocol(e.to_string()))
     }
 }

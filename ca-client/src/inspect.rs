@@ -46,6 +46,27 @@ pub fn leaf_spiffe_id(chain_pem: &[u8]) -> Result<String, Error> {
     Ok(summary.spiffe_id)
 }
 
+/// How many URI SANs a DER certificate has.
+pub fn uri_count(der: &[u8]) -> usize {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| uris(&c).len())
+        .unwrap_or(0)
+}
+
+/// notAfter of a DER certificate (unix seconds).
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// The first URI SAN of a DER certificate, if any.
+pub fn first_uri(der: &[u8]) -> Option<String> {
+    X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, c)| uris(&c).into_iter().next())
+}
+
 fn uris(cert: &X509Certificate<'_>) -> Vec<String> {
     cert.subject_alternative_name()
         .ok()

@@ -24,6 +24,7 @@ pub mod csr;
 pub mod error;
 pub mod files;
 pub mod inspect;
+pub mod verify;
 pub mod workload;
 
 pub use admin::AdminClient;

@@ -138,7 +138,10 @@ impl Config {
             admin: parse_addr("listen.admin", &raw.listen.admin)?,
             public_url: match raw.listen.public_url {
                 Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    return Err(invalid("listen.public_url", "must start with http:// or https://"));
+                    return Err(invalid(
+                        "listen.public_url",
+                        "must start with http:// or https://",
+                    ));
                 }
                 other => other.map(|u| u.trim_end_matches('/').to_owned()),
             },

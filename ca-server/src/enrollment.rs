@@ -13,8 +13,8 @@ use crate::authority::{Authorities, Authority};
 use crate::config::Config;
 use crate::issuance::{self, IssuedCert, TtlPolicy};
 use crate::metrics::{IssuedLabels, Metrics, OpLabels, TrustDomainLabels};
-use crate::spiffe::SpiffeId;
 use crate::revocation::{CrlCache, DenyList};
+use crate::spiffe::SpiffeId;
 use crate::store::{self, CertificateRecord, Store};
 
 /// Why an enrollment failed.

@@ -38,9 +38,14 @@ pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Rec
         if ticks.is_multiple_of(SLOW_EVERY_TICKS) {
             let now = OffsetDateTime::now_utc();
             match serving.renew_if_due(&ca, now).await {
-                Ok(true) => tracing::info!(not_after = serving.not_after(), "serving certificate renewed"),
+                Ok(true) => tracing::info!(
+                    not_after = serving.not_after(),
+                    "serving certificate renewed"
+                ),
                 Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "serving certificate renewal failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving certificate renewal failed; will retry")
+                }
             }
             refresh_gauges(&ca, now).await;
         }
@@ -54,15 +59,23 @@ async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
     let denied = ca.deny_list.counts();
     for authority in ca.authorities.iter() {
         let td = authority.trust_domain.to_string();
-        if let Ok(count) = ca.store.count_revoked_unexpired(&td, now.unix_timestamp()).await {
+        if let Ok(count) = ca
+            .store
+            .count_revoked_unexpired(&td, now.unix_timestamp())
+            .await
+        {
             ca.metrics
                 .revoked
-                .get_or_create(&TrustDomainLabels { trust_domain: td.clone() })
+                .get_or_create(&TrustDomainLabels {
+                    trust_domain: td.clone(),
+                })
                 .set(count);
         }
         ca.metrics
             .denied
-            .get_or_create(&TrustDomainLabels { trust_domain: td.clone() })
+            .get_or_create(&TrustDomainLabels {
+                trust_domain: td.clone(),
+            })
             .set(denied.get(&td).copied().unwrap_or(0));
         // Keep the CRL (and its nextUpdate gauge) built even when nobody fetches it.
         if let Err(e) = ca.crl(&authority.trust_domain, now).await {

@@ -108,9 +108,17 @@ impl Metrics {
             store_errors.clone(),
         );
         let revoked = Family::<TrustDomainLabels, Gauge>::default();
-        registry.register("ca_revoked_certificates", "Revoked, unexpired certificates", revoked.clone());
+        registry.register(
+            "ca_revoked_certificates",
+            "Revoked, unexpired certificates",
+            revoked.clone(),
+        );
         let denied = Family::<TrustDomainLabels, Gauge>::default();
-        registry.register("ca_denied_identities", "Identities on the deny list", denied.clone());
+        registry.register(
+            "ca_denied_identities",
+            "Identities on the deny list",
+            denied.clone(),
+        );
         let crl_next_update = Family::<TrustDomainLabels, Gauge>::default();
         registry.register(
             "ca_crl_next_update_timestamp_seconds",

@@ -27,6 +27,14 @@ struct Cli {
         default_value = "ca-data/admin.token"
     )]
     admin_token_file: PathBuf,
+    /// Public HTTP base URL (bundles, CRL).
+    #[arg(
+        long,
+        global = true,
+        env = "CA_HTTP",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    http: String,
     /// gRPC address (`host:port`) for workload requests.
     #[arg(long, global = true, env = "CA_GRPC", default_value = "127.0.0.1:8443")]
     grpc: String,
@@ -84,6 +92,34 @@ enum Command {
         #[arg(long)]
         ttl: Option<String>,
     },
+    /// Certificates in the issuance record.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Denied identities: they get nothing on any path.
+    Deny {
+        #[command(subcommand)]
+        command: DenyCommand,
+    },
+    /// Verify a certificate chain: chain to --bundle, SPIFFE ID, expiry, revocation (CRL).
+    /// Exit code 0: valid; 1: not valid; 2: could not check.
+    Verify {
+        /// PEM file: the leaf, then intermediates (cert-chain.pem).
+        file: PathBuf,
+        /// PEM roots to verify against (root-cert.pem).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The SPIFFE ID the certificate must carry.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// A DER CRL file; default: fetch `/v1/crl/{trust domain}` from --http.
+        #[arg(long)]
+        crl_file: Option<PathBuf>,
+        /// Skip the revocation check.
+        #[arg(long)]
+        no_revocation: bool,
+    },
     /// Renew the certificate in a directory over mutual TLS with that certificate.
     Renew {
         /// Directory with key.pem, cert-chain.pem (and root-cert.pem, the default --ca-file).
@@ -95,14 +131,66 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Revoke a certificate by serial (hex).
+    Revoke {
+        serial: String,
+        /// RFC 5280 reason name: unspecified, keyCompromise, cACompromise, affiliationChanged,
+        /// superseded, cessationOfOperation, privilegeWithdrawn, aACompromise.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DenyCommand {
+    /// Deny a SPIFFE ID.
+    Add {
+        spiffe_id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Also revoke its live certificates.
+        #[arg(long)]
+        revoke_existing: bool,
+    },
+    /// List denied identities.
+    List,
+    /// Lift a deny by its id.
+    Remove { id: String },
+}
+
+/// Exit code for "checked, and it is not valid".
+const EXIT_INVALID: u8 = 1;
+/// Exit code for "could not run" (bad arguments, unreachable server, ...).
+const EXIT_ERROR: u8 = 2;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Verify {
+        file,
+        bundle,
+        spiffe_id,
+        crl_file,
+        no_revocation,
+    } = &cli.command
+    {
+        return verify(
+            &cli,
+            file,
+            bundle,
+            spiffe_id.as_deref(),
+            crl_file.as_deref(),
+            *no_revocation,
+        )
+        .await;
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
@@ -139,6 +227,176 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Renew { dir, key } => renew(&cli, dir, KeyType::parse(key)?).await,
+        Command::Certs {
+            command: CertsCommand::Revoke { serial, reason },
+        } => {
+            let answer = admin_client(&cli)?.revoke(serial, reason).await?;
+            print_value(
+                &cli,
+                &answer,
+                &[
+                    "serial",
+                    "spiffe_id",
+                    "revoked_at",
+                    "reason",
+                    "newly_revoked",
+                ],
+            );
+            Ok(())
+        }
+        Command::Deny { command } => {
+            let admin = admin_client(&cli)?;
+            match command {
+                DenyCommand::Add {
+                    spiffe_id,
+                    reason,
+                    revoke_existing,
+                } => {
+                    let answer = admin.deny(spiffe_id, reason, *revoke_existing).await?;
+                    print_value(
+                        &cli,
+                        &answer,
+                        &[
+                            "id",
+                            "spiffe_id",
+                            "reason",
+                            "created_at",
+                            "revoked_certificates",
+                        ],
+                    );
+                }
+                DenyCommand::List => {
+                    let answer = admin.denied().await?;
+                    match cli.output {
+                        Output::Json => println!("{answer}"),
+                        Output::Human => {
+                            println!("{:<6} {:<60} {:<22} REASON", "ID", "SPIFFE ID", "CREATED");
+                            for item in answer["items"].as_array().into_iter().flatten() {
+                                println!(
+                                    "{:<6} {:<60} {:<22} {}",
+                                    text(&item["id"]),
+                                    text(&item["spiffe_id"]),
+                                    text(&item["created_at"]),
+                                    text(&item["reason"])
+                                );
+                            }
+                        }
+                    }
+                }
+                DenyCommand::Remove { id } => {
+                    admin.lift_deny(id).await?;
+                    match cli.output {
+                        Output::Json => println!("{}", serde_json::json!({"lifted": id})),
+                        Output::Human => println!("lifted deny {id}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Verify { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// JSON as is, or `key  value` lines for people.
+fn print_value(cli: &Cli, value: &serde_json::Value, keys: &[&str]) {
+    match cli.output {
+        Output::Json => println!("{value}"),
+        Output::Human => {
+            for key in keys {
+                if !value[key].is_null() {
+                    println!("{key:<22} {}", text(&value[key]));
+                }
+            }
+        }
+    }
+}
+
+async fn verify(
+    cli: &Cli,
+    file: &Path,
+    bundle: &Path,
+    spiffe_id: Option<&str>,
+    crl_file: Option<&Path>,
+    no_revocation: bool,
+) -> ExitCode {
+    let prepared = async {
+        let chain = files::read(file)?;
+        let roots = files::read(bundle)?;
+        let crl = if no_revocation {
+            None
+        } else if let Some(path) = crl_file {
+            Some(files::read(path)?)
+        } else {
+            let leaf = pem::parse(&chain).context("the chain is not PEM")?;
+            let id = ca_client::inspect::first_uri(leaf.contents())
+                .context("the leaf has no URI SAN")?;
+            let td = id
+                .strip_prefix("spiffe://")
+                .and_then(|rest| rest.split('/').next())
+                .context("the leaf's URI is not a SPIFFE ID")?;
+            let url = format!("{}/v1/crl/{td}", cli.http.trim_end_matches('/'));
+            let response = reqwest::get(&url)
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url}: HTTP {}",
+                response.status()
+            );
+            Some(response.bytes().await?.to_vec())
+        };
+        Ok::<_, anyhow::Error>((chain, roots, crl))
+    }
+    .await;
+    let (chain, roots, crl) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match ca_client::verify::verify(&chain, &roots, crl.as_deref(), spiffe_id, now) {
+        Ok(verified) => {
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "certificate": verified})
+                ),
+                Output::Human => {
+                    println!("valid     yes");
+                    println!("spiffe_id {}", verified.leaf.spiffe_id);
+                    println!("serial    {}", verified.leaf.serial);
+                    println!(
+                        "expires   {} ({}s left)",
+                        verified.leaf.not_after, verified.seconds_left
+                    );
+                    println!("revoked   {:?}", verified.revocation);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "reason": failure.to_string()})
+                ),
+                Output::Human => println!("valid     no: {failure}"),
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
     }
 }
 

@@ -178,7 +178,15 @@ async fn issue_inner(
 }
 
 /// Appends an audit event; a failure to audit is logged, never hidden from the log.
-async fn audit(state: &HttpState, caller: &AdminCaller, action: &str, target: &str, outcome: &str, request_id: &str, detail: String) {
+async fn audit(
+    state: &HttpState,
+    caller: &AdminCaller,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    request_id: &str,
+    detail: String,
+) {
     let event = AuditRecord {
         at: OffsetDateTime::now_utc().unix_timestamp(),
         actor: caller.name.clone(),
@@ -196,7 +204,11 @@ async fn audit(state: &HttpState, caller: &AdminCaller, action: &str, target: &s
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(rejection.status(), "payload_too_large", "request body too large")
+            ApiError::new(
+                rejection.status(),
+                "payload_too_large",
+                "request body too large",
+            )
         } else {
             ApiError::bad_request("invalid_body", rejection.body_text())
         }
@@ -259,15 +271,28 @@ async fn revoke(
         Ok(_) => ("unchanged", "already revoked".to_owned()),
         Err(e) => ("rejected", format!("{}: {}", e.code, e.message)),
     };
-    audit(&state, &caller, "certificate.revoke", &serial, outcome, &request_id, detail).await;
+    audit(
+        &state,
+        &caller,
+        "certificate.revoke",
+        &serial,
+        outcome,
+        &request_id,
+        detail,
+    )
+    .await;
     result.map(Json)
 }
 
 fn revocation_error(error: revocation::Error) -> ApiError {
     match error {
-        revocation::Error::UnknownSerial(serial) => ApiError::not_found(format!("no certificate with serial {serial}")),
+        revocation::Error::UnknownSerial(serial) => {
+            ApiError::not_found(format!("no certificate with serial {serial}"))
+        }
         revocation::Error::UnknownReason(r) => ApiError::bad_request("invalid_reason", r),
-        revocation::Error::UnknownTrustDomain(td) => ApiError::not_found(format!("unknown trust domain {td}")),
+        revocation::Error::UnknownTrustDomain(td) => {
+            ApiError::not_found(format!("unknown trust domain {td}"))
+        }
         revocation::Error::Store(e) => e.into(),
         other => ApiError::from_internal(&other),
     }
@@ -324,25 +349,49 @@ async fn deny(
         let spiffe_id = SpiffeId::parse(&body.spiffe_id)
             .map_err(|e| ApiError::bad_request("invalid_spiffe_id", e.to_string()))?;
         if body.reason.len() > 1024 {
-            return Err(ApiError::bad_request("invalid_reason", "reason longer than 1024 bytes"));
+            return Err(ApiError::bad_request(
+                "invalid_reason",
+                "reason longer than 1024 bytes",
+            ));
         }
         let (record, revoked) = state
             .ca
-            .deny(&spiffe_id, &body.reason, body.revoke_existing, &caller.name, OffsetDateTime::now_utc())
+            .deny(
+                &spiffe_id,
+                &body.reason,
+                body.revoke_existing,
+                &caller.name,
+                OffsetDateTime::now_utc(),
+            )
             .await
             .map_err(revocation_error)?;
         Ok(DeniedView::of(&record, Some(revoked)))
     }
     .await;
     let (outcome, detail) = match &result {
-        Ok(v) => ("success", format!("revoked {}", v.revoked_certificates.unwrap_or(0))),
+        Ok(v) => (
+            "success",
+            format!("revoked {}", v.revoked_certificates.unwrap_or(0)),
+        ),
         Err(e) => ("rejected", format!("{}: {}", e.code, e.message)),
     };
-    audit(&state, &caller, "identity.deny", &target, outcome, &request_id, detail).await;
+    audit(
+        &state,
+        &caller,
+        "identity.deny",
+        &target,
+        outcome,
+        &request_id,
+        detail,
+    )
+    .await;
     result.map(|v| (StatusCode::CREATED, Json(v)))
 }
 
-async fn list_denied(State(state): State<HttpState>, headers: HeaderMap) -> Result<Json<Items<DeniedView>>, ApiError> {
+async fn list_denied(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Json<Items<DeniedView>>, ApiError> {
     authenticate(&state, &headers)?;
     let records = state.ca.store.denied().await?;
     Ok(Json(Items {
@@ -350,11 +399,17 @@ async fn list_denied(State(state): State<HttpState>, headers: HeaderMap) -> Resu
     }))
 }
 
-async fn lift_deny(State(state): State<HttpState>, headers: HeaderMap, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn lift_deny(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let caller = authenticate(&state, &headers)?;
     let request_id = request_id(&headers);
     let result = async {
-        let id: i64 = id.parse().map_err(|_| ApiError::not_found("no such deny"))?;
+        let id: i64 = id
+            .parse()
+            .map_err(|_| ApiError::not_found("no such deny"))?;
         match state.ca.lift_deny(id).await.map_err(revocation_error)? {
             Some(record) => Ok(record.spiffe_id),
             None => Err(ApiError::not_found("no such deny")),
@@ -365,7 +420,16 @@ async fn lift_deny(State(state): State<HttpState>, headers: HeaderMap, Path(id):
         Ok(spiffe_id) => ("success", spiffe_id.clone()),
         Err(_) => ("rejected", id.clone()),
     };
-    audit(&state, &caller, "identity.lift_deny", &target, outcome, &request_id, String::new()).await;
+    audit(
+        &state,
+        &caller,
+        "identity.lift_deny",
+        &target,
+        outcome,
+        &request_id,
+        String::new(),
+    )
+    .await;
     result.map(|_| StatusCode::NO_CONTENT)
 }
 

@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use crate::http::HttpState;
 use crate::http::error::ApiError;
-use crate::revocation::ocsp::{self, IssuerHashes, Refusal, Status};
-use crate::revocation::{self, Reason};
+use crate::revocation;
+use crate::revocation::ocsp::{self, Refusal};
 use crate::spiffe::TrustDomain;
 
 pub fn routes() -> Router<HttpState> {
@@ -25,7 +25,8 @@ pub fn routes() -> Router<HttpState> {
 }
 
 async fn crl(State(state): State<HttpState>, Path(td): Path<String>) -> Result<Response, ApiError> {
-    let trust_domain = TrustDomain::parse(&td).map_err(|_| ApiError::not_found("unknown trust domain"))?;
+    let trust_domain =
+        TrustDomain::parse(&td).map_err(|_| ApiError::not_found("unknown trust domain"))?;
     let crl = state
         .ca
         .crl(&trust_domain, OffsetDateTime::now_utc())
@@ -38,18 +39,31 @@ async fn crl(State(state): State<HttpState>, Path(td): Path<String>) -> Result<R
     Ok((
         [
             (header::CONTENT_TYPE, "application/pkix-crl".to_owned()),
-            (header::CACHE_CONTROL, format!("max-age={}", ((crl.next_update - crl.this_update) / 2).max(0))),
+            (
+                header::CACHE_CONTROL,
+                format!(
+                    "max-age={}",
+                    ((crl.next_update - crl.this_update) / 2).max(0)
+                ),
+            ),
         ],
         crl.der.as_ref().clone(),
     )
         .into_response())
 }
 
-async fn ocsp_post(State(state): State<HttpState>, Path(td): Path<String>, body: Bytes) -> Response {
+async fn ocsp_post(
+    State(state): State<HttpState>,
+    Path(td): Path<String>,
+    body: Bytes,
+) -> Response {
     ocsp_response(&state, &td, &body).await
 }
 
-async fn ocsp_get(State(state): State<HttpState>, Path((td, request)): Path<(String, String)>) -> Response {
+async fn ocsp_get(
+    State(state): State<HttpState>,
+    Path((td, request)): Path<(String, String)>,
+) -> Response {
     if request.len() > ocsp::MAX_REQUEST_BYTES * 2 {
         return ocsp_bytes(ocsp::refusal_response(Refusal::Malformed));
     }
@@ -60,7 +74,11 @@ async fn ocsp_get(State(state): State<HttpState>, Path((td, request)): Path<(Str
 }
 
 async fn ocsp_response(state: &HttpState, td: &str, der: &[u8]) -> Response {
-    let body = match answer(state, td, der).await {
+    let body = match state
+        .ca
+        .ocsp_answer(td, der, OffsetDateTime::now_utc())
+        .await
+    {
         Ok(signed) => signed,
         Err(refusal) => ocsp::refusal_response(refusal),
     };
@@ -69,42 +87,4 @@ async fn ocsp_response(state: &HttpState, td: &str, der: &[u8]) -> Response {
 
 fn ocsp_bytes(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/ocsp-response")], body).into_response()
-}
-
-async fn answer(state: &HttpState, td: &str, der: &[u8]) -> Result<Vec<u8>, Refusal> {
-    let request = ocsp::parse_request(der)?;
-    let trust_domain = TrustDomain::parse(td).map_err(|_| Refusal::Unauthorized)?;
-    let authority = state.ca.authorities.get(&trust_domain).ok_or(Refusal::Unauthorized)?;
-    let hashes = IssuerHashes::of(authority).map_err(|_| Refusal::Internal)?;
-    let mut items = Vec::with_capacity(request.items.len());
-    for cert_id in request.items {
-        if !hashes.matches(&cert_id) {
-            return Err(Refusal::Unauthorized);
-        }
-        let serial = ocsp::serial_hex(&cert_id);
-        let record = state
-            .ca
-            .store
-            .certificate(&authority.issuer_key_id, &serial)
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "OCSP: store unavailable");
-                Refusal::TryLater
-            })?;
-        let status = match record {
-            None => Status::Unknown,
-            Some(r) => match r.revoked_at {
-                None => Status::Good,
-                Some(at) => Status::Revoked {
-                    at,
-                    reason: r.revocation_reason.as_deref().and_then(Reason::parse),
-                },
-            },
-        };
-        items.push((cert_id, status));
-    }
-    ocsp::sign_response(authority, &hashes, &items, request.nonce, OffsetDateTime::now_utc().unix_timestamp()).map_err(|e| {
-        tracing::error!(error = %e, "OCSP: signing failed");
-        Refusal::Internal
-    })
 }

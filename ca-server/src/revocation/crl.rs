@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber};
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -33,17 +35,21 @@ pub fn build(
     let ski = intermediate
         .iter_extensions()
         .find_map(|e| match e.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0.to_vec()),
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
+                Some(ski.0.to_vec())
+            }
             _ => None,
         })
         .ok_or("the intermediate has no subject key identifier")?;
     let mut revoked_certs = Vec::with_capacity(entries.len());
     for entry in entries {
-        let serial = hex::decode(&entry.serial).map_err(|e| format!("serial {}: {e}", entry.serial))?;
+        let serial =
+            hex::decode(&entry.serial).map_err(|e| format!("serial {}: {e}", entry.serial))?;
         let reason = entry.revocation_reason.as_deref().and_then(Reason::parse);
         revoked_certs.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&serial),
-            revocation_time: OffsetDateTime::from_unix_timestamp(entry.revoked_at).map_err(|e| e.to_string())?,
+            revocation_time: OffsetDateTime::from_unix_timestamp(entry.revoked_at)
+                .map_err(|e| e.to_string())?,
             reason_code: reason.and_then(rcgen_reason),
             invalidity_date: None,
         });
@@ -52,7 +58,8 @@ pub fn build(
     let seconds = i64::try_from(validity.as_secs()).map_err(|e| e.to_string())?;
     // Never promise beyond the issuer's own life.
     let next_update_s = (now.unix_timestamp() + seconds).min(authority.intermediate_not_after);
-    let next_update = OffsetDateTime::from_unix_timestamp(next_update_s).map_err(|e| e.to_string())?;
+    let next_update =
+        OffsetDateTime::from_unix_timestamp(next_update_s).map_err(|e| e.to_string())?;
     let params = CertificateRevocationListParams {
         this_update,
         next_update,
@@ -61,7 +68,9 @@ pub fn build(
         revoked_certs,
         key_identifier_method: KeyIdMethod::PreSpecified(ski),
     };
-    let crl = params.signed_by(&authority.issuer).map_err(|e| e.to_string())?;
+    let crl = params
+        .signed_by(&authority.issuer)
+        .map_err(|e| e.to_string())?;
     Ok(BuiltCrl {
         der: crl.der().to_vec(),
         this_update: this_update.unix_timestamp(),

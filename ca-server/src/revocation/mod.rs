@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 use crate::authority::Authority;
 use crate::enrollment::Ca;
+use crate::revocation::ocsp::{IssuerHashes, Refusal, Status};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store::{self, DeniedRecord};
 
@@ -107,7 +108,10 @@ impl DenyList {
     pub fn replace_if_unchanged(&self, records: Vec<DeniedRecord>, version: u64) -> bool {
         match self.inner.write() {
             Ok(mut inner) if inner.1 == version => {
-                inner.0 = records.into_iter().map(|r| (r.spiffe_id.clone(), r)).collect();
+                inner.0 = records
+                    .into_iter()
+                    .map(|r| (r.spiffe_id.clone(), r))
+                    .collect();
                 true
             }
             _ => false,
@@ -188,15 +192,27 @@ pub struct Revoked {
 impl Ca {
     /// Revokes a certificate by serial (every issuer's, though a 128-bit random serial names one
     /// certificate). Idempotent: a second revocation changes nothing and reports the first.
-    pub async fn revoke_serial(&self, serial: &str, reason: Reason, now: OffsetDateTime) -> Result<Revoked, Error> {
+    pub async fn revoke_serial(
+        &self,
+        serial: &str,
+        reason: Reason,
+        now: OffsetDateTime,
+    ) -> Result<Revoked, Error> {
         let serial = serial.to_ascii_lowercase();
         let records = self.store.certificates_by_serial(&serial).await?;
-        let first = records.first().ok_or_else(|| Error::UnknownSerial(serial.clone()))?;
+        let first = records
+            .first()
+            .ok_or_else(|| Error::UnknownSerial(serial.clone()))?;
         let mut newly = false;
         for record in &records {
             newly |= self
                 .store
-                .revoke(&record.issuer_key_id, &record.serial, reason.as_str(), now.unix_timestamp())
+                .revoke(
+                    &record.issuer_key_id,
+                    &record.serial,
+                    reason.as_str(),
+                    now.unix_timestamp(),
+                )
                 .await?;
         }
         let stored = self
@@ -241,7 +257,11 @@ impl Ca {
         self.deny_list.insert(record.clone());
         let revoked = if revoke_existing {
             self.store
-                .revoke_identity(spiffe_id.as_str(), Reason::PrivilegeWithdrawn.as_str(), now.unix_timestamp())
+                .revoke_identity(
+                    spiffe_id.as_str(),
+                    Reason::PrivilegeWithdrawn.as_str(),
+                    now.unix_timestamp(),
+                )
                 .await?
         } else {
             0
@@ -269,6 +289,61 @@ impl Ca {
         Ok(())
     }
 
+    /// Answers a DER OCSP request for a trust domain: a signed response, or the refusal to send.
+    pub async fn ocsp_answer(
+        &self,
+        td: &str,
+        der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Vec<u8>, Refusal> {
+        let request = ocsp::parse_request(der)?;
+        let trust_domain = TrustDomain::parse(td).map_err(|_| Refusal::Unauthorized)?;
+        let authority = self
+            .authorities
+            .get(&trust_domain)
+            .ok_or(Refusal::Unauthorized)?;
+        let hashes = IssuerHashes::of(authority).map_err(|_| Refusal::Internal)?;
+        let mut items = Vec::with_capacity(request.items.len());
+        for cert_id in request.items {
+            // Another CA's certificate: not ours to answer for.
+            if !hashes.matches(&cert_id) {
+                return Err(Refusal::Unauthorized);
+            }
+            let serial = ocsp::serial_hex(&cert_id);
+            let record = self
+                .store
+                .certificate(&authority.issuer_key_id, &serial)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "OCSP: store unavailable");
+                    Refusal::TryLater
+                })?;
+            // Never "good" for a serial we did not issue.
+            let status = match record {
+                None => Status::Unknown,
+                Some(r) => match r.revoked_at {
+                    None => Status::Good,
+                    Some(at) => Status::Revoked {
+                        at,
+                        reason: r.revocation_reason.as_deref().and_then(Reason::parse),
+                    },
+                },
+            };
+            items.push((cert_id, status));
+        }
+        ocsp::sign_response(
+            authority,
+            &hashes,
+            &items,
+            request.nonce,
+            now.unix_timestamp(),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "OCSP: signing failed");
+            Refusal::Internal
+        })
+    }
+
     fn crl_stale(&self, trust_domain: &str) {
         if let Ok(mut map) = self.crls.by_td.lock() {
             map.retain(|td, _| td.as_str() != trust_domain);
@@ -277,7 +352,11 @@ impl Ca {
 
     /// The current CRL of a trust domain: cached, rebuilt when half its validity has passed or
     /// when it was marked stale.
-    pub async fn crl(&self, trust_domain: &TrustDomain, now: OffsetDateTime) -> Result<CachedCrl, Error> {
+    pub async fn crl(
+        &self,
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+    ) -> Result<CachedCrl, Error> {
         if let Some(cached) = self.cached_crl(trust_domain, now) {
             return Ok(cached);
         }
@@ -293,7 +372,8 @@ impl Ca {
         if let Ok(mut map) = self.crls.by_td.lock() {
             map.insert(trust_domain.clone(), built.clone());
         }
-        self.metrics.crl_next_update(trust_domain.as_str(), built.next_update);
+        self.metrics
+            .crl_next_update(trust_domain.as_str(), built.next_update);
         Ok(built)
     }
 
@@ -302,7 +382,10 @@ impl Ca {
         let Some(authority) = self.authorities.get(trust_domain) else {
             return Ok(());
         };
-        let marker = self.store.revocation_marker(&authority.issuer_key_id).await?;
+        let marker = self
+            .store
+            .revocation_marker(&authority.issuer_key_id)
+            .await?;
         let stale = self
             .crls
             .by_td
@@ -322,14 +405,21 @@ impl Ca {
         (now.unix_timestamp() < half_life).then(|| cached.clone())
     }
 
-    async fn build_crl(&self, authority: &Authority, now: OffsetDateTime) -> Result<CachedCrl, Error> {
+    async fn build_crl(
+        &self,
+        authority: &Authority,
+        now: OffsetDateTime,
+    ) -> Result<CachedCrl, Error> {
         let validity = self
             .config
             .trust_domain(&authority.trust_domain)
             .map(|c| c.crl_validity)
             .unwrap_or(std::time::Duration::from_secs(86_400));
         // Marker first: a revocation racing with the build makes the marker differ next time.
-        let marker = self.store.revocation_marker(&authority.issuer_key_id).await?;
+        let marker = self
+            .store
+            .revocation_marker(&authority.issuer_key_id)
+            .await?;
         let entries = self
             .store
             .revoked_unexpired(&authority.issuer_key_id, now.unix_timestamp())

@@ -119,7 +119,8 @@ pub struct IssuerHashes {
 
 impl IssuerHashes {
     pub fn of(authority: &Authority) -> Result<IssuerHashes, String> {
-        let (_, cert) = X509Certificate::from_der(&authority.intermediate_der).map_err(|e| e.to_string())?;
+        let (_, cert) =
+            X509Certificate::from_der(&authority.intermediate_der).map_err(|e| e.to_string())?;
         Ok(IssuerHashes {
             subject_der: cert.subject().as_raw().to_vec(),
             public_key: cert.public_key().subject_public_key.data.to_vec(),
@@ -134,7 +135,9 @@ impl IssuerHashes {
     }
 
     fn key_sha1(&self) -> Vec<u8> {
-        digest(&SHA1_FOR_LEGACY_USE_ONLY, &self.public_key).as_ref().to_vec()
+        digest(&SHA1_FOR_LEGACY_USE_ONLY, &self.public_key)
+            .as_ref()
+            .to_vec()
     }
 }
 
@@ -155,7 +158,8 @@ pub fn sign_response(
 ) -> Result<Vec<u8>, String> {
     let time = |t: i64| -> Result<OcspGeneralizedTime, String> {
         let seconds = u64::try_from(t).map_err(|e| e.to_string())?;
-        let dt = der::DateTime::from_unix_duration(std::time::Duration::from_secs(seconds)).map_err(|e| e.to_string())?;
+        let dt = der::DateTime::from_unix_duration(std::time::Duration::from_secs(seconds))
+            .map_err(|e| e.to_string())?;
         Ok(OcspGeneralizedTime(GeneralizedTime::from_date_time(dt)))
     };
     let next_update = (now + VALIDITY_SECONDS).min(authority.intermediate_not_after);
@@ -179,16 +183,25 @@ pub fn sign_response(
     }
     let tbs = ResponseData {
         version: Version::V1,
-        responder_id: ResponderId::ByKey(OctetString::new(hashes.key_sha1()).map_err(|e| e.to_string())?),
+        responder_id: ResponderId::ByKey(
+            OctetString::new(hashes.key_sha1()).map_err(|e| e.to_string())?,
+        ),
         produced_at: time(now)?,
         responses,
         response_extensions: nonce.map(|n| vec![n]),
     };
     let tbs_der = tbs.to_der().map_err(|e| e.to_string())?;
-    let signature = rcgen::SigningKey::sign(authority.issuer.key(), &tbs_der).map_err(|e| e.to_string())?;
+    let signature =
+        rcgen::SigningKey::sign(authority.issuer.key(), &tbs_der).map_err(|e| e.to_string())?;
     let algorithm = match authority.issuer.key().algorithm() {
-        crate::keys::KeyAlgorithm::EcdsaP256 => AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA256, parameters: None },
-        crate::keys::KeyAlgorithm::EcdsaP384 => AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA384, parameters: None },
+        crate::keys::KeyAlgorithm::EcdsaP256 => AlgorithmIdentifierOwned {
+            oid: OID_ECDSA_SHA256,
+            parameters: None,
+        },
+        crate::keys::KeyAlgorithm::EcdsaP384 => AlgorithmIdentifierOwned {
+            oid: OID_ECDSA_SHA384,
+            parameters: None,
+        },
         _ => AlgorithmIdentifierOwned {
             oid: OID_RSA_SHA256,
             parameters: Some(der::Any::from(Null)),

@@ -368,7 +368,11 @@ impl Store {
     }
 
     /// Revoked certificates of one issuer that have not expired at `now`, by serial.
-    pub async fn revoked_unexpired(&self, issuer_key_id: &str, now: i64) -> Result<Vec<RevokedRecord>, Error> {
+    pub async fn revoked_unexpired(
+        &self,
+        issuer_key_id: &str,
+        now: i64,
+    ) -> Result<Vec<RevokedRecord>, Error> {
         let sql = "SELECT serial, revoked_at, revocation_reason FROM certificates \
                    WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 \
                    ORDER BY serial";
@@ -381,7 +385,8 @@ impl Store {
     pub async fn revocation_marker(&self, issuer_key_id: &str) -> Result<(i64, i64), Error> {
         let sql = "SELECT COUNT(*), COALESCE(MAX(revoked_at), 0) FROM certificates \
                    WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL";
-        let marker: (i64, i64) = on_pool!(self, pool => sqlx::query_as(sql).bind(issuer_key_id).fetch_one(pool).await)?;
+        let marker: (i64, i64) =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(issuer_key_id).fetch_one(pool).await)?;
         Ok(marker)
     }
 
@@ -396,7 +401,12 @@ impl Store {
     }
 
     /// Revokes every live (unrevoked, unexpired) certificate of an identity; returns how many.
-    pub async fn revoke_identity(&self, spiffe_id: &str, reason: &str, at: i64) -> Result<u64, Error> {
+    pub async fn revoke_identity(
+        &self,
+        spiffe_id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<u64, Error> {
         let sql = "UPDATE certificates SET revoked_at = $1, revocation_reason = $2 \
                    WHERE spiffe_id = $3 AND revoked_at IS NULL AND not_after > $1";
         let count = on_pool!(self, pool => sqlx::query(sql)
@@ -410,7 +420,11 @@ impl Store {
     }
 
     /// Revoked, unexpired certificates of a trust domain (for the gauge).
-    pub async fn count_revoked_unexpired(&self, trust_domain: &str, now: i64) -> Result<i64, Error> {
+    pub async fn count_revoked_unexpired(
+        &self,
+        trust_domain: &str,
+        now: i64,
+    ) -> Result<i64, Error> {
         let sql = "SELECT COUNT(*) FROM certificates WHERE trust_domain = $1 \
                    AND revoked_at IS NOT NULL AND not_after > $2";
         let count: i64 = on_pool!(self, pool => sqlx::query_scalar(sql).bind(trust_domain).bind(now).fetch_one(pool).await)?;
@@ -448,7 +462,8 @@ impl Store {
     pub async fn lift_deny(&self, id: i64) -> Result<Option<DeniedRecord>, Error> {
         let sql = "DELETE FROM denied_identities WHERE id = $1 \
                    RETURNING id, spiffe_id, trust_domain, reason, created_by, created_at";
-        let record = on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
+        let record =
+            on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
         Ok(record)
     }
 }

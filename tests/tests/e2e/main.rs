@@ -10,5 +10,6 @@ mod interop;
 mod issuance;
 mod lifecycle;
 mod profile;
+mod revocation;
 mod store_conformance;
 mod tidy;
