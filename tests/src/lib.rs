@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube;
+pub mod ocsp;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -242,11 +243,16 @@ pub fn python_tool(name: &str) -> PathBuf {
 /// Runs a pkilint linter (`lint_pkix_cert`, `lint_crl`, ...) on a PEM/DER file and returns the
 /// finding codes at WARNING or above.
 pub fn pkilint(tool: &str, extra_args: &[&str], file: &Path) -> Vec<String> {
+    pkilint_at(tool, extra_args, file, "WARNING")
+}
+
+/// `pkilint` with a minimum severity (`WARNING`, `ERROR`, ...).
+pub fn pkilint_at(tool: &str, extra_args: &[&str], file: &Path, severity: &str) -> Vec<String> {
     let mut command = Command::new(python_tool(tool));
     command
         .arg("lint")
         .args(extra_args)
-        .args(["-s", "WARNING", "-f", "JSON"])
+        .args(["-s", severity, "-f", "JSON"])
         .arg(file);
     let (_, stdout, stderr) = run(&mut command);
     let json: serde_json::Value = serde_json::from_str(&stdout)

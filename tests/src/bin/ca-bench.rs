@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
@@ -33,6 +34,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Time to build and sign a CRL with N revoked entries (Postgres; entries inserted in SQL).
+    Crl {
+        #[arg(long, default_value_t = 100_000)]
+        entries: i64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// OCSP responses/s: concurrent HTTP POSTs to the responder of an in-process server.
+    Ocsp {
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// gRPC `CreateCertificate` against an in-process server on loopback: N concurrent HTTP/2
     /// clients with bearer tokens, pre-generated CSRs; afterwards every received serial is looked
     /// up in the database.
@@ -79,6 +96,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Crl { entries, runs } => bench_crl(entries, runs).await?,
+        Command::Ocsp {
+            concurrency,
+            seconds,
+            runs,
+        } => bench_ocsp(concurrency, Duration::from_secs(seconds), runs).await?,
         Command::Grpc {
             backends,
             keys,
@@ -351,4 +374,126 @@ async fn run_engine(
         latencies.len()
     );
     Ok(RunResult::from_latencies(latencies, elapsed))
+}
+
+async fn bench_crl(entries: i64, runs: usize) -> anyhow::Result<()> {
+    let server = ca_tests::TestServer::start(ca_tests::Backend::Postgres).await;
+    let ca = &server.server.ca;
+    let td = ca_server::spiffe::TrustDomain::parse("cluster.local")?;
+    let authority = ca.authorities.get(&td).context("no authority")?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut db = {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&server.config.database_url).await?
+    };
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO certificates (issuer_key_id, serial, trust_domain, spiffe_id, not_before, not_after, \
+         spki_sha256, der, requested_by, request_id, api, created_at, revoked_at, revocation_reason) \
+         SELECT $1, '7f' || lpad(to_hex(i), 30, '0'), 'cluster.local', 'spiffe://cluster.local/ns/b/sa/b', \
+         $2, $2 + 40 * 86400, '', ''::bytea, 'bench', 'b', 'bench', $2, $2, 'keyCompromise' \
+         FROM generate_series(1, $3) AS i",
+    )
+    .bind(&authority.issuer_key_id)
+    .bind(now)
+    .bind(entries)
+    .execute(&mut db)
+    .await?;
+    println!(
+        "inserted {entries} revoked rows in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut times = Vec::new();
+    for run in 0..runs {
+        // Each run past the previous CRL's half-life, so it is rebuilt.
+        let at = OffsetDateTime::now_utc() + time::Duration::hours(13 * (run as i64 + 1));
+        let t = Instant::now();
+        let crl = ca.crl(&td, at).await?;
+        times.push(t.elapsed().as_secs_f64());
+        println!(
+            "run {run}: {:.3}s, {} bytes, CRL number {}",
+            times[run],
+            crl.der.len(),
+            crl.number
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "CRL with {entries} entries: median {:.3}s to query, build and sign",
+        times[times.len() / 2]
+    );
+    server.stop().await;
+    Ok(())
+}
+
+async fn bench_ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyhow::Result<()> {
+    let server = ca_tests::TestServer::start(ca_tests::Backend::Postgres).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None)?;
+    let issued = server
+        .admin_client()
+        .issue(
+            &csr.csr_pem,
+            "spiffe://cluster.local/ns/bench/sa/ocsp",
+            None,
+        )
+        .await?;
+    let td = ca_server::spiffe::TrustDomain::parse("cluster.local")?;
+    let authority = server
+        .server
+        .ca
+        .authorities
+        .get(&td)
+        .context("no authority")?;
+    let request = Arc::new(ca_tests::ocsp::request(
+        &authority.intermediate_der,
+        &issued.serial,
+    ));
+    let url = Arc::new(format!("{}/v1/ocsp/cluster.local", server.http_url()));
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let request = request.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let body = client
+                        .post(url.as_str())
+                        .header("content-type", "application/ocsp-request")
+                        .body(request.as_ref().clone())
+                        .send()
+                        .await?
+                        .bytes()
+                        .await?;
+                    anyhow::ensure!(
+                        ca_tests::ocsp::answer(&body) == ca_tests::ocsp::Answer::Good,
+                        "not good"
+                    );
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        results.push(RunResult::from_latencies(
+            latencies,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
+    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let m = &results[results.len() / 2];
+    println!(
+        "OCSP (Postgres, {concurrency} clients): {:.0} responses/s, p50 {:.2} ms, p99 {:.2} ms (median of {runs})",
+        m.rate, m.p50_ms, m.p99_ms
+    );
+    server.stop().await;
+    Ok(())
 }

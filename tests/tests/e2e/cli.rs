@@ -222,3 +222,193 @@ async fn cactl_workload_issue_and_renew() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
     server.stop().await;
 }
+
+/// The revocation commands: `certs revoke`, `deny add|list|remove`, `verify` (exit codes 0/1/2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cactl_revocation_commands() {
+    let server = ca_tests::TestServer::start(ca_tests::Backend::Sqlite).await;
+    let dir = server.dir.path().to_owned();
+    let token_file = dir.join("admin.token");
+    let admin = server.admin_url();
+    let http = server.http_url();
+    let cactl = move |args: &[&str]| {
+        let mut command = Command::new(bin("cactl"));
+        command
+            .args(["--admin", &admin, "--http", &http, "--admin-token-file"])
+            .arg(&token_file)
+            .args(args);
+        let output = command.output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let id = "spiffe://cluster.local/ns/default/sa/cli";
+    let out = dir.join("cli-cert");
+    let out_s = out.to_str().unwrap().to_owned();
+    let c = cactl.clone();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        c(&[
+            "--output",
+            "json",
+            "issue",
+            "--spiffe-id",
+            id,
+            "--out",
+            &out_s,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let serial = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let chain = out.join("cert-chain.pem").to_str().unwrap().to_owned();
+    let root = out.join("root-cert.pem").to_str().unwrap().to_owned();
+
+    let run_async = |args: Vec<String>| {
+        let c = cactl.clone();
+        tokio::task::spawn_blocking(move || c(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+
+    // verify: valid (checks the CRL from --http), wrong ID, and JSON.
+    let (code, stdout, _) = run_async(s(&["verify", &chain, "--bundle", &root, "--spiffe-id", id]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("valid     yes") && stdout.contains("NotRevoked"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run_async(s(&[
+        "verify",
+        &chain,
+        "--bundle",
+        &root,
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/x/sa/y",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{stdout}");
+    // Verifying against the wrong roots fails.
+    let other = dir.join("other-root.pem");
+    std::fs::write(
+        &other,
+        rcgen::generate_simple_self_signed(vec!["x".to_owned()])
+            .unwrap()
+            .cert
+            .pem(),
+    )
+    .unwrap();
+    let (code, _, _) = run_async(s(&[
+        "verify",
+        &chain,
+        "--bundle",
+        other.to_str().unwrap(),
+        "--no-revocation",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+
+    // Revoke, then verify says revoked (exit 1).
+    let (code, stdout, stderr) = run_async(s(&[
+        "certs",
+        "revoke",
+        &serial,
+        "--reason",
+        "keyCompromise",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("keyCompromise") && stdout.contains("newly_revoked"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run_async(s(&[
+        "--output", "json", "verify", &chain, "--bundle", &root,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("revoked"), "{stdout}");
+    let (code, _, stderr) = run_async(s(&["certs", "revoke", "ffff", "--reason", "keyCompromise"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("404"), "{stderr}");
+
+    // Deny add / list / remove.
+    let (code, stdout, stderr) = run_async(s(&[
+        "--output",
+        "json",
+        "deny",
+        "add",
+        id,
+        "--reason",
+        "test",
+        "--revoke-existing",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let deny_id = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, stdout, _) = run_async(s(&["deny", "list"])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(id) && stdout.contains("SPIFFE ID"),
+        "{stdout}"
+    );
+    let out2 = dir.join("denied").to_str().unwrap().to_owned();
+    let (code, _, stderr) = run_async(s(&["issue", "--spiffe-id", id, "--out", &out2]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("identity_denied"), "{stderr}");
+    let (code, stdout, _) = run_async(s(&["--output", "json", "deny", "list"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (code, stdout, _) = run_async(s(&["deny", "remove", &deny_id])).await.unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let (code, _, _) = run_async(s(&["issue", "--spiffe-id", id, "--out", &out2]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+
+    // Unreachable server: exit 2 and a clear message.
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+        let output = Command::new(bin("cactl"))
+            .args(["--http", "http://127.0.0.1:1", "verify"])
+            .arg(&chain)
+            .args(["--bundle", &root])
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::new(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    server.stop().await;
+}

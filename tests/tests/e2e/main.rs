@@ -11,5 +11,6 @@ mod issuance;
 mod lifecycle;
 mod profile;
 mod revocation;
+mod revocation_property;
 mod store_conformance;
 mod tidy;

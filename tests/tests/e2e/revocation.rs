@@ -402,3 +402,147 @@ async fn crl_numbers_across_replicas() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// pkilint (PKIX profiles): no errors on an empty CRL, CRLs with 1 and 1,000 entries, and good /
+/// revoked / unknown OCSP responses (with a nonce echoed on one of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crls_and_ocsp_responses_pass_pkilint() {
+    use ca_server::enrollment::{Api, Request};
+    use ca_server::revocation::Reason;
+    let server = TestServer::start(Backend::Sqlite).await;
+    let ca = server.server.ca.clone();
+    let dir = server.dir.path().to_owned();
+    let td = ca_server::spiffe::TrustDomain::parse("cluster.local").unwrap();
+    let authority = ca.authorities.get(&td).unwrap().clone();
+    let far = time::OffsetDateTime::now_utc();
+    let mut files = Vec::new();
+
+    let empty = ca.crl(&td, far).await.unwrap();
+    files.push(("lint_crl", write_bytes(&dir, "crl-0.der", &empty.der)));
+
+    let id = ca_server::spiffe::SpiffeId::parse(WEB).unwrap();
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let mut serials = Vec::new();
+    for _ in 0..1000 {
+        let enrolled = ca
+            .enroll(
+                &Request {
+                    csr: &csr.csr_der,
+                    spiffe_id: &id,
+                    ttl: None,
+                    requested_by: "lint",
+                    request_id: "l",
+                    api: Api::Admin,
+                },
+                far,
+            )
+            .await
+            .unwrap();
+        serials.push(enrolled.cert.serial.to_hex());
+    }
+    ca.revoke_serial(&serials[0], Reason::KeyCompromise, far)
+        .await
+        .unwrap();
+    let one = ca.crl(&td, far).await.unwrap();
+    files.push(("lint_crl", write_bytes(&dir, "crl-1.der", &one.der)));
+    for (i, serial) in serials.iter().enumerate().skip(1) {
+        let reason = Reason::ALL[i % Reason::ALL.len()];
+        ca.revoke_serial(serial, reason, far).await.unwrap();
+    }
+    let thousand = ca.crl(&td, far).await.unwrap();
+    assert_eq!(
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&thousand.der)
+            .unwrap()
+            .1
+            .iter_revoked_certificates()
+            .count(),
+        1000
+    );
+    files.push(("lint_crl", write_bytes(&dir, "crl-1000.der", &thousand.der)));
+
+    let good = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let good = ca
+        .enroll(
+            &Request {
+                csr: &good.csr_der,
+                spiffe_id: &id,
+                ttl: None,
+                requested_by: "lint",
+                request_id: "l",
+                api: Api::Admin,
+            },
+            far,
+        )
+        .await
+        .unwrap();
+    for (name, serial) in [
+        ("good", good.cert.serial.to_hex()),
+        ("revoked", serials[0].clone()),
+        ("unknown", format!("7f{}", ca_tests::random_hex(15))),
+    ] {
+        let request = ca_tests::ocsp::request(&authority.intermediate_der, &serial);
+        let response = ca
+            .ocsp_answer("cluster.local", &request, far)
+            .await
+            .unwrap();
+        files.push((
+            "lint_ocsp_response",
+            write_bytes(&dir, &format!("ocsp-{name}.der"), &response),
+        ));
+    }
+    // With a nonce, via openssl's request maker.
+    let req = dir.join("nonce-req.der");
+    let int = write(
+        &dir,
+        "int.pem",
+        &ca_server::enrollment::to_pem(&authority.intermediate_der),
+    );
+    let (ok, _, err) = run(Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(&int)
+        .args(["-serial", &format!("0x{}", serials[1]), "-reqout"])
+        .arg(&req));
+    assert!(ok, "{err}");
+    let response = ca
+        .ocsp_answer("cluster.local", &std::fs::read(&req).unwrap(), far)
+        .await
+        .unwrap();
+    files.push((
+        "lint_ocsp_response",
+        write_bytes(&dir, "ocsp-nonce.der", &response),
+    ));
+
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|(tool, file)| {
+                scope.spawn(move || {
+                    let args: &[&str] = if *tool == "lint_crl" {
+                        &["-t", "CRL", "-p", "PKIX"]
+                    } else {
+                        &[]
+                    };
+                    (
+                        file.clone(),
+                        ca_tests::pkilint_at(tool, args, file, "ERROR"),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (file, codes) in results {
+        assert!(
+            codes.is_empty(),
+            "pkilint errors on {}: {codes:?}",
+            file.display()
+        );
+    }
+    server.stop().await;
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
