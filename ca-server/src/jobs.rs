@@ -55,7 +55,8 @@ pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Rec
     }
 }
 
-async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
+/// Sets the revocation gauges and keeps each CRL built (run every 30 s by the loop).
+pub async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
     let denied = ca.deny_list.counts();
     for authority in ca.authorities.iter() {
         let td = authority.trust_domain.to_string();

@@ -546,3 +546,64 @@ fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     std::fs::write(&path, bytes).unwrap();
     path
 }
+
+/// With `public_url`, issued certificates point at our CRL and OCSP endpoints; the gauges count
+/// revocations and denies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_url_and_revocation_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = ca_tests::fresh_database(Backend::Sqlite, dir.path()).await;
+    let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
+    config.listen.public_url = Some("https://ca.example.internal".to_owned());
+    let server = TestServer::start_with(config, dir).await;
+    let issued = issue(&server, WEB).await;
+    let leaf = write(server.dir.path(), "leaf.pem", &issued.leaf_pem);
+    let (ok, text, _) = run(Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&leaf));
+    assert!(ok);
+    assert!(
+        text.contains("URI:https://ca.example.internal/v1/crl/cluster.local"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OCSP - URI:https://ca.example.internal/v1/ocsp/cluster.local"),
+        "{text}"
+    );
+    let codes = ca_tests::pkilint("lint_pkix_cert", &[], &leaf);
+    assert!(
+        codes.iter().all(|c| c == "pkix.invalid_uri_syntax"),
+        "{codes:?}"
+    );
+
+    server
+        .admin_client()
+        .revoke(&issued.serial, "superseded")
+        .await
+        .unwrap();
+    server
+        .admin_client()
+        .deny("spiffe://cluster.local/ns/bad/sa/actor", "", false)
+        .await
+        .unwrap();
+    ca_server::jobs::refresh_gauges(&server.server.ca, time::OffsetDateTime::now_utc()).await;
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ca_revoked_certificates{trust_domain=\"cluster.local\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ca_denied_identities{trust_domain=\"cluster.local\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ca_crl_next_update_timestamp_seconds{trust_domain=\"cluster.local\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
