@@ -15,7 +15,7 @@ use crate::issuance::{self, IssuedCert, TtlPolicy};
 use crate::metrics::{IssuedLabels, Metrics, OpLabels, TrustDomainLabels};
 use crate::revocation::{CrlCache, DenyList};
 use crate::spiffe::SpiffeId;
-use crate::store::{self, CertificateRecord, Store};
+use crate::store::{self, AuditEvent, CertificateRecord, Store};
 
 /// Why an enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +212,32 @@ impl Ca {
             roots: self.roots_for(authority),
             issuer_key_id: authority.issuer_key_id.clone(),
         })
+    }
+
+    /// Appends an audit event to the chain. A failure to audit is logged (and counted), never
+    /// silently dropped; it does not undo the action it records.
+    pub async fn audit(&self, event: AuditEvent) {
+        if let Err(e) = self
+            .store
+            .append_audit(&event, crate::audit::chain_hash)
+            .await
+        {
+            tracing::error!(error = %e, action = %event.action, "could not write audit event");
+            self.metrics
+                .store_errors
+                .get_or_create(&OpLabels {
+                    op: "append_audit".to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// The `spiffe_sequence` of a trust domain's bundle (see `trust`): the active generation.
+    pub fn bundle_sequence(&self, trust_domain: &crate::spiffe::TrustDomain) -> u64 {
+        self.authorities
+            .get(trust_domain)
+            .map(|a| u64::try_from(a.generation).unwrap_or(0))
+            .unwrap_or(0)
     }
 
     /// The roots a workload of this authority's trust domain must trust.

@@ -12,6 +12,7 @@
 //! - `http`: the public and admin HTTP listeners.
 //! - `server`: start everything on its listeners; shut it down.
 
+pub mod audit;
 pub mod authn;
 pub mod authority;
 pub mod authz;

@@ -132,9 +132,24 @@ pub struct CertificateRecord {
     pub revocation_reason: Option<String>,
 }
 
-/// One audit event.
+/// An audit event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub detail: String,
+}
+
+/// One stored audit event, with its place in the hash chain.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRecord {
+    pub id: i64,
+    pub prev_hash: String,
+    pub hash: String,
     pub at: i64,
     pub actor: String,
     pub action: String,
@@ -162,6 +177,39 @@ pub struct DeniedRecord {
     pub created_by: String,
     pub created_at: i64,
 }
+
+/// A certificate with its row id (the pagination key: newest first).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CertificateRow {
+    pub id: i64,
+    #[sqlx(flatten)]
+    pub record: CertificateRecord,
+}
+
+/// Filters of a certificate search; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateFilter {
+    pub trust_domain: Option<String>,
+    pub spiffe_id: Option<String>,
+    /// "valid", "revoked" or "expired" (as of `now`).
+    pub status: Option<String>,
+    pub expiring_before: Option<i64>,
+    pub now: i64,
+}
+
+/// An admin token (its secret is only stored hashed).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: String,
+    pub token_sha256: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+const AUDIT_COLUMNS: &str =
+    "id, prev_hash, hash, at, actor, action, target, outcome, request_id, detail";
 
 const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domain, spiffe_id, not_before, \
      not_after, spki_sha256, der, requested_by, request_id, api, created_at, revoked_at, \
@@ -341,30 +389,125 @@ impl Store {
         Ok(count)
     }
 
-    pub async fn append_audit(&self, event: &AuditRecord) -> Result<(), Error> {
-        let sql = "INSERT INTO audit_events (at, actor, action, target, outcome, request_id, detail) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    /// Appends an audit event to the hash chain: under a lock on the chain head (a row both
+    /// backends serialise writers on), `hash = chain(prev_hash, event)`, in one transaction.
+    pub async fn append_audit(
+        &self,
+        event: &AuditEvent,
+        chain: impl Fn(&str, &AuditEvent) -> String,
+    ) -> Result<AuditRecord, Error> {
+        let head = "UPDATE audit_head SET hash = hash WHERE id = 1 RETURNING hash";
+        let insert = format!(
+            "INSERT INTO audit_events (prev_hash, hash, at, actor, action, target, outcome, request_id, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {AUDIT_COLUMNS}"
+        );
+        let move_head = "UPDATE audit_head SET hash = $1 WHERE id = 1";
+        let record = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
+            let hash = chain(&prev, event);
+            let record: AuditRecord = sqlx::query_as(&insert)
+                .bind(&prev)
+                .bind(&hash)
+                .bind(event.at)
+                .bind(&event.actor)
+                .bind(&event.action)
+                .bind(&event.target)
+                .bind(&event.outcome)
+                .bind(&event.request_id)
+                .bind(&event.detail)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query(move_head).bind(&hash).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(record)
+        }.await)?;
+        Ok(record)
+    }
+
+    /// The newest audit events, newest first.
+    pub async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditRecord>, Error> {
+        self.audit_page(None, limit).await
+    }
+
+    /// Audit events with an id below `before` (all when `None`), newest first.
+    pub async fn audit_page(
+        &self,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, Error> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"
+        );
+        let records = on_pool!(self, pool => sqlx::query_as(&sql).bind(before).bind(limit).fetch_all(pool).await)?;
+        Ok(records)
+    }
+
+    /// Certificates matching `filter` with an id below `before`, newest first.
+    pub async fn search_certificates(
+        &self,
+        filter: &CertificateFilter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<CertificateRow>, Error> {
+        let sql = format!(
+            "SELECT id, {CERTIFICATE_COLUMNS} FROM certificates \
+             WHERE ($1 IS NULL OR id < $1) \
+             AND ($2 IS NULL OR trust_domain = $2) \
+             AND ($3 IS NULL OR spiffe_id = $3) \
+             AND ($4 IS NULL OR not_after < $4) \
+             AND ($5 IS NULL \
+                  OR ($5 = 'revoked' AND revoked_at IS NOT NULL) \
+                  OR ($5 = 'valid' AND revoked_at IS NULL AND not_after > $6) \
+                  OR ($5 = 'expired' AND revoked_at IS NULL AND not_after <= $6)) \
+             ORDER BY id DESC LIMIT $7"
+        );
+        let rows = on_pool!(self, pool => sqlx::query_as(&sql)
+            .bind(before)
+            .bind(&filter.trust_domain)
+            .bind(&filter.spiffe_id)
+            .bind(filter.expiring_before)
+            .bind(&filter.status)
+            .bind(filter.now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows)
+    }
+
+    pub async fn create_token(&self, token: &TokenRecord) -> Result<(), Error> {
+        let sql = "INSERT INTO admin_tokens (name, role, token_sha256, created_by, created_at, expires_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6)";
         on_pool!(self, pool => sqlx::query(sql)
-            .bind(event.at)
-            .bind(&event.actor)
-            .bind(&event.action)
-            .bind(&event.target)
-            .bind(&event.outcome)
-            .bind(&event.request_id)
-            .bind(&event.detail)
+            .bind(&token.name)
+            .bind(&token.role)
+            .bind(&token.token_sha256)
+            .bind(&token.created_by)
+            .bind(token.created_at)
+            .bind(token.expires_at)
             .execute(pool)
             .await
             .map(|_| ()))?;
         Ok(())
     }
 
-    /// The newest audit events, newest first.
-    pub async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditRecord>, Error> {
-        let sql = "SELECT at, actor, action, target, outcome, request_id, detail FROM audit_events \
-                   ORDER BY id DESC LIMIT $1";
-        let records =
-            on_pool!(self, pool => sqlx::query_as(sql).bind(limit).fetch_all(pool).await)?;
+    pub async fn tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let sql = "SELECT name, role, token_sha256, created_by, created_at, expires_at FROM admin_tokens ORDER BY name";
+        let records = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await)?;
         Ok(records)
+    }
+
+    pub async fn token_by_hash(&self, token_sha256: &str) -> Result<Option<TokenRecord>, Error> {
+        let sql = "SELECT name, role, token_sha256, created_by, created_at, expires_at FROM admin_tokens \
+                   WHERE token_sha256 = $1";
+        let record = on_pool!(self, pool => sqlx::query_as(sql).bind(token_sha256).fetch_optional(pool).await)?;
+        Ok(record)
+    }
+
+    pub async fn delete_token(&self, name: &str) -> Result<bool, Error> {
+        let sql = "DELETE FROM admin_tokens WHERE name = $1";
+        let count = on_pool!(self, pool => sqlx::query(sql).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(count == 1)
     }
 
     /// Revoked certificates of one issuer that have not expired at `now`, by serial.

@@ -1,7 +1,7 @@
 //! The store conformance suite: the same verbs and constraints on Postgres and SQLite.
 
 use ca_server::store::{
-    AuditRecord, CaGenerationRecord, CertificateRecord, Error, Store, StoreOptions,
+    AuditEvent, CaGenerationRecord, CertificateRecord, Error, Store, StoreOptions,
 };
 use ca_tests::{Backend, both_backends, fresh_database};
 
@@ -165,15 +165,18 @@ async fn audit_events_newest_first(backend: Backend) {
     let (store, _) = open(backend, dir.path()).await;
     for i in 0..5 {
         store
-            .append_audit(&AuditRecord {
-                at: i,
-                actor: "a".to_owned(),
-                action: "x".to_owned(),
-                target: format!("t{i}"),
-                outcome: "success".to_owned(),
-                request_id: "r".to_owned(),
-                detail: "'; DROP TABLE audit_events; --".to_owned(),
-            })
+            .append_audit(
+                &AuditEvent {
+                    at: i,
+                    actor: "a".to_owned(),
+                    action: "x".to_owned(),
+                    target: format!("t{i}"),
+                    outcome: "success".to_owned(),
+                    request_id: "r".to_owned(),
+                    detail: "'; DROP TABLE audit_events; --".to_owned(),
+                },
+                ca_server::audit::chain_hash,
+            )
             .await
             .unwrap();
     }
@@ -183,6 +186,24 @@ async fn audit_events_newest_first(backend: Backend) {
         vec!["t4", "t3", "t2"]
     );
     assert_eq!(events[0].detail, "'; DROP TABLE audit_events; --");
+    // The chain links and verifies; altering a row breaks it.
+    let mut all = store.audit_page(None, 100).await.unwrap();
+    all.reverse();
+    assert_eq!(ca_server::audit::verify(&all).unwrap(), 5);
+    assert_eq!(all[0].prev_hash, "");
+    assert_eq!(all[1].prev_hash, all[0].hash);
+    let mut tampered = all.clone();
+    tampered[2].detail = "edited".to_owned();
+    assert_eq!(
+        ca_server::audit::verify(&tampered).unwrap_err().id,
+        all[2].id
+    );
+    let mut removed = all.clone();
+    removed.remove(1);
+    assert_eq!(
+        ca_server::audit::verify(&removed).unwrap_err().id,
+        all[2].id
+    );
     store.close().await;
 }
 both_backends!(audit_on, audit_events_newest_first);
