@@ -101,6 +101,52 @@ impl AdminClient {
         Ok(())
     }
 
+    /// GET a path (with query) and return the JSON answer.
+    pub async fn get(&self, path_and_query: &str) -> Result<serde_json::Value, Error> {
+        self.send(self.http.get(self.url(path_and_query))).await
+    }
+
+    /// DELETE a path.
+    pub async fn delete(&self, path: &str) -> Result<(), Error> {
+        let _: serde_json::Value = self.send(self.http.delete(self.url(path))).await?;
+        Ok(())
+    }
+
+    /// POST a JSON body and return the JSON answer.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        self.post(path, body).await
+    }
+
+    /// Every item of a paginated list, following `next_cursor`.
+    pub async fn get_all(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<serde_json::Value>, Error> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut pairs: Vec<(&str, String)> = query.to_vec();
+            pairs.push(("limit", "500".to_owned()));
+            if let Some(c) = &cursor {
+                pairs.push(("cursor", c.clone()));
+            }
+            let page = self
+                .send(self.http.get(self.url(path)).query(&pairs))
+                .await?;
+            let page: serde_json::Value = page;
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Ok(items),
+            }
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }

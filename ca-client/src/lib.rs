@@ -20,6 +20,7 @@
 //! - `error`: the one error type.
 
 pub mod admin;
+pub mod audit;
 pub mod csr;
 pub mod error;
 pub mod files;

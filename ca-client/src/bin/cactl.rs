@@ -92,6 +92,20 @@ enum Command {
         #[arg(long)]
         ttl: Option<String>,
     },
+    /// Trust domains: CA certificates, states, expiries, bundle sequence.
+    TrustDomains,
+    /// Admin tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Decode a certificate, chain, CSR, CRL (PEM or DER) or SPIFFE bundle (JSON).
+    Inspect { file: PathBuf },
     /// Certificates in the issuance record.
     Certs {
         #[command(subcommand)]
@@ -132,7 +146,60 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Create a token; the secret is printed once.
+    Create {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// e.g. 30d; default: no expiry.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Newest events first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Fetch the whole log and check its hash chain. Exit code 0: intact; 1: broken.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
 enum CertsCommand {
+    /// Search certificates, newest first (follows pagination with --all).
+    List {
+        #[arg(long)]
+        trust_domain: Option<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// valid, revoked or expired.
+        #[arg(long)]
+        status: Option<String>,
+        /// RFC 3339 or unix seconds.
+        #[arg(long)]
+        expiring_before: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Every page, not just the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One certificate with its status (and PEM with --pem).
+    Show {
+        serial: String,
+        #[arg(long)]
+        pem: bool,
+    },
     /// Revoke a certificate by serial (hex).
     Revoke {
         serial: String,
@@ -294,7 +361,284 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { .. } => unreachable!("handled in main"),
+        Command::TrustDomains => {
+            let answer = admin_client(&cli)?.get("/admin/v1/trust-domains").await?;
+            match cli.output {
+                Output::Json => println!("{answer}"),
+                Output::Human => {
+                    println!(
+                        "{:<28} {:<5} {:<4} {:<8} {:<13} {:<22} {:<22}",
+                        "TRUST DOMAIN",
+                        "SEQ",
+                        "GEN",
+                        "STATE",
+                        "KEY",
+                        "INTERMEDIATE EXPIRES",
+                        "ROOT EXPIRES"
+                    );
+                    for td in answer["items"].as_array().into_iter().flatten() {
+                        for generation in td["generations"].as_array().into_iter().flatten() {
+                            println!(
+                                "{:<28} {:<5} {:<4} {:<8} {:<13} {:<22} {:<22}",
+                                text(&td["name"]),
+                                text(&td["bundle_sequence"]),
+                                text(&generation["generation"]),
+                                text(&generation["state"]),
+                                text(&generation["key_algorithm"]),
+                                text(&generation["intermediate"]["not_after"]),
+                                text(&generation["root"]["not_after"])
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Certs {
+            command:
+                CertsCommand::List {
+                    trust_domain,
+                    spiffe_id,
+                    status,
+                    expiring_before,
+                    limit,
+                    all,
+                },
+        } => {
+            let admin = admin_client(&cli)?;
+            let mut query: Vec<(&str, String)> = Vec::new();
+            for (key, value) in [
+                ("trust_domain", trust_domain),
+                ("spiffe_id", spiffe_id),
+                ("status", status),
+                ("expiring_before", expiring_before),
+            ] {
+                if let Some(v) = value {
+                    query.push((key, v.clone()));
+                }
+            }
+            let items = if *all {
+                admin.get_all("/admin/v1/certificates", &query).await?
+            } else {
+                query.push(("limit", limit.to_string()));
+                let encoded: Vec<String> = query
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                    .collect();
+                let page = admin
+                    .get(&format!("/admin/v1/certificates?{}", encoded.join("&")))
+                    .await?;
+                page["items"].as_array().cloned().unwrap_or_default()
+            };
+            match cli.output {
+                Output::Json => println!("{}", serde_json::json!({"items": items})),
+                Output::Human => {
+                    println!(
+                        "{:<34} {:<8} {:<22} SPIFFE ID",
+                        "SERIAL", "STATUS", "NOT AFTER"
+                    );
+                    for item in &items {
+                        println!(
+                            "{:<34} {:<8} {:<22} {}",
+                            text(&item["serial"]),
+                            text(&item["status"]),
+                            text(&item["not_after"]),
+                            text(&item["spiffe_id"])
+                        );
+                    }
+                    println!("{} certificate(s)", items.len());
+                }
+            }
+            Ok(())
+        }
+        Command::Certs {
+            command: CertsCommand::Show { serial, pem },
+        } => {
+            let answer = admin_client(&cli)?
+                .get(&format!("/admin/v1/certificates/{}", urlencode(serial)))
+                .await?;
+            match cli.output {
+                Output::Json => println!("{answer}"),
+                Output::Human => {
+                    for key in [
+                        "serial",
+                        "spiffe_id",
+                        "trust_domain",
+                        "status",
+                        "not_before",
+                        "not_after",
+                        "issuer_key_id",
+                        "requested_by",
+                        "api",
+                        "revoked_at",
+                        "revocation_reason",
+                    ] {
+                        if !answer[key].is_null() {
+                            println!("{key:<18} {}", text(&answer[key]));
+                        }
+                    }
+                    if *pem {
+                        print!("{}", text(&answer["certificate_pem"]));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Tokens { command } => {
+            let admin = admin_client(&cli)?;
+            match command {
+                TokensCommand::Create {
+                    name,
+                    role,
+                    expires_in,
+                } => {
+                    let mut body = serde_json::json!({"name": name, "role": role});
+                    if let Some(e) = expires_in {
+                        body["expires_in"] = serde_json::Value::String(e.clone());
+                    }
+                    let answer = admin.post_json("/admin/v1/tokens", &body).await?;
+                    print_value(&cli, &answer, &["name", "role", "expires_at", "token"]);
+                }
+                TokensCommand::List => {
+                    let answer = admin.get("/admin/v1/tokens").await?;
+                    match cli.output {
+                        Output::Json => println!("{answer}"),
+                        Output::Human => {
+                            println!("{:<24} {:<9} {:<22} EXPIRES", "NAME", "ROLE", "CREATED");
+                            for item in answer["items"].as_array().into_iter().flatten() {
+                                println!(
+                                    "{:<24} {:<9} {:<22} {}",
+                                    text(&item["name"]),
+                                    text(&item["role"]),
+                                    text(&item["created_at"]),
+                                    text(&item["expires_at"])
+                                );
+                            }
+                        }
+                    }
+                }
+                TokensCommand::Delete { name } => {
+                    admin
+                        .delete(&format!("/admin/v1/tokens/{}", urlencode(name)))
+                        .await?;
+                    match cli.output {
+                        Output::Json => println!("{}", serde_json::json!({"deleted": name})),
+                        Output::Human => println!("deleted token {name}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::List { limit },
+        } => {
+            let answer = admin_client(&cli)?
+                .get(&format!("/admin/v1/audit?limit={limit}"))
+                .await?;
+            match cli.output {
+                Output::Json => println!("{answer}"),
+                Output::Human => {
+                    println!(
+                        "{:<6} {:<22} {:<12} {:<22} {:<10} TARGET",
+                        "ID", "AT", "ACTOR", "ACTION", "OUTCOME"
+                    );
+                    for item in answer["items"].as_array().into_iter().flatten() {
+                        let at = item["at"].as_i64().unwrap_or(0);
+                        println!(
+                            "{:<6} {:<22} {:<12} {:<22} {:<10} {}",
+                            text(&item["id"]),
+                            ca_client::inspect::rfc3339_public(at),
+                            text(&item["actor"]),
+                            text(&item["action"]),
+                            text(&item["outcome"]),
+                            text(&item["target"])
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let events = admin_client(&cli)?.get_all("/admin/v1/audit", &[]).await?;
+            match ca_client::audit::verify_newest_first(&events) {
+                Ok(count) => {
+                    match cli.output {
+                        Output::Json => {
+                            println!("{}", serde_json::json!({"intact": true, "events": count}))
+                        }
+                        Output::Human => println!("audit chain intact: {count} events"),
+                    }
+                    Ok(())
+                }
+                Err((id, reason)) => {
+                    match cli.output {
+                        Output::Json => println!(
+                            "{}",
+                            serde_json::json!({"intact": false, "event": id, "reason": reason})
+                        ),
+                        Output::Human => println!("audit chain BROKEN at event {id}: {reason}"),
+                    }
+                    std::process::exit(i32::from(EXIT_INVALID));
+                }
+            }
+        }
+        Command::Inspect { file } => {
+            let bytes = files::read(file)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let items = ca_client::inspect::describe(&bytes, now)?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::Value::Array(items)),
+                Output::Human => {
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            println!();
+                        }
+                        print_human(item, 0);
+                    }
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+/// Indented `key  value` lines of a JSON object, for people.
+fn print_human(value: &serde_json::Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    if let Some(map) = value.as_object() {
+        for (key, v) in map {
+            match v {
+                serde_json::Value::Array(items) if items.iter().any(|i| i.is_object()) => {
+                    println!("{pad}{key}:");
+                    for item in items {
+                        print_human(item, indent + 2);
+                        println!();
+                    }
+                }
+                serde_json::Value::Array(items) => println!(
+                    "{pad}{key:<16} {}",
+                    items.iter().map(text).collect::<Vec<_>>().join(", ")
+                ),
+                other => println!("{pad}{key:<16} {}", text(other)),
+            }
+        }
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn text(value: &serde_json::Value) -> String {

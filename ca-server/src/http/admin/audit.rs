@@ -31,8 +31,8 @@ pub struct AuditView {
     pub hash: String,
 }
 
-#[utoipa::path(get, path = "/admin/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
-    responses((status = 200, body = Page<AuditView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[utoipa::path(operation_id = "audit_list", get, path = "/admin/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, description = "OK", body = Page<AuditView>), (status = 400, description = "Bad input (stable error code)", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpState>,
     headers: HeaderMap,

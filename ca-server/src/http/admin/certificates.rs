@@ -80,9 +80,9 @@ fn view(record: &CertificateRecord, now: i64, with_pem: bool) -> CertificateView
     }
 }
 
-#[utoipa::path(get, path = "/admin/v1/certificates", tag = "certificates", params(ListQuery),
+#[utoipa::path(operation_id = "certificates_list", get, path = "/admin/v1/certificates", tag = "certificates", params(ListQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = Page<CertificateView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = Page<CertificateView>), (status = 400, description = "Bad input (stable error code)", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -117,6 +117,17 @@ pub async fn list(
                 })?,
         ),
     };
+    for value in [&query.trust_domain, &query.spiffe_id]
+        .into_iter()
+        .flatten()
+    {
+        if value.len() > 2048 || value.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "invalid_filter",
+                "filters are at most 2048 printable characters",
+            ));
+        }
+    }
     let limit = page_limit(query.limit)?;
     let before = decode_cursor(query.cursor.as_deref())?;
     let filter = CertificateFilter {
@@ -139,10 +150,10 @@ pub async fn list(
     )))
 }
 
-#[utoipa::path(get, path = "/admin/v1/certificates/{serial}", tag = "certificates",
+#[utoipa::path(operation_id = "certificates_show", get, path = "/admin/v1/certificates/{serial}", tag = "certificates",
     params(("serial" = String, Path, description = "Serial number, lower-case hex")),
     security(("bearer" = [])),
-    responses((status = 200, body = CertificateView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = CertificateView), (status = 404, description = "Not found", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody)))]
 pub async fn show(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -186,11 +197,11 @@ pub struct RevokeResponse {
     pub newly_revoked: bool,
 }
 
-#[utoipa::path(post, path = "/admin/v1/certificates/{serial}/revoke", tag = "revocation",
+#[utoipa::path(operation_id = "certificates_revoke", post, path = "/admin/v1/certificates/{serial}/revoke", tag = "revocation",
     params(("serial" = String, Path, description = "Serial number, hex")), request_body = RevokeBody,
     security(("bearer" = [])),
-    responses((status = 200, body = RevokeResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = RevokeResponse), (status = 400, description = "Bad input (stable error code)", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn revoke(
     State(state): State<HttpState>,
     headers: HeaderMap,

@@ -49,10 +49,10 @@ fn view(record: &DeniedRecord, revoked: Option<u64>) -> DeniedView {
     }
 }
 
-#[utoipa::path(post, path = "/admin/v1/denied-identities", tag = "revocation", request_body = DenyBody,
+#[utoipa::path(operation_id = "denied_deny", post, path = "/admin/v1/denied-identities", tag = "revocation", request_body = DenyBody,
     security(("bearer" = [])),
-    responses((status = 201, body = DeniedView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+    responses((status = 201, description = "Created", body = DeniedView), (status = 400, description = "Bad input (stable error code)", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody),
+        (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn deny(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -102,8 +102,8 @@ pub async fn deny(
     result.map(|v| (StatusCode::CREATED, Json(v)))
 }
 
-#[utoipa::path(get, path = "/admin/v1/denied-identities", tag = "revocation", security(("bearer" = [])),
-    responses((status = 200, body = Page<DeniedView>), (status = 401, body = ErrorBody)))]
+#[utoipa::path(operation_id = "denied_list", get, path = "/admin/v1/denied-identities", tag = "revocation", security(("bearer" = [])),
+    responses((status = 200, description = "OK", body = Page<DeniedView>), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -116,9 +116,9 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(delete, path = "/admin/v1/denied-identities/{id}", tag = "revocation",
+#[utoipa::path(operation_id = "denied_lift", delete, path = "/admin/v1/denied-identities/{id}", tag = "revocation",
     params(("id" = String, Path, description = "The deny's id")), security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204, description = "Done"), (status = 404, description = "Not found", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn lift(
     State(state): State<HttpState>,
     headers: HeaderMap,

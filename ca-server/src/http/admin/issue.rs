@@ -49,10 +49,10 @@ pub struct IssueResponse {
     pub root_pem: String,
 }
 
-#[utoipa::path(post, path = "/admin/v1/issue", tag = "certificates", request_body = IssueBody,
+#[utoipa::path(operation_id = "issue_issue", post, path = "/admin/v1/issue", tag = "certificates", request_body = IssueBody,
     security(("bearer" = [])),
-    responses((status = 200, body = IssueResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, description = "OK", body = IssueResponse), (status = 400, description = "Bad input (stable error code)", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody),
+        (status = 403, description = "The token's role does not allow this", body = ErrorBody), (status = 503, description = "Store unavailable; retry", body = ErrorBody)))]
 pub async fn issue(
     State(state): State<HttpState>,
     headers: HeaderMap,

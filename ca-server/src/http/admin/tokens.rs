@@ -50,9 +50,9 @@ pub struct TokenView {
     pub expires_at: Option<String>,
 }
 
-#[utoipa::path(post, path = "/admin/v1/tokens", tag = "tokens", request_body = CreateToken, security(("bearer" = [])),
-    responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(operation_id = "tokens_create", post, path = "/admin/v1/tokens", tag = "tokens", request_body = CreateToken, security(("bearer" = [])),
+    responses((status = 201, description = "Created", body = CreatedToken), (status = 400, description = "Bad input (stable error code)", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody),
+        (status = 403, description = "The token's role does not allow this", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody)))]
 pub async fn create(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -137,8 +137,8 @@ pub async fn create(
     result.map(|t| (StatusCode::CREATED, Json(t)))
 }
 
-#[utoipa::path(get, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = [])),
-    responses((status = 200, body = Page<TokenView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(operation_id = "tokens_list", get, path = "/admin/v1/tokens", tag = "tokens", security(("bearer" = [])),
+    responses((status = 200, description = "OK", body = Page<TokenView>), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -160,9 +160,9 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(delete, path = "/admin/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
+#[utoipa::path(operation_id = "tokens_delete", delete, path = "/admin/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path)),
     security(("bearer" = [])),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 204, description = "Done"), (status = 404, description = "Not found", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<HttpState>,
     headers: HeaderMap,

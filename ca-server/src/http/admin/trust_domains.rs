@@ -59,8 +59,8 @@ fn summary(der: &[u8]) -> CertificateSummary {
     }
 }
 
-#[utoipa::path(get, path = "/admin/v1/trust-domains", tag = "trust domains", security(("bearer" = [])),
-    responses((status = 200, body = Page<TrustDomainView>), (status = 401, body = ErrorBody)))]
+#[utoipa::path(operation_id = "trust_domains_list", get, path = "/admin/v1/trust-domains", tag = "trust domains", security(("bearer" = [])),
+    responses((status = 200, description = "OK", body = Page<TrustDomainView>), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -92,9 +92,9 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(post, path = "/admin/v1/trust-domains/{td}/rotate", tag = "trust domains",
+#[utoipa::path(operation_id = "trust_domains_rotate", post, path = "/admin/v1/trust-domains/{td}/rotate", tag = "trust domains",
     params(("td" = String, Path)), security(("bearer" = [])),
-    responses((status = 501, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 501, description = "Not implemented", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn rotate(
     State(state): State<HttpState>,
     headers: HeaderMap,
