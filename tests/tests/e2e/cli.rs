@@ -412,3 +412,258 @@ async fn cactl_revocation_commands() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
     server.stop().await;
 }
+
+/// Every admin subcommand of `cactl` against a real server, human and JSON output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cactl_admin_commands() {
+    let server = ca_tests::TestServer::start(ca_tests::Backend::Sqlite).await;
+    let dir = server.dir.path().to_owned();
+    let admin = server.admin_url();
+    let http = server.http_url();
+    let token_file = dir.join("admin.token");
+    let cactl = move |args: Vec<String>| {
+        let admin = admin.clone();
+        let http = http.clone();
+        let token_file = token_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let output = Command::new(bin("cactl"))
+                .env("CA_ADMIN_TOKEN_FILE", &token_file)
+                .args(["--admin", &admin, "--http", &http])
+                .args(&args)
+                .output()
+                .unwrap();
+            (
+                output.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let id = "spiffe://cluster.local/ns/default/sa/admin-cli";
+    let out = dir.join("c").to_str().unwrap().to_owned();
+    let (code, stdout, stderr) = cactl(s(&[
+        "--output",
+        "json",
+        "issue",
+        "--spiffe-id",
+        id,
+        "--out",
+        &out,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let serial = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // trust-domains
+    let (code, stdout, _) = cactl(s(&["trust-domains"])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("cluster.local")
+            && stdout.contains("active")
+            && stdout.contains("ecdsa-p256"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cactl(s(&["--output", "json", "trust-domains"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["items"][0]["generations"][0]["state"], "active");
+
+    // certs list / show
+    let (code, stdout, _) = cactl(s(&["certs", "list", "--spiffe-id", id]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(&serial) && stdout.contains("1 certificate(s)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cactl(s(&[
+        "--output", "json", "certs", "list", "--all", "--status", "valid",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (code, stdout, _) = cactl(s(&["certs", "show", &serial, "--pem"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(id) && stdout.contains("BEGIN CERTIFICATE") && stdout.contains("valid"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cactl(s(&["--output", "json", "certs", "show", &serial]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["serial"],
+        serial
+    );
+
+    // tokens create / list / delete, and the new token works with its role.
+    let (code, stdout, _) = cactl(s(&[
+        "--output",
+        "json",
+        "tokens",
+        "create",
+        "reader",
+        "--role",
+        "viewer",
+        "--expires-in",
+        "1d",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let reader_token = serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, stdout, _) = cactl(s(&["tokens", "list"])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("reader") && stdout.contains("viewer"),
+        "{stdout}"
+    );
+    std::fs::write(dir.join("reader.token"), &reader_token).unwrap();
+    let reader_file = dir.join("reader.token").to_str().unwrap().to_owned();
+    let (code, _, _) = cactl(s(&["--admin-token-file", &reader_file, "certs", "list"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let (code, _, stderr) = cactl(s(&[
+        "--admin-token-file",
+        &reader_file,
+        "certs",
+        "revoke",
+        &serial,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("403") && stderr.contains("forbidden"),
+        "{stderr}"
+    );
+    let (code, _, _) = cactl(s(&["tokens", "delete", "reader"])).await.unwrap();
+    assert_eq!(code, 0);
+    let (code, _, stderr) = cactl(s(&["--admin-token-file", &reader_file, "certs", "list"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("401"), "{stderr}");
+
+    // audit list / verify
+    let (code, stdout, _) = cactl(s(&["audit", "list"])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("token.create") && stdout.contains("certificate.issue"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cactl(s(&["--output", "json", "audit", "verify"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["intact"],
+        true
+    );
+
+    // inspect: chain, CSR, CRL (DER), SPIFFE bundle (JSON).
+    let chain = dir.join("c/cert-chain.pem").to_str().unwrap().to_owned();
+    let (code, stdout, _) = cactl(s(&["inspect", &chain])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains(id) && stdout.contains("ECDSA P-256") && stdout.contains("seconds_left"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cactl(s(&["--output", "json", "inspect", &chain]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let items: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(items.as_array().unwrap().len(), 2);
+    assert_eq!(items[0]["spiffe_ids"][0], id);
+    assert_eq!(items[1]["is_ca"], true);
+    let csr = ca_client::csr::generate(ca_client::KeyType::Rsa2048, Some(id)).unwrap();
+    std::fs::write(dir.join("req.csr"), &csr.csr_pem).unwrap();
+    let (code, stdout, _) = cactl(s(&[
+        "--output",
+        "json",
+        "inspect",
+        dir.join("req.csr").to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let items: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(items[0]["type"], "csr");
+    assert_eq!(items[0]["key_type"], "RSA-2048");
+    assert_eq!(items[0]["signature_valid"], true);
+    let crl = reqwest::get(format!("{}/v1/crl/cluster.local", server.http_url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    std::fs::write(dir.join("crl.der"), &crl).unwrap();
+    let (code, stdout, _) = cactl(s(&[
+        "--output",
+        "json",
+        "inspect",
+        dir.join("crl.der").to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let items: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(items[0]["type"], "crl");
+    let (code, stdout, _) = cactl(s(&["inspect", dir.join("crl.der").to_str().unwrap()]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(stdout.contains("crl_number"), "{stdout}");
+    let bundle = reqwest::get(format!("{}/v1/bundles/cluster.local", server.http_url()))
+        .await
+        .unwrap();
+    let bundle_text = if bundle.status() == 200 {
+        bundle.text().await.unwrap()
+    } else {
+        // Hand-made bundle until the server serves one.
+        use base64::Engine;
+        let root = std::fs::read_to_string(dir.join("c/root-cert.pem")).unwrap();
+        let der = pem::parse(&root).unwrap().into_contents();
+        serde_json::json!({"keys": [{"kty": "EC", "use": "x509-svid", "x5c": [base64::engine::general_purpose::STANDARD.encode(der)]}], "spiffe_sequence": 1}).to_string()
+    };
+    std::fs::write(dir.join("bundle.json"), bundle_text).unwrap();
+    let (code, stdout, _) = cactl(s(&[
+        "--output",
+        "json",
+        "inspect",
+        dir.join("bundle.json").to_str().unwrap(),
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    let items: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(items[0]["type"], "spiffe_bundle");
+    assert_eq!(items[0]["x509_authorities"][0]["is_ca"], true);
+    let (code, _, stderr) = cactl(s(&["inspect", "/nonexistent"])).await.unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("/nonexistent"), "{stderr}");
+    server.stop().await;
+}
