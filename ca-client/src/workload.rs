@@ -128,6 +128,19 @@ impl WorkloadClient {
     }
 }
 
+impl WorkloadClient {
+    /// `ca.v1.CertificateAuthority/WatchBundles`: the current bundles, then each change.
+    pub async fn watch_bundles(
+        &self,
+    ) -> Result<tonic::Streaming<ca_proto::ca_v1::GetBundlesResponse>, Error> {
+        let response = CertificateAuthorityClient::new(self.channel.clone())
+            .watch_bundles(ca_proto::ca_v1::WatchBundlesRequest {})
+            .await
+            .map_err(status_error)?;
+        Ok(response.into_inner())
+    }
+}
+
 fn add_auth<T>(request: &mut tonic::Request<T>, auth: &TokenAuth) -> Result<(), Error> {
     if let Some(token) = auth
         .token

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::keys::KeyAlgorithm;
-use crate::spiffe::TrustDomain;
+use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// A configuration problem; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,7 @@ pub struct Config {
     pub bootstrap_token_file: PathBuf,
     pub trust_domains: Vec<TrustDomainConfig>,
     pub clusters: Vec<ClusterConfig>,
+    pub federation: Vec<FederationConfig>,
     /// Store connection pool size (Postgres); sized to the expected concurrency.
     pub db_max_connections: u32,
 }
@@ -54,7 +55,11 @@ pub struct Listen {
 pub struct Tls {
     pub serving_dns_names: Vec<String>,
     pub serving_trust_domain: TrustDomain,
+    /// Serve the public listener over TLS: with operator-provided files (https_web) or, without
+    /// them, with our own certificate carrying `spiffe://<serving td>/ca` (https_spiffe).
     pub http_tls: bool,
+    pub http_cert_file: Option<PathBuf>,
+    pub http_key_file: Option<PathBuf>,
 }
 
 /// One trust domain this CA issues for.
@@ -82,6 +87,29 @@ pub struct ClusterConfig {
     pub audiences: Vec<String>,
     /// `<namespace>/<service account>` entries that may send `ImpersonatedIdentity`.
     pub trusted_node_accounts: Vec<String>,
+}
+
+/// A remote trust domain whose bundle we fetch.
+#[derive(Debug, Clone)]
+pub struct FederationConfig {
+    pub trust_domain: TrustDomain,
+    pub url: String,
+    pub profile: FederationProfile,
+    /// How often to fetch when the peer gives no `spiffe_refresh_hint` (default 5m).
+    pub refresh_hint: Duration,
+}
+
+/// How the bundle endpoint is authenticated (SPIFFE federation profiles).
+#[derive(Debug, Clone)]
+pub enum FederationProfile {
+    /// The endpoint presents an SVID `endpoint_spiffe_id`, chaining to the bootstrap bundle for
+    /// the first fetch and to the last fetched bundle afterwards.
+    HttpsSpiffe {
+        endpoint_spiffe_id: SpiffeId,
+        bootstrap_bundle_file: PathBuf,
+    },
+    /// Ordinary web PKI: `ca_file` roots, or the built-in web roots when absent.
+    HttpsWeb { ca_file: Option<PathBuf> },
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +299,68 @@ impl Config {
                 trusted_node_accounts: c.trusted_node_accounts,
             });
         }
+        let mut federation = Vec::new();
+        for (i, f) in raw.federation.into_iter().enumerate() {
+            let key = |field: &str| format!("federation[{i}].{field}");
+            let trust_domain = TrustDomain::parse(&f.trust_domain)
+                .map_err(|e| invalid(&key("trust_domain"), e))?;
+            if trust_domains.iter().any(|td| td.name == trust_domain) {
+                return Err(invalid(
+                    &key("trust_domain"),
+                    "is one of our own trust domains",
+                ));
+            }
+            if !f.url.starts_with("https://") {
+                return Err(invalid(&key("url"), "bundle endpoints are https://"));
+            }
+            let profile = match f.profile.as_str() {
+                "https_spiffe" => {
+                    let id = f.endpoint_spiffe_id.ok_or_else(|| {
+                        invalid(&key("endpoint_spiffe_id"), "required for https_spiffe")
+                    })?;
+                    let endpoint_spiffe_id =
+                        SpiffeId::parse(&id).map_err(|e| invalid(&key("endpoint_spiffe_id"), e))?;
+                    let bootstrap_bundle_file = f.bootstrap_bundle_file.ok_or_else(|| {
+                        invalid(
+                            &key("bootstrap_bundle_file"),
+                            "required for https_spiffe (no trust on first use)",
+                        )
+                    })?;
+                    FederationProfile::HttpsSpiffe {
+                        endpoint_spiffe_id,
+                        bootstrap_bundle_file,
+                    }
+                }
+                "https_web" => FederationProfile::HttpsWeb { ca_file: f.ca_file },
+                _ => return Err(invalid(&key("profile"), "https_spiffe or https_web")),
+            };
+            let refresh_hint = match &f.refresh_hint {
+                Some(text) => parse_duration(&key("refresh_hint"), text)?,
+                None => Duration::from_secs(300),
+            };
+            federation.push(FederationConfig {
+                trust_domain,
+                url: f.url,
+                profile,
+                refresh_hint,
+            });
+        }
+        for td in &trust_domains {
+            for peer in &td.federates_with {
+                if !federation.iter().any(|f| &f.trust_domain == peer) {
+                    return Err(invalid(
+                        "trust_domains.federates_with",
+                        format!("{peer} has no [[federation]] entry"),
+                    ));
+                }
+            }
+        }
+        if raw.tls.http_cert_file.is_some() != raw.tls.http_key_file.is_some() {
+            return Err(invalid(
+                "tls.http_cert_file",
+                "http_cert_file and http_key_file go together",
+            ));
+        }
         if raw.db_max_connections == 0 {
             return Err(invalid("db_max_connections", "must be at least 1"));
         }
@@ -282,11 +372,14 @@ impl Config {
                 serving_dns_names: raw.tls.serving_dns_names,
                 serving_trust_domain,
                 http_tls: raw.tls.http_tls,
+                http_cert_file: raw.tls.http_cert_file,
+                http_key_file: raw.tls.http_key_file,
             },
             kek_file: raw.keys.kek_file,
             bootstrap_token_file: raw.admin.bootstrap_token_file,
             trust_domains,
             clusters,
+            federation,
             db_max_connections: raw.db_max_connections,
         })
     }
@@ -356,6 +449,7 @@ struct RawConfig {
     admin: RawAdmin,
     trust_domains: Vec<RawTrustDomain>,
     clusters: Vec<RawCluster>,
+    federation: Vec<RawFederation>,
 }
 
 impl Default for RawConfig {
@@ -373,8 +467,21 @@ impl Default for RawConfig {
                 ..RawTrustDomain::default()
             }],
             clusters: Vec::new(),
+            federation: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    trust_domain: String,
+    url: String,
+    profile: String,
+    endpoint_spiffe_id: Option<String>,
+    bootstrap_bundle_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    refresh_hint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -403,6 +510,8 @@ struct RawTls {
     serving_dns_names: Vec<String>,
     serving_trust_domain: String,
     http_tls: bool,
+    http_cert_file: Option<PathBuf>,
+    http_key_file: Option<PathBuf>,
 }
 
 impl Default for RawTls {
@@ -411,6 +520,8 @@ impl Default for RawTls {
             serving_dns_names: vec!["localhost".to_owned(), "ca.istio-system.svc".to_owned()],
             serving_trust_domain: "cluster.local".to_owned(),
             http_tls: false,
+            http_cert_file: None,
+            http_key_file: None,
         }
     }
 }

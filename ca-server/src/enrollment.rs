@@ -16,6 +16,7 @@ use crate::metrics::{IssuedLabels, Metrics, OpLabels, TrustDomainLabels};
 use crate::revocation::{CrlCache, DenyList};
 use crate::spiffe::SpiffeId;
 use crate::store::{self, AuditEvent, CertificateRecord, Store};
+use crate::trust::Bundles;
 
 /// Why an enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,7 @@ pub struct Ca {
     pub metrics: Arc<Metrics>,
     pub deny_list: Arc<DenyList>,
     pub crls: Arc<CrlCache>,
+    pub bundles: Arc<Bundles>,
 }
 
 impl Ca {
@@ -232,17 +234,27 @@ impl Ca {
         }
     }
 
-    /// The `spiffe_sequence` of a trust domain's bundle (see `trust`): the active generation.
+    /// The `spiffe_sequence` of a trust domain's bundle.
     pub fn bundle_sequence(&self, trust_domain: &crate::spiffe::TrustDomain) -> u64 {
-        self.authorities
+        self.bundles
             .get(trust_domain)
-            .map(|a| u64::try_from(a.generation).unwrap_or(0))
+            .map(|b| b.sequence)
             .unwrap_or(0)
     }
 
     /// The roots a workload of this authority's trust domain must trust.
+    ///
+    /// Its own roots, then the last good roots of every trust domain in its `federates_with`.
     pub fn roots_for(&self, authority: &Authority) -> Vec<Vec<u8>> {
-        vec![authority.root_der.clone()]
+        let mut roots = vec![authority.root_der.clone()];
+        if let Some(config) = self.config.trust_domain(&authority.trust_domain) {
+            for peer in &config.federates_with {
+                if let Some(bundle) = self.bundles.get(peer) {
+                    roots.extend(bundle.roots.iter().cloned());
+                }
+            }
+        }
+        roots
     }
 }
 

@@ -19,7 +19,7 @@ pub const TICK: Duration = Duration::from_secs(5);
 const SLOW_EVERY_TICKS: u32 = 6;
 const JWKS_EVERY_TICKS: u32 = 60;
 
-pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch::Receiver<bool>) {
     let mut ticks: u32 = 0;
     loop {
         tokio::select! {
@@ -30,6 +30,9 @@ pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Rec
         if let Err(e) = ca.reload_deny_list().await {
             tracing::warn!(error = %e, "deny list reload failed; keeping the previous list");
         }
+        if let Err(e) = ca.reload_federated_bundles().await {
+            tracing::warn!(error = %e, "federated bundle reload failed");
+        }
         for authority in ca.authorities.iter() {
             if let Err(e) = ca.refresh_crl_if_changed(&authority.trust_domain).await {
                 tracing::warn!(error = %e, "CRL freshness check failed");
@@ -37,14 +40,16 @@ pub async fn run(ca: Ca, serving: Arc<ServingIdentity>, mut shutdown: watch::Rec
         }
         if ticks.is_multiple_of(SLOW_EVERY_TICKS) {
             let now = OffsetDateTime::now_utc();
-            match serving.renew_if_due(&ca, now).await {
-                Ok(true) => tracing::info!(
-                    not_after = serving.not_after(),
-                    "serving certificate renewed"
-                ),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "serving certificate renewal failed; will retry")
+            for identity in &serving {
+                match identity.renew_if_due(&ca, now).await {
+                    Ok(true) => tracing::info!(
+                        not_after = identity.not_after(),
+                        "serving certificate renewed"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "serving certificate renewal failed; will retry")
+                    }
                 }
             }
             refresh_gauges(&ca, now).await;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub revoked: Family<TrustDomainLabels, Gauge>,
     pub denied: Family<TrustDomainLabels, Gauge>,
     pub crl_next_update: Family<TrustDomainLabels, Gauge>,
+    pub federation_sequence: Family<TrustDomainLabels, Gauge>,
+    pub federation_last_success: Family<TrustDomainLabels, Gauge>,
+    pub federation_errors: Family<TrustDomainLabels, Counter>,
 }
 
 impl Metrics {
@@ -125,6 +128,24 @@ impl Metrics {
             "nextUpdate of the current CRL",
             crl_next_update.clone(),
         );
+        let federation_sequence = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register(
+            "ca_federation_bundle_sequence",
+            "spiffe_sequence of the last accepted federated bundle",
+            federation_sequence.clone(),
+        );
+        let federation_last_success = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register(
+            "ca_federation_last_success_timestamp_seconds",
+            "When a federated bundle was last fetched successfully",
+            federation_last_success.clone(),
+        );
+        let federation_errors = Family::<TrustDomainLabels, Counter>::default();
+        registry.register(
+            "ca_federation_fetch_errors",
+            "Federated bundle fetches that failed or were refused",
+            federation_errors.clone(),
+        );
         Arc::new(Metrics {
             registry,
             issued,
@@ -137,6 +158,9 @@ impl Metrics {
             revoked,
             denied,
             crl_next_update,
+            federation_sequence,
+            federation_last_success,
+            federation_errors,
         })
     }
 
@@ -162,6 +186,24 @@ impl Metrics {
             .get_or_create(&FailureLabels {
                 trust_domain: trust_domain.to_owned(),
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn federation_success(&self, trust_domain: &str, sequence: u64, now: i64) {
+        let labels = TrustDomainLabels {
+            trust_domain: trust_domain.to_owned(),
+        };
+        self.federation_sequence
+            .get_or_create(&labels)
+            .set(i64::try_from(sequence).unwrap_or(i64::MAX));
+        self.federation_last_success.get_or_create(&labels).set(now);
+    }
+
+    pub fn federation_error(&self, trust_domain: &str) {
+        self.federation_errors
+            .get_or_create(&TrustDomainLabels {
+                trust_domain: trust_domain.to_owned(),
             })
             .inc();
     }

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::revocation::{CrlCache, DenyList};
 use crate::store::{self, Store, StoreOptions};
 use crate::tls::{self, ServingIdentity};
+use crate::trust::Bundles;
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +115,10 @@ impl Server {
             metrics,
             deny_list: Arc::new(DenyList::default()),
             crls: Arc::new(CrlCache::default()),
+            bundles: Arc::new(Bundles::default()),
         };
+        ca.load_bundles(OffsetDateTime::now_utc().unix_timestamp())
+            .await?;
         ca.reload_deny_list().await.map_err(|e| match e {
             crate::revocation::Error::Store(e) => StartError::Store(e),
             other => StartError::Store(store::Error::Other(other.to_string())),
@@ -134,29 +138,50 @@ impl Server {
 
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        for (listener, router, name) in [
-            (
-                http_listener,
-                http::public_router(state.clone()),
-                "public http",
-            ),
-            (
+        let mut serving_identities = vec![serving];
+        // The public listener: plain HTTP, or TLS with operator files (https_web) or our own
+        // certificate carrying spiffe://<serving td>/ca (https_spiffe).
+        let public_tls = if ca.config.tls.http_tls {
+            let resolver: Arc<dyn rustls::server::ResolvesServerCert> =
+                match (&ca.config.tls.http_cert_file, &ca.config.tls.http_key_file) {
+                    (Some(cert), Some(key)) => tls::certified_key_from_files(cert, key)?,
+                    _ => {
+                        let uri = format!("spiffe://{}/ca", ca.config.tls.serving_trust_domain);
+                        let identity =
+                            ServingIdentity::with_uri(&ca, OffsetDateTime::now_utc(), Some(uri))
+                                .await?;
+                        serving_identities.push(identity.clone());
+                        identity
+                    }
+                };
+            Some(tls::public_config(resolver)?)
+        } else {
+            None
+        };
+        {
+            let router = http::public_router(state.clone());
+            let stop = shutdown.subscribe();
+            match public_tls {
+                Some(config) => {
+                    tasks.spawn(http::tls_serve::serve(http_listener, config, router, stop));
+                }
+                None => {
+                    tasks.spawn(serve_plain(http_listener, router, stop, "public http"));
+                }
+            }
+            tasks.spawn(serve_plain(
                 admin_listener,
                 http::admin_router(state.clone()),
+                shutdown.subscribe(),
                 "admin http",
-            ),
-        ] {
-            let mut stop = shutdown.subscribe();
-            tasks.spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|stop| *stop).await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(listener = name, error = %e, "listener failed");
-                }
-            });
+            ));
+        }
+        for entry in ca.config.federation.clone() {
+            tasks.spawn(crate::federation::run(
+                ca.clone(),
+                entry,
+                shutdown.subscribe(),
+            ));
         }
         {
             let mut stop = shutdown.subscribe();
@@ -171,7 +196,11 @@ impl Server {
                 }
             });
         }
-        tasks.spawn(jobs::run(ca.clone(), serving, shutdown.subscribe()));
+        tasks.spawn(jobs::run(
+            ca.clone(),
+            serving_identities,
+            shutdown.subscribe(),
+        ));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, admin = %admin_addr, "listening");
         Ok(Server {
             grpc_addr,
@@ -188,6 +217,22 @@ impl Server {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         self.ca.store.close().await;
+    }
+}
+
+async fn serve_plain(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    name: &'static str,
+) {
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(listener = name, error = %e, "listener failed");
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct ServingIdentity {
     current: RwLock<(Arc<CertifiedKey>, i64, i64)>,
+    /// The URI SAN this identity carries, if any (the public listener's SVID).
+    uri: Option<String>,
 }
 
 impl ResolvesServerCert for ServingIdentity {
@@ -47,9 +49,19 @@ impl ResolvesServerCert for ServingIdentity {
 impl ServingIdentity {
     /// Issues (and records) the first serving certificate.
     pub async fn new(ca: &Ca, now: OffsetDateTime) -> Result<Arc<ServingIdentity>, Error> {
-        let (key, not_before, not_after) = issue_serving(ca, now).await?;
+        ServingIdentity::with_uri(ca, now, None).await
+    }
+
+    /// A serving identity that also carries a SPIFFE URI (`spiffe://<serving td>/ca`).
+    pub async fn with_uri(
+        ca: &Ca,
+        now: OffsetDateTime,
+        uri: Option<String>,
+    ) -> Result<Arc<ServingIdentity>, Error> {
+        let (key, not_before, not_after) = issue_serving(ca, now, uri.as_deref()).await?;
         Ok(Arc::new(ServingIdentity {
             current: RwLock::new((key, not_before, not_after)),
+            uri,
         }))
     }
 
@@ -63,7 +75,7 @@ impl ServingIdentity {
         if now.unix_timestamp() < due {
             return Ok(false);
         }
-        let renewed = issue_serving(ca, now).await?;
+        let renewed = issue_serving(ca, now, self.uri.as_deref()).await?;
         if let Ok(mut current) = self.current.write() {
             *current = renewed;
         }
@@ -79,6 +91,7 @@ impl ServingIdentity {
 async fn issue_serving(
     ca: &Ca,
     now: OffsetDateTime,
+    uri: Option<&str>,
 ) -> Result<(Arc<CertifiedKey>, i64, i64), Error> {
     let td = &ca.config.tls.serving_trust_domain;
     let authority = ca
@@ -95,6 +108,7 @@ async fn issue_serving(
     let cert = serving::issue(
         authority,
         &ca.config.tls.serving_dns_names,
+        uri,
         &rcgen::PublicKeyData::subject_public_key_info(&key),
         ttl,
         now,
@@ -105,7 +119,9 @@ async fn issue_serving(
             issuer_key_id: authority.issuer_key_id.clone(),
             serial: cert.serial.to_hex(),
             trust_domain: td.to_string(),
-            spiffe_id: format!("dns:{}", ca.config.tls.serving_dns_names.join(",")),
+            spiffe_id: uri
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("dns:{}", ca.config.tls.serving_dns_names.join(","))),
             not_before: cert.not_before,
             not_after: cert.not_after,
             spki_sha256: String::new(),
@@ -136,6 +152,37 @@ async fn issue_serving(
         cert.not_before,
         cert.not_after,
     ))
+}
+
+/// The rustls server configuration of the public listener (`tls.http_tls`): operator-provided
+/// certificate files, or our own serving identity. No client certificates.
+pub fn public_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A fixed certificate from operator-provided PEM files (https_web).
+pub fn certified_key_from_files(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<Arc<rustls::sign::SingleCertAndKey>, Error> {
+    use rustls_pki_types::pem::PemObject;
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Key(format!("{}: {e}", cert_file.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| Error::Key(format!("{}: {e}", key_file.display())))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    Ok(Arc::new(rustls::sign::SingleCertAndKey::from(
+        CertifiedKey::new(chain, signing_key),
+    )))
 }
 
 /// The rustls server configuration of the gRPC port.

@@ -94,6 +94,11 @@ enum Command {
     },
     /// Trust domains: CA certificates, states, expiries, bundle sequence.
     TrustDomains,
+    /// Trust bundles from the public listener (get) or the gRPC API (watch).
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// Admin tokens.
     Tokens {
         #[command(subcommand)]
@@ -142,6 +147,22 @@ enum Command {
         /// Key type of the new key.
         #[arg(long, default_value = "ecdsa-p256")]
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Print a trust domain's bundle (`GET /v1/bundles/{td}`), as a SPIFFE bundle or PEM.
+    Get {
+        trust_domain: String,
+        #[arg(long, default_value = "spiffe")]
+        format: String,
+    },
+    /// Follow bundle changes over gRPC (`WatchBundles`); one line per update. Stops after
+    /// --count updates when given.
+    Watch {
+        #[arg(long)]
+        count: Option<usize>,
     },
 }
 
@@ -361,6 +382,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify { .. } => unreachable!("handled in main"),
+        Command::Bundle {
+            command:
+                BundleCommand::Get {
+                    trust_domain,
+                    format,
+                },
+        } => {
+            let suffix = match format.as_str() {
+                "spiffe" => "",
+                "pem" => ".pem",
+                other => anyhow::bail!("--format is spiffe or pem, not {other}"),
+            };
+            let url = format!(
+                "{}/v1/bundles/{trust_domain}{suffix}",
+                cli.http.trim_end_matches('/')
+            );
+            let mut builder = reqwest::Client::builder();
+            if let Some(ca_file) = &cli.ca_file {
+                builder = builder
+                    .add_root_certificate(reqwest::Certificate::from_pem(&files::read(ca_file)?)?);
+            }
+            let response = builder
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{url}: HTTP {}",
+                response.status()
+            );
+            let body = response.text().await?;
+            if suffix.is_empty() && cli.output == Output::Human {
+                let value: serde_json::Value = serde_json::from_str(&body)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{body}");
+            }
+            Ok(())
+        }
+        Command::Bundle {
+            command: BundleCommand::Watch { count },
+        } => {
+            let client = WorkloadClient::connect(&connect_options(&cli, None, None)?).await?;
+            let mut stream = client.watch_bundles().await?;
+            let mut seen = 0;
+            while let Some(update) = stream.message().await? {
+                for bundle in &update.bundles {
+                    match cli.output {
+                        Output::Json => println!(
+                            "{}",
+                            serde_json::json!({"trust_domain": bundle.trust_domain, "sequence": bundle.sequence, "roots": bundle.roots.len()})
+                        ),
+                        Output::Human => println!(
+                            "{:<30} sequence {:<6} {} root(s)",
+                            bundle.trust_domain,
+                            bundle.sequence,
+                            bundle.roots.len()
+                        ),
+                    }
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+            Ok(())
+        }
         Command::TrustDomains => {
             let answer = admin_client(&cli)?.get("/admin/v1/trust-domains").await?;
             match cli.output {

@@ -1,11 +1,11 @@
 //! Our own `ca.v1.CertificateAuthority`: `Issue` with the same authentication as the Istio
-//! service and a structured answer; `GetBundles`. (`WatchBundles` arrives with federation.)
+//! service and a structured answer; `GetBundles` and `WatchBundles` (current, then each change).
 
 use std::pin::Pin;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use ca_proto::ca_v1::certificate_authority_server::CertificateAuthority;
@@ -68,29 +68,37 @@ impl CertificateAuthority for ApiService {
         &self,
         _request: Request<GetBundlesRequest>,
     ) -> Result<Response<GetBundlesResponse>, Status> {
-        let bundles = self
-            .ca
-            .authorities
-            .iter()
-            .map(|authority| TrustDomainBundle {
-                trust_domain: authority.trust_domain.to_string(),
-                roots: self.ca.roots_for(authority),
-                sequence: u64::try_from(authority.generation).unwrap_or(0),
-            })
-            .collect();
-        Ok(Response::new(GetBundlesResponse { bundles }))
+        Ok(Response::new(current_bundles(&self.ca)))
     }
 
     type WatchBundlesStream =
         Pin<Box<dyn Stream<Item = Result<GetBundlesResponse, Status>> + Send>>;
 
+    /// Sends the current bundles, then the whole set again after every change.
     async fn watch_bundles(
         &self,
         _request: Request<WatchBundlesRequest>,
     ) -> Result<Response<Self::WatchBundlesStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchBundles arrives with federation",
-        ))
+        let ca = self.ca.clone();
+        let changes = tokio_stream::wrappers::WatchStream::new(ca.bundles.subscribe());
+        let stream = changes.map(move |_| Ok(current_bundles(&ca)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Every bundle we know: our trust domains and the federated ones.
+fn current_bundles(ca: &Ca) -> GetBundlesResponse {
+    GetBundlesResponse {
+        bundles: ca
+            .bundles
+            .all()
+            .into_iter()
+            .map(|(trust_domain, bundle)| TrustDomainBundle {
+                trust_domain: trust_domain.to_string(),
+                roots: bundle.roots.clone(),
+                sequence: bundle.sequence,
+            })
+            .collect(),
     }
 }
 

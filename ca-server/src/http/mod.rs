@@ -5,6 +5,7 @@ pub mod admin;
 pub mod error;
 pub mod public;
 pub mod revocation;
+pub mod tls_serve;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -16,6 +16,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/bundles", get(bundle_map))
         .route("/v1/bundles/{file}", get(bundle))
         .merge(crate::http::revocation::routes())
         .with_state(state)
@@ -49,26 +50,70 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-/// `GET /v1/bundles/{td}.pem`: the roots of a trust domain as PEM.
+/// `GET /v1/bundles/{td}` (SPIFFE bundle, JSON) and `GET /v1/bundles/{td}.pem` (the same roots
+/// as PEM); for a federated trust domain, the last good copy. ETag / If-None-Match supported.
 async fn bundle(
     State(state): State<HttpState>,
+    headers: HeaderMap,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(name) = file.strip_suffix(".pem") else {
-        return Err(ApiError::not_found("use /v1/bundles/{trust domain}.pem"));
+    let (name, as_pem) = match file.strip_suffix(".pem") {
+        Some(name) => (name, true),
+        None => (file.as_str(), false),
     };
     let trust_domain =
         TrustDomain::parse(name).map_err(|_| ApiError::not_found("unknown trust domain"))?;
-    let authority = state
+    let bundle = state
         .ca
-        .authorities
+        .bundles
         .get(&trust_domain)
         .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
-    let body: String = state
-        .ca
-        .roots_for(authority)
-        .iter()
-        .map(|der| to_pem(der))
-        .collect();
-    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], body).into_response())
+    let (content_type, body) = if as_pem {
+        let text: String = bundle.roots.iter().map(|der| to_pem(der)).collect();
+        ("application/x-pem-file", text)
+    } else {
+        let hint = state.ca.refresh_hint(&trust_domain).or(Some(300));
+        let json = crate::trust::bundle::render(&bundle.roots, bundle.sequence, hint);
+        ("application/json", json.to_string())
+    };
+    Ok(with_etag(&headers, content_type, body))
+}
+
+/// `GET /v1/bundles`: the SPIFFE bundle map of every trust domain we know.
+async fn bundle_map(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let mut map = serde_json::Map::new();
+    for (trust_domain, bundle) in state.ca.bundles.all() {
+        map.insert(
+            trust_domain.to_string(),
+            crate::trust::bundle::render(&bundle.roots, bundle.sequence, None),
+        );
+    }
+    let body = serde_json::json!({"trust_domains": map}).to_string();
+    with_etag(&headers, "application/json", body)
+}
+
+fn with_etag(headers: &HeaderMap, content_type: &'static str, body: String) -> Response {
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(&ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref()[..16])
+    );
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, "max-age=60".to_owned()),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -1,4 +1,5 @@
-//! The CA's own TLS serving certificate (the gRPC port): DNS names only, serverAuth, issued by the
+//! The CA's own TLS serving certificates (the gRPC port: DNS names; the public listener: DNS names
+//! and `spiffe://<td>/ca` for https_spiffe federation), serverAuth, issued by the
 //! serving trust domain's intermediate over a key the server made itself. Not a workload SVID, so
 //! it has its own small profile and check.
 
@@ -28,6 +29,7 @@ pub struct ServingCert {
 pub fn issue(
     authority: &Authority,
     dns_names: &[String],
+    uri: Option<&str>,
     spki_der: &[u8],
     ttl_seconds: i64,
     now: OffsetDateTime,
@@ -52,8 +54,13 @@ pub fn issue(
     params.subject_alt_names = dns_names
         .iter()
         .map(|name| Ok(SanType::DnsName(name.as_str().try_into()?)))
-        .collect::<Result<_, rcgen::Error>>()
+        .collect::<Result<Vec<_>, rcgen::Error>>()
         .map_err(signing)?;
+    if let Some(uri) = uri {
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().map_err(signing)?));
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -208,6 +208,21 @@ pub struct TokenRecord {
     pub expires_at: Option<i64>,
 }
 
+/// A stored trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BundleRecord {
+    pub trust_domain: String,
+    pub sequence: i64,
+    pub content_sha256: String,
+    pub roots_pem: String,
+    /// `local` (ours) or `federated` (fetched from a peer).
+    pub source: String,
+    pub updated_at: i64,
+}
+
+const BUNDLE_COLUMNS: &str =
+    "trust_domain, sequence, content_sha256, roots_pem, source, updated_at";
+
 const AUDIT_COLUMNS: &str =
     "id, prev_hash, hash, at, actor, action, target, outcome, request_id, detail";
 
@@ -608,5 +623,66 @@ impl Store {
         let record =
             on_pool!(self, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)?;
         Ok(record)
+    }
+
+    /// Records our own trust domain's roots; the sequence goes up by one whenever the content
+    /// changes (and only then). Returns the stored bundle.
+    pub async fn put_local_bundle(
+        &self,
+        trust_domain: &str,
+        roots_pem: &str,
+        content_sha256: &str,
+        now: i64,
+    ) -> Result<BundleRecord, Error> {
+        let upsert = "INSERT INTO bundles (trust_domain, sequence, content_sha256, roots_pem, source, updated_at) \
+                      VALUES ($1, 1, $2, $3, 'local', $4) \
+                      ON CONFLICT (trust_domain) DO UPDATE SET sequence = bundles.sequence + 1, \
+                      content_sha256 = excluded.content_sha256, roots_pem = excluded.roots_pem, \
+                      source = 'local', updated_at = excluded.updated_at \
+                      WHERE bundles.content_sha256 <> excluded.content_sha256";
+        on_pool!(self, pool => sqlx::query(upsert)
+            .bind(trust_domain)
+            .bind(content_sha256)
+            .bind(roots_pem)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        self.bundle(trust_domain)
+            .await?
+            .ok_or_else(|| Error::Other("bundle vanished after upsert".to_owned()))
+    }
+
+    /// Records a federated bundle if its sequence is higher than the stored one (or none is
+    /// stored). Returns whether it was stored.
+    pub async fn put_federated_bundle(&self, record: &BundleRecord) -> Result<bool, Error> {
+        let upsert = "INSERT INTO bundles (trust_domain, sequence, content_sha256, roots_pem, source, updated_at) \
+                      VALUES ($1, $2, $3, $4, 'federated', $5) \
+                      ON CONFLICT (trust_domain) DO UPDATE SET sequence = excluded.sequence, \
+                      content_sha256 = excluded.content_sha256, roots_pem = excluded.roots_pem, \
+                      updated_at = excluded.updated_at \
+                      WHERE bundles.source = 'federated' AND bundles.sequence < excluded.sequence";
+        let changed = on_pool!(self, pool => sqlx::query(upsert)
+            .bind(&record.trust_domain)
+            .bind(record.sequence)
+            .bind(&record.content_sha256)
+            .bind(&record.roots_pem)
+            .bind(record.updated_at)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(changed == 1)
+    }
+
+    pub async fn bundle(&self, trust_domain: &str) -> Result<Option<BundleRecord>, Error> {
+        let sql = format!("SELECT {BUNDLE_COLUMNS} FROM bundles WHERE trust_domain = $1");
+        let record = on_pool!(self, pool => sqlx::query_as(&sql).bind(trust_domain).fetch_optional(pool).await)?;
+        Ok(record)
+    }
+
+    pub async fn bundles(&self) -> Result<Vec<BundleRecord>, Error> {
+        let sql = format!("SELECT {BUNDLE_COLUMNS} FROM bundles ORDER BY trust_domain");
+        let records = on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await)?;
+        Ok(records)
     }
 }

@@ -324,6 +324,7 @@ async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::
         metrics: Metrics::new(),
         deny_list: Default::default(),
         crls: Default::default(),
+        bundles: Default::default(),
     })
 }
 

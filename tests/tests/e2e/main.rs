@@ -6,6 +6,7 @@
 
 mod admin;
 mod cli;
+mod federation;
 mod grpc;
 mod interop;
 mod issuance;
