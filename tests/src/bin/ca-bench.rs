@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Requests/s of `GET /v1/bundles/{td}` on an in-process server.
+    Bundle {
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// OCSP responses/s: concurrent HTTP POSTs to the responder of an in-process server.
     Ocsp {
         #[arg(long, default_value_t = 8)]
@@ -97,6 +106,11 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crl { entries, runs } => bench_crl(entries, runs).await?,
+        Command::Bundle {
+            concurrency,
+            seconds,
+            runs,
+        } => bench_bundle(concurrency, Duration::from_secs(seconds), runs).await?,
         Command::Ocsp {
             concurrency,
             seconds,
@@ -493,6 +507,48 @@ async fn bench_ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyh
     let m = &results[results.len() / 2];
     println!(
         "OCSP (Postgres, {concurrency} clients): {:.0} responses/s, p50 {:.2} ms, p99 {:.2} ms (median of {runs})",
+        m.rate, m.p50_ms, m.p99_ms
+    );
+    server.stop().await;
+    Ok(())
+}
+
+async fn bench_bundle(concurrency: usize, duration: Duration, runs: usize) -> anyhow::Result<()> {
+    let server = ca_tests::TestServer::start(ca_tests::Backend::Sqlite).await;
+    let url = Arc::new(format!("{}/v1/bundles/cluster.local", server.http_url()));
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let response = client.get(url.as_str()).send().await?;
+                    anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
+                    response.bytes().await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        results.push(RunResult::from_latencies(
+            latencies,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
+    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let m = &results[results.len() / 2];
+    println!(
+        "GET /v1/bundles/{{td}} ({concurrency} clients): {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms (median of {runs})",
         m.rate, m.p50_ms, m.p99_ms
     );
     server.stop().await;

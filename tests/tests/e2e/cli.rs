@@ -667,3 +667,59 @@ async fn cactl_admin_commands() {
     assert!(stderr.contains("/nonexistent"), "{stderr}");
     server.stop().await;
 }
+
+/// `cactl bundle get` (SPIFFE and PEM) and `cactl bundle watch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cactl_bundle_commands() {
+    let server = ca_tests::TestServer::start(ca_tests::Backend::Sqlite).await;
+    let dir = server.dir.path().to_owned();
+    let ca_file = dir.join("serving-root.pem");
+    std::fs::write(&ca_file, server.serving_root_pem()).unwrap();
+    let http = server.http_url();
+    let grpc = server.server.grpc_addr.to_string();
+    let run_cactl = move |args: Vec<String>| {
+        let http = http.clone();
+        let grpc = grpc.clone();
+        let ca_file = ca_file.clone();
+        tokio::task::spawn_blocking(move || {
+            run(Command::new(bin("cactl"))
+                .args([
+                    "--http",
+                    &http,
+                    "--grpc",
+                    &grpc,
+                    "--server-name",
+                    "localhost",
+                    "--ca-file",
+                ])
+                .arg(&ca_file)
+                .args(&args))
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let (ok, stdout, stderr) = run_cactl(s(&["bundle", "get", "cluster.local"]))
+        .await
+        .unwrap();
+    assert!(ok, "{stderr}");
+    let bundle: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(bundle["keys"][0]["use"], "x509-svid");
+    let (ok, stdout, _) = run_cactl(s(&["bundle", "get", "cluster.local", "--format", "pem"]))
+        .await
+        .unwrap();
+    assert!(ok);
+    assert_eq!(stdout.as_bytes(), server.serving_root_pem().as_slice());
+    let (ok, stdout, stderr) =
+        run_cactl(s(&["--output", "json", "bundle", "watch", "--count", "1"]))
+            .await
+            .unwrap();
+    assert!(ok, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["trust_domain"], "cluster.local");
+    assert_eq!(line["roots"], 1);
+    let (ok, _, stderr) = run_cactl(s(&["bundle", "get", "nope.example"]))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("404"), "{stderr}");
+    server.stop().await;
+}
