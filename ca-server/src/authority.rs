@@ -58,6 +58,10 @@ pub struct Authority {
     /// configured).
     pub crl_url: Option<String>,
     pub ocsp_url: Option<String>,
+    /// The intermediate's subject (DER) and subject key identifier, parsed once for the
+    /// per-certificate self-check.
+    pub intermediate_subject_der: Vec<u8>,
+    pub intermediate_ski: Vec<u8>,
     pub issuer: Issuer<'static, CaKey>,
 }
 
@@ -261,6 +265,16 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
     let intermediate_not_after = intermediate.validity().not_after.timestamp();
     let intermediate_not_before = intermediate.validity().not_before.timestamp();
     let root_not_after = root.validity().not_after.timestamp();
+    let intermediate_subject_der = intermediate.subject().as_raw().to_vec();
+    let intermediate_ski = intermediate
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
+                Some(ski.0.to_vec())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| inconsistent("the intermediate has no subject key identifier".to_owned()))?;
     let trust_domain = TrustDomain::parse(name).map_err(|e| inconsistent(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_der(
         &record.intermediate_cert.as_slice().into(),
@@ -278,6 +292,8 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         root_not_after,
         crl_url: None,
         ocsp_url: None,
+        intermediate_subject_der,
+        intermediate_ski,
         issuer,
     })
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub federation: Vec<FederationConfig>,
     /// Store connection pool size (Postgres); sized to the expected concurrency.
     pub db_max_connections: u32,
+    /// Issuances admitted at once; more wait up to 250 ms, then get RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +363,9 @@ impl Config {
                 "http_cert_file and http_key_file go together",
             ));
         }
+        if raw.max_in_flight == 0 {
+            return Err(invalid("max_in_flight", "must be at least 1"));
+        }
         if raw.db_max_connections == 0 {
             return Err(invalid("db_max_connections", "must be at least 1"));
         }
@@ -381,6 +386,7 @@ impl Config {
             clusters,
             federation,
             db_max_connections: raw.db_max_connections,
+            max_in_flight: raw.max_in_flight,
         })
     }
 }
@@ -443,6 +449,7 @@ struct RawConfig {
     database_url: String,
     data_dir: PathBuf,
     db_max_connections: u32,
+    max_in_flight: usize,
     listen: RawListen,
     tls: RawTls,
     keys: RawKeys,
@@ -458,6 +465,7 @@ impl Default for RawConfig {
             database_url: "sqlite://ca-data/ca.db".to_owned(),
             data_dir: PathBuf::from("ca-data"),
             db_max_connections: 16,
+            max_in_flight: 512,
             listen: RawListen::default(),
             tls: RawTls::default(),
             keys: RawKeys::default(),

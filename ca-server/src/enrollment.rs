@@ -25,6 +25,9 @@ pub enum Error {
     Issuance(#[from] issuance::Error),
     #[error("no CA for trust domain {0}")]
     UnknownTrustDomain(String),
+    /// Too many issuances in flight; the caller should retry (RESOURCE_EXHAUSTED).
+    #[error("overloaded")]
+    Overloaded,
     /// The identity is on the deny list.
     #[error("identity {0} is denied")]
     Denied(String),
@@ -40,6 +43,7 @@ impl Error {
             Error::Issuance(e) => e.reason(),
             Error::UnknownTrustDomain(_) => "unknown_trust_domain",
             Error::Denied(_) => "denied",
+            Error::Overloaded => "overloaded",
             Error::Store(_) => "store_unavailable",
         }
     }
@@ -98,6 +102,37 @@ pub struct Ca {
     pub deny_list: Arc<DenyList>,
     pub crls: Arc<CrlCache>,
     pub bundles: Arc<Bundles>,
+    pub admission: Arc<Admission>,
+}
+
+/// Bounds the issuances in flight: a request waits at most [`Admission::WAIT`] for a slot, then
+/// is shed, so latency cannot grow without limit under overload.
+#[derive(Debug)]
+pub struct Admission {
+    slots: tokio::sync::Semaphore,
+    max: usize,
+}
+
+impl Admission {
+    pub const WAIT: Duration = Duration::from_millis(250);
+
+    pub fn new(max: usize) -> Admission {
+        Admission {
+            slots: tokio::sync::Semaphore::new(max),
+            max,
+        }
+    }
+
+    /// Issuances currently admitted.
+    pub fn in_flight(&self) -> usize {
+        self.max - self.slots.available_permits()
+    }
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission::new(512)
+    }
 }
 
 impl Ca {
@@ -115,11 +150,23 @@ impl Ca {
     ) -> Result<Enrolled, Error> {
         let started = std::time::Instant::now();
         let trust_domain = request.spiffe_id.trust_domain().as_str();
-        let result = if self.deny_list.is_denied(request.spiffe_id) {
+        let permit =
+            match tokio::time::timeout(Admission::WAIT, self.admission.slots.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => None,
+            };
+        self.metrics
+            .in_flight
+            .set(i64::try_from(self.admission.in_flight()).unwrap_or(i64::MAX));
+        let result = if permit.is_none() {
+            self.metrics.shed.inc();
+            Err(Error::Overloaded)
+        } else if self.deny_list.is_denied(request.spiffe_id) {
             Err(Error::Denied(request.spiffe_id.to_string()))
         } else {
             self.enroll_uncounted_checked(request, now).await
         };
+        drop(permit);
         match &result {
             Ok(enrolled) => {
                 self.metrics

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub federation_sequence: Family<TrustDomainLabels, Gauge>,
     pub federation_last_success: Family<TrustDomainLabels, Gauge>,
     pub federation_errors: Family<TrustDomainLabels, Counter>,
+    pub in_flight: Gauge,
+    pub shed: Counter,
 }
 
 impl Metrics {
@@ -146,6 +148,18 @@ impl Metrics {
             "Federated bundle fetches that failed or were refused",
             federation_errors.clone(),
         );
+        let in_flight = Gauge::default();
+        registry.register(
+            "ca_issuance_in_flight",
+            "Issuances admitted and not yet answered (queue depth)",
+            in_flight.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "ca_issuance_shed",
+            "Issuances refused with RESOURCE_EXHAUSTED under overload",
+            shed.clone(),
+        );
         Arc::new(Metrics {
             registry,
             issued,
@@ -161,6 +175,8 @@ impl Metrics {
             federation_sequence,
             federation_last_success,
             federation_errors,
+            in_flight,
+            shed,
         })
     }
 

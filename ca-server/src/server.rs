@@ -106,6 +106,7 @@ impl Server {
             );
         }
         let clusters = Clusters::new(&config.clusters);
+        let max_in_flight = config.max_in_flight;
         clusters.load_all().await;
         let ca = Ca {
             config: Arc::new(config),
@@ -116,6 +117,7 @@ impl Server {
             deny_list: Arc::new(DenyList::default()),
             crls: Arc::new(CrlCache::default()),
             bundles: Arc::new(Bundles::default()),
+            admission: Arc::new(crate::enrollment::Admission::new(max_in_flight)),
         };
         ca.load_bundles(OffsetDateTime::now_utc().unix_timestamp())
             .await?;

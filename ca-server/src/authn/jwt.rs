@@ -129,12 +129,29 @@ impl Jwks {
     }
 }
 
+/// Most verified tokens remembered per cluster (the cache is emptied when full).
+const MAX_CACHED_TOKENS: usize = 50_000;
+
 /// A cluster's token checker with its cached JWKS.
+///
+/// Verified tokens are remembered by the SHA-256 of their bytes (with their `exp`/`nbf`), so a
+/// workload that calls again with the same token skips the signature check; time bounds are
+/// checked on every call, and the memory is dropped whenever the JWKS changes (a removed key
+/// stops working at once).
 pub struct ClusterTokens {
     pub config: ClusterConfig,
     jwks: RwLock<Arc<Jwks>>,
+    jwks_fingerprint: RwLock<Vec<u8>>,
     last_load: RwLock<Option<Instant>>,
+    verified: RwLock<std::collections::HashMap<[u8; 32], CachedToken>>,
     http: reqwest::Client,
+}
+
+#[derive(Debug, Clone)]
+struct CachedToken {
+    account: ServiceAccount,
+    exp: i64,
+    nbf: Option<i64>,
 }
 
 impl std::fmt::Debug for ClusterTokens {
@@ -182,7 +199,9 @@ impl ClusterTokens {
         ClusterTokens {
             config,
             jwks: RwLock::new(Arc::new(Jwks::default())),
+            jwks_fingerprint: RwLock::new(Vec::new()),
             last_load: RwLock::new(None),
+            verified: RwLock::new(std::collections::HashMap::new()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -218,8 +237,24 @@ impl ClusterTokens {
             }
         };
         let jwks = Jwks::parse(&bytes)?;
-        if let Ok(mut current) = self.jwks.write() {
-            *current = Arc::new(jwks);
+        let fingerprint = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec();
+        let changed = self
+            .jwks_fingerprint
+            .read()
+            .map(|f| *f != fingerprint)
+            .unwrap_or(true);
+        if changed {
+            if let Ok(mut current) = self.jwks.write() {
+                *current = Arc::new(jwks);
+            }
+            if let Ok(mut f) = self.jwks_fingerprint.write() {
+                *f = fingerprint;
+            }
+            if let Ok(mut verified) = self.verified.write() {
+                verified.clear();
+            }
         }
         Ok(())
     }
@@ -241,6 +276,47 @@ impl ClusterTokens {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
+        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]);
+        let cached = self.verified.read().ok().and_then(|m| m.get(&key).cloned());
+        if let Some(cached) = cached {
+            if now > cached.exp.saturating_add(LEEWAY_SECONDS) {
+                return Err(TokenError::Expired);
+            }
+            if cached
+                .nbf
+                .is_some_and(|nbf| now < nbf.saturating_sub(LEEWAY_SECONDS))
+            {
+                return Err(TokenError::NotYetValid);
+            }
+            return Ok(cached.account);
+        }
+        let result = self.verify_uncached(token, now).await;
+        if let Ok((account, exp, nbf)) = &result
+            && let Ok(mut verified) = self.verified.write()
+        {
+            if verified.len() >= MAX_CACHED_TOKENS {
+                verified.clear();
+            }
+            verified.insert(
+                key,
+                CachedToken {
+                    account: account.clone(),
+                    exp: *exp,
+                    nbf: *nbf,
+                },
+            );
+        }
+        result.map(|(account, _, _)| account)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(ServiceAccount, i64, Option<i64>), TokenError> {
         match self.verify_with(&self.current(), token, now) {
             Err(TokenError::UnknownKey) if self.may_reload() => {
                 if let Err(e) = self.reload().await {
@@ -257,7 +333,7 @@ impl ClusterTokens {
         jwks: &Jwks,
         token: &str,
         now: i64,
-    ) -> Result<ServiceAccount, TokenError> {
+    ) -> Result<(ServiceAccount, i64, Option<i64>), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             let text = e.to_string();
             // An unknown `alg` such as "none" fails header parsing in jsonwebtoken.
@@ -300,8 +376,13 @@ impl ClusterTokens {
         self.check_claims(claims, now)
     }
 
-    fn check_claims(&self, claims: Claims, now: i64) -> Result<ServiceAccount, TokenError> {
+    fn check_claims(
+        &self,
+        claims: Claims,
+        now: i64,
+    ) -> Result<(ServiceAccount, i64, Option<i64>), TokenError> {
         let exp = claims.exp.ok_or(TokenError::MissingExpiry)?;
+        let nbf = claims.nbf;
         if now > exp.saturating_add(LEEWAY_SECONDS) {
             return Err(TokenError::Expired);
         }
@@ -345,10 +426,14 @@ impl ClusterTokens {
         // The names must make a valid SPIFFE ID path.
         SpiffeId::for_service_account(&self.config.trust_domain, namespace, service_account)
             .map_err(|e| TokenError::BadSubject(e.to_string()))?;
-        Ok(ServiceAccount {
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        })
+        Ok((
+            ServiceAccount {
+                namespace: namespace.to_owned(),
+                service_account: service_account.to_owned(),
+            },
+            exp,
+            nbf,
+        ))
     }
 }
 

@@ -88,6 +88,8 @@ pub async fn serve(
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .timeout(Duration::from_secs(30))
+        // Per-client fairness: one connection cannot take every slot.
+        .concurrency_limit_per_connection(64)
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(istio)

@@ -37,6 +37,7 @@ pub fn from_enrollment(error: &enrollment::Error) -> Status {
             Status::permission_denied(format!("this CA does not issue for trust domain {td}"))
         }
         enrollment::Error::Denied(_) => Status::permission_denied("this identity is denied"),
+        enrollment::Error::Overloaded => Status::resource_exhausted("the CA is overloaded; retry"),
         enrollment::Error::Store(_) => {
             Status::unavailable("the CA cannot record certificates right now; retry")
         }

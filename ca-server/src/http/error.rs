@@ -96,6 +96,11 @@ impl From<enrollment::Error> for ApiError {
                 "identity_denied",
                 format!("{id} is on the deny list"),
             ),
+            enrollment::Error::Overloaded => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the CA is overloaded; retry",
+            ),
             enrollment::Error::Store(e) => e.into(),
         }
     }

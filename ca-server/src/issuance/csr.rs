@@ -43,6 +43,8 @@ impl KeyKind {
 pub struct VerifiedCsr {
     /// DER SubjectPublicKeyInfo: the only part that reaches the certificate.
     pub spki_der: Vec<u8>,
+    /// The subjectPublicKey bits inside it.
+    pub public_key_bits: Vec<u8>,
     pub key_kind: KeyKind,
     /// URI SANs the CSR asks for (checked against the authorised identity, never copied).
     pub requested_uris: Vec<String>,
@@ -125,6 +127,7 @@ pub fn parse(bytes: &[u8]) -> Result<VerifiedCsr, Error> {
 
     Ok(VerifiedCsr {
         spki_der: spki.raw.to_vec(),
+        public_key_bits: spki.subject_public_key.data.to_vec(),
         key_kind,
         requested_uris,
         requests_other_names,

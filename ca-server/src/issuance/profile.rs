@@ -6,12 +6,12 @@
 
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
-    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
 use crate::authority::Authority;
-use crate::issuance::{Error, VerifiedCsr};
+use crate::issuance::{Error, KeyKind, VerifiedCsr};
 use crate::serial::Serial;
 use crate::spiffe::SpiffeId;
 
@@ -69,11 +69,35 @@ pub fn sign(
             ocsp_access(url),
         )];
     }
-    let public_key = SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(signing)?;
+    let public_key = CsrPublicKey {
+        algorithm: match csr.key_kind {
+            KeyKind::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            KeyKind::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            KeyKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+        },
+        bits: &csr.public_key_bits,
+    };
     let certificate = params
         .signed_by(&public_key, &authority.issuer)
         .map_err(signing)?;
     Ok(certificate.der().to_vec())
+}
+
+/// The CSR's public key as rcgen writes it: the algorithm identifier of its key kind and the key
+/// bits (the self-check compares the written SPKI with the CSR's byte for byte).
+struct CsrPublicKey<'a> {
+    algorithm: &'static rcgen::SignatureAlgorithm,
+    bits: &'a [u8],
+}
+
+impl rcgen::PublicKeyData for CsrPublicKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.bits
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.algorithm
+    }
 }
 
 /// DER of an AuthorityInfoAccessSyntax with one id-ad-ocsp entry pointing at `url`.

@@ -8,6 +8,7 @@
 //! object: two backends, no `async-trait`. The conformance suite that runs every verb on both
 //! backends is `tests/tests/e2e/store_conformance.rs`.
 
+mod batch;
 mod postgres;
 mod sqlite;
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 use sqlx::{PgPool, SqlitePool};
 
 /// A store failure, already given its domain meaning.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The database cannot be reached or answered with an I/O or pool error: transient.
     #[error("store unavailable: {0}")]
@@ -59,6 +60,8 @@ impl From<sqlx::Error> for Error {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Group commit of issuance records (see `batch.rs`).
+    batcher: batch::Batcher,
 }
 
 #[derive(Debug, Clone)]
@@ -226,7 +229,7 @@ const BUNDLE_COLUMNS: &str =
 const AUDIT_COLUMNS: &str =
     "id, prev_hash, hash, at, actor, action, target, outcome, request_id, detail";
 
-const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domain, spiffe_id, not_before, \
+pub(crate) const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domain, spiffe_id, not_before, \
      not_after, spki_sha256, der, requested_by, request_id, api, created_at, revoked_at, \
      revocation_reason";
 
@@ -247,7 +250,8 @@ impl Store {
                     "expected postgres://... or sqlite://...".to_owned(),
                 ));
             };
-        Ok(Store { pool })
+        let batcher = batch::Batcher::start(pool.clone());
+        Ok(Store { pool, batcher })
     }
 
     /// Which backend this is: "postgres" or "sqlite".
@@ -324,32 +328,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records an issued certificate; returns once the row is committed. A duplicate
-    /// (issuer, serial) is `Conflict`.
+    /// Records an issued certificate; returns once the row is committed (group-committed with
+    /// concurrent callers). A duplicate (issuer, serial) is `Conflict`.
     pub async fn record_issued(&self, record: &CertificateRecord) -> Result<(), Error> {
-        let sql = format!(
-            "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        );
-        on_pool!(self, pool => sqlx::query(&sql)
-            .bind(&record.issuer_key_id)
-            .bind(&record.serial)
-            .bind(&record.trust_domain)
-            .bind(&record.spiffe_id)
-            .bind(record.not_before)
-            .bind(record.not_after)
-            .bind(&record.spki_sha256)
-            .bind(&record.der)
-            .bind(&record.requested_by)
-            .bind(&record.request_id)
-            .bind(&record.api)
-            .bind(record.created_at)
-            .bind(record.revoked_at)
-            .bind(&record.revocation_reason)
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
-        Ok(())
+        self.batcher.submit(record.clone()).await
     }
 
     /// The certificate with this serial from this issuer.

@@ -74,6 +74,9 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Open loop at this many requests/s in total (default: closed loop, as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -122,9 +125,12 @@ async fn main() -> anyhow::Result<()> {
             clients,
             seconds,
             runs,
+            rate,
         } => {
             println!(
-                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  (median of {runs} runs of {seconds}s)"
+                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  (median of {runs} runs of {seconds}s{})",
+                rate.map(|r| format!(", offered {r:.0}/s"))
+                    .unwrap_or_default()
             );
             for backend in backends.split(',') {
                 for key in keys.split(',') {
@@ -133,14 +139,22 @@ async fn main() -> anyhow::Result<()> {
                     let mut results = Vec::new();
                     for _ in 0..runs {
                         results.push(
-                            run_grpc(backend, &csrs, clients, Duration::from_secs(seconds)).await?,
+                            run_grpc(backend, &csrs, clients, Duration::from_secs(seconds), rate)
+                                .await?,
                         );
                     }
                     results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
                     let m = &results[results.len() / 2];
                     println!(
-                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}",
-                        m.rate, m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms
+                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>6.0}",
+                        m.rate,
+                        m.p50_ms,
+                        m.p90_ms,
+                        m.p99_ms,
+                        m.max_ms,
+                        m.errors,
+                        m.error_p99_ms,
+                        m.rss_mb
                     );
                 }
             }
@@ -197,6 +211,23 @@ struct RunResult {
     p90_ms: f64,
     p99_ms: f64,
     max_ms: f64,
+    /// Requests answered with an error (e.g. RESOURCE_EXHAUSTED when overloaded).
+    errors: usize,
+    error_p99_ms: f64,
+    /// Resident memory of this process (server and load generator) at the end.
+    rss_mb: f64,
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 impl RunResult {
@@ -217,8 +248,15 @@ impl RunResult {
                 .last()
                 .map(|d| d.as_secs_f64() * 1000.0)
                 .unwrap_or(0.0),
+            ..RunResult::default()
         }
     }
+}
+
+fn make_csrs(key_type: KeyType, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    (0..count)
+        .map(|_| Ok(ca_client::csr::generate(key_type, None)?.csr_der))
+        .collect()
 }
 
 fn make_csr_pems(key_type: KeyType, count: usize) -> anyhow::Result<Vec<String>> {
@@ -232,6 +270,7 @@ async fn run_grpc(
     csrs: &[String],
     clients: usize,
     duration: Duration,
+    rate: Option<f64>,
 ) -> anyhow::Result<RunResult> {
     let kube = ca_tests::kube::FakeKube::new();
     let server = match backend {
@@ -257,53 +296,123 @@ async fn run_grpc(
             token: Some(kube.token("bench", &format!("w{i}"))),
             cluster_id: Some("Kubernetes".to_owned()),
         };
+        let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut serials = Vec::new();
+            // (latency, serial or error)
+            let mut outcomes: Vec<(Duration, Result<String, ()>)> = Vec::new();
             let mut n = i;
-            let metadata = Default::default();
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let chain = client
-                    .create_certificate(&csrs[n % csrs.len()], 0, &auth, &metadata)
-                    .await?;
-                latencies.push(t.elapsed());
-                serials.push(ca_client::inspect::leaf_summary(chain[0].as_bytes())?.serial);
-                n += clients;
+            match interval {
+                None => {
+                    let metadata = Default::default();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let result = client
+                            .create_certificate(&csrs[n % csrs.len()], 0, &auth, &metadata)
+                            .await;
+                        let outcome = match result {
+                            Ok(chain) => {
+                                Ok(ca_client::inspect::leaf_summary(chain[0].as_bytes())?.serial)
+                            }
+                            Err(_) => Err(()),
+                        };
+                        outcomes.push((t.elapsed(), outcome));
+                        n += clients;
+                    }
+                }
+                Some(interval) => {
+                    // Open loop: one request every `interval`, whether or not earlier ones are done.
+                    let mut inflight = Vec::new();
+                    let mut next = Instant::now();
+                    while next < deadline {
+                        tokio::time::sleep_until(next.into()).await;
+                        let client = client.clone();
+                        let auth = auth.clone();
+                        let csr = csrs[n % csrs.len()].clone();
+                        inflight.push(tokio::spawn(async move {
+                            let t = Instant::now();
+                            let result = client
+                                .create_certificate(&csr, 0, &auth, &Default::default())
+                                .await;
+                            let outcome = match result {
+                                Ok(chain) => ca_client::inspect::leaf_summary(chain[0].as_bytes())
+                                    .map(|s| s.serial)
+                                    .map_err(|_| ()),
+                                Err(_) => Err(()),
+                            };
+                            (t.elapsed(), outcome)
+                        }));
+                        n += clients;
+                        next += interval;
+                    }
+                    for handle in inflight {
+                        outcomes.push(handle.await?);
+                    }
+                }
             }
-            Ok::<_, anyhow::Error>((latencies, serials))
+            Ok::<_, anyhow::Error>(outcomes)
         }));
     }
     let mut latencies = Vec::new();
+    let mut error_latencies = Vec::new();
     let mut serials = Vec::new();
     for task in tasks {
-        let (l, s) = task.await??;
-        latencies.extend(l);
-        serials.extend(s);
+        for (latency, outcome) in task.await?? {
+            match outcome {
+                Ok(serial) => {
+                    latencies.push(latency);
+                    serials.push(serial);
+                }
+                Err(()) => error_latencies.push(latency),
+            }
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    // Every certificate a client received is in the database.
-    let store = &server.server.ca.store;
-    let recorded = store.count_certificates().await?;
+    // Every certificate a client received is in the database: count and every serial.
+    let recorded: std::collections::HashSet<String> = match backend {
+        "postgres" => {
+            use sqlx::Connection;
+            let mut db = sqlx::PgConnection::connect(&server.config.database_url).await?;
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE api = 'istio'")
+                .fetch_all(&mut db)
+                .await?
+                .into_iter()
+                .collect()
+        }
+        _ => {
+            use sqlx::Connection;
+            let mut db = sqlx::SqliteConnection::connect(&server.config.database_url).await?;
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE api = 'istio'")
+                .fetch_all(&mut db)
+                .await?
+                .into_iter()
+                .collect()
+        }
+    };
     anyhow::ensure!(
-        recorded as usize == serials.len() + 1,
-        "recorded {recorded}, received {}",
+        recorded.len() == serials.len(),
+        "recorded {}, received {}",
+        recorded.len(),
         serials.len()
     );
-    for serial in serials.iter().step_by((serials.len() / 200).max(1)) {
-        anyhow::ensure!(
-            store.certificates_by_serial(serial).await?.len() == 1,
-            "serial {serial} not recorded"
-        );
-    }
+    let missing = serials.iter().filter(|s| !recorded.contains(*s)).count();
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} received serials are not in the database"
+    );
+    let rss = rss_mb();
     server.stop().await;
-    Ok(RunResult::from_latencies(latencies, elapsed))
-}
-
-fn make_csrs(key_type: KeyType, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    (0..count)
-        .map(|_| Ok(ca_client::csr::generate(key_type, None)?.csr_der))
-        .collect()
+    error_latencies.sort();
+    let mut result = RunResult::from_latencies(latencies, elapsed);
+    result.errors = error_latencies.len();
+    result.error_p99_ms = error_latencies
+        .get(
+            ((error_latencies.len() as f64 * 0.99) as usize)
+                .min(error_latencies.len().saturating_sub(1)),
+        )
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
+    result.rss_mb = rss;
+    Ok(result)
 }
 
 async fn fresh_pg(base: &str) -> anyhow::Result<String> {
@@ -339,6 +448,7 @@ async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::
         deny_list: Default::default(),
         crls: Default::default(),
         bundles: Default::default(),
+        admission: Default::default(),
     })
 }
 

@@ -1,0 +1,121 @@
+//! Group commit for the issuance record: concurrent `record_issued` calls are queued to one
+//! writer task that takes whatever has accumulated (up to [`MAX_BATCH`]) and commits it as one
+//! multi-row INSERT. Each caller still waits for *its* row's commit before answering, so "no
+//! certificate leaves unless its record is committed" holds; a batch that fails fails every
+//! caller in it, and a unique-key conflict (a repeated serial) is retried row by row so only the
+//! conflicting caller sees `Conflict`.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{CERTIFICATE_COLUMNS, CertificateRecord, Error, Pool};
+
+/// Most rows in one INSERT (14 parameters each, well under both backends' limits).
+pub const MAX_BATCH: usize = 256;
+/// Queued records before `record_issued` callers wait for room.
+const QUEUE: usize = 4096;
+
+type Job = (CertificateRecord, oneshot::Sender<Result<(), Error>>);
+
+/// The handle callers submit through.
+#[derive(Debug, Clone)]
+pub(super) struct Batcher {
+    sender: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    pub(super) fn start(pool: Pool) -> Batcher {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(pool, receiver));
+        Batcher { sender }
+    }
+
+    pub(super) async fn submit(&self, record: CertificateRecord) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        self.sender
+            .send((record, done))
+            .await
+            .map_err(|_| Error::Unavailable("the record writer stopped".to_owned()))?;
+        wait.await
+            .map_err(|_| Error::Unavailable("the record writer stopped".to_owned()))?
+    }
+}
+
+async fn write_loop(pool: Pool, mut receiver: mpsc::Receiver<Job>) {
+    while let Some(first) = receiver.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<&CertificateRecord> = jobs.iter().map(|(r, _)| r).collect();
+        match insert_many(&pool, &records).await {
+            Ok(()) => {
+                for (_, done) in jobs {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(Error::Conflict(_)) if jobs.len() > 1 => {
+                for (record, done) in jobs {
+                    let result = insert_many(&pool, &[&record]).await;
+                    let _ = done.send(result);
+                }
+            }
+            Err(e) => {
+                for (_, done) in jobs {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One INSERT of all `records`, committed before it returns.
+async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), Error> {
+    let mut sql = format!("INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES ");
+    for i in 0..records.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let base = i * 14;
+        let placeholders: Vec<String> = (1..=14).map(|n| format!("${}", base + n)).collect();
+        sql.push('(');
+        sql.push_str(&placeholders.join(", "));
+        sql.push(')');
+    }
+    macro_rules! bind_all {
+        ($query:expr) => {{
+            let mut query = $query;
+            for record in records {
+                query = query
+                    .bind(&record.issuer_key_id)
+                    .bind(&record.serial)
+                    .bind(&record.trust_domain)
+                    .bind(&record.spiffe_id)
+                    .bind(record.not_before)
+                    .bind(record.not_after)
+                    .bind(&record.spki_sha256)
+                    .bind(&record.der)
+                    .bind(&record.requested_by)
+                    .bind(&record.request_id)
+                    .bind(&record.api)
+                    .bind(record.created_at)
+                    .bind(record.revoked_at)
+                    .bind(&record.revocation_reason);
+            }
+            query
+        }};
+    }
+    match pool {
+        Pool::Postgres(pool) => bind_all!(sqlx::query(&sql))
+            .execute(pool)
+            .await
+            .map(|_| ())?,
+        Pool::Sqlite(pool) => bind_all!(sqlx::query(&sql))
+            .execute(pool)
+            .await
+            .map(|_| ())?,
+    }
+    Ok(())
+}
