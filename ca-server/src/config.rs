@@ -40,7 +40,7 @@ pub struct Config {
     pub federation: Vec<FederationConfig>,
     /// Store connection pool size (Postgres); sized to the expected concurrency.
     pub db_max_connections: u32,
-    /// Issuances admitted at once; more wait up to 250 ms, then get RESOURCE_EXHAUSTED.
+    /// Issuances admitted at once; more wait up to 100 ms, then get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
 }
 
@@ -465,7 +465,7 @@ impl Default for RawConfig {
             database_url: "sqlite://ca-data/ca.db".to_owned(),
             data_dir: PathBuf::from("ca-data"),
             db_max_connections: 16,
-            max_in_flight: 512,
+            max_in_flight: 256,
             listen: RawListen::default(),
             tls: RawTls::default(),
             keys: RawKeys::default(),

@@ -114,7 +114,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub const WAIT: Duration = Duration::from_millis(250);
+    pub const WAIT: Duration = Duration::from_millis(100);
 
     pub fn new(max: usize) -> Admission {
         Admission {
@@ -131,7 +131,7 @@ impl Admission {
 
 impl Default for Admission {
     fn default() -> Self {
-        Admission::new(512)
+        Admission::new(256)
     }
 }
 
@@ -276,6 +276,19 @@ impl Ca {
                 .store_errors
                 .get_or_create(&OpLabels {
                     op: "append_audit".to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Queues an audit event from a workload path (never waits; a full queue drops the event
+    /// and counts it in `ca_store_errors_total{op="audit_queue_full"}`).
+    pub fn audit_soon(&self, event: AuditEvent) {
+        if !self.store.append_audit_soon(event) {
+            self.metrics
+                .store_errors
+                .get_or_create(&OpLabels {
+                    op: "audit_queue_full".to_owned(),
                 })
                 .inc();
         }

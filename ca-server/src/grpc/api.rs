@@ -15,7 +15,7 @@ use ca_proto::ca_v1::{
 };
 
 use crate::enrollment::{Api, Ca};
-use crate::grpc::{authenticate, request_id, requested_ttl, status};
+use crate::grpc::{audit_issuance, authenticate, request_id, requested_ttl, status};
 
 #[derive(Debug, Clone)]
 pub struct ApiService {
@@ -34,7 +34,7 @@ impl CertificateAuthority for ApiService {
         let message = request.into_inner();
         let ttl = requested_ttl(message.ttl_seconds)?;
         let requested_by = principal.describe();
-        let enrolled = self
+        let result = self
             .ca
             .enroll(
                 &crate::enrollment::Request {
@@ -47,11 +47,20 @@ impl CertificateAuthority for ApiService {
                 },
                 now,
             )
-            .await
-            .map_err(|e| {
-                tracing::info!(caller = %requested_by, error = %e, "issuance refused");
-                status::from_enrollment(&e)
-            })?;
+            .await;
+        audit_issuance(
+            &self.ca,
+            &requested_by,
+            principal.spiffe_id().as_str(),
+            &request_id,
+            "ca.v1",
+            &result,
+            now,
+        );
+        let enrolled = result.map_err(|e| {
+            tracing::info!(caller = %requested_by, error = %e, "issuance refused");
+            status::from_enrollment(&e)
+        })?;
         let cert = &enrolled.cert;
         Ok(Response::new(IssueResponse {
             spiffe_id: cert.spiffe_id.to_string(),

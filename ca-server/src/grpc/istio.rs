@@ -12,7 +12,9 @@ use ca_proto::istio::{IstioCertificateRequest, IstioCertificateResponse};
 
 use crate::authz;
 use crate::enrollment::{Api, Ca, Enrolled, to_pem};
-use crate::grpc::{authenticate, request_id, requested_ttl, status};
+use crate::grpc::{
+    audit_issuance, authenticate, request_id, requested_ttl, status, workload_event,
+};
 
 #[derive(Debug, Clone)]
 pub struct IstioService {
@@ -33,6 +35,15 @@ impl IstioCertificateService for IstioService {
         let cert_signer = metadata_string(&message, "CertSigner");
         let identity = authz::decide(&principal, impersonated, cert_signer, &self.ca.clusters).map_err(|e| {
             tracing::info!(caller = %principal.describe(), reason = e.reason(), error = %e, "request refused");
+            self.ca.audit_soon(workload_event(
+                &principal.describe(),
+                "certificate.issue",
+                impersonated.unwrap_or_default(),
+                "rejected",
+                &request_id,
+                format!("istio {}", e.reason()),
+                now,
+            ));
             if !matches!(e, authz::Error::UnknownSigner(_)) {
                 self.ca.metrics.authn_failure(e.reason());
             }
@@ -40,7 +51,7 @@ impl IstioCertificateService for IstioService {
         })?;
         let ttl = requested_ttl(message.validity_duration)?;
         let requested_by = principal.describe();
-        let enrolled = self
+        let result = self
             .ca
             .enroll(
                 &crate::enrollment::Request {
@@ -53,11 +64,20 @@ impl IstioCertificateService for IstioService {
                 },
                 now,
             )
-            .await
-            .map_err(|e| {
-                tracing::info!(caller = %requested_by, error = %e, "issuance refused");
-                status::from_enrollment(&e)
-            })?;
+            .await;
+        audit_issuance(
+            &self.ca,
+            &requested_by,
+            identity.as_str(),
+            &request_id,
+            "istio",
+            &result,
+            now,
+        );
+        let enrolled = result.map_err(|e| {
+            tracing::info!(caller = %requested_by, error = %e, "issuance refused");
+            status::from_enrollment(&e)
+        })?;
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: istio_chain(&enrolled),
         }))

@@ -88,8 +88,9 @@ pub async fn serve(
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .timeout(Duration::from_secs(30))
-        // Per-client fairness: one connection cannot take every slot.
-        .concurrency_limit_per_connection(64)
+        // Requests beyond this per connection wait in the client, not in an unbounded server
+        // queue; admission (`enrollment::Admission`) sheds what the server cannot take in time.
+        .max_concurrent_streams(Some(256))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(istio)
@@ -142,6 +143,55 @@ pub(crate) fn requested_ttl(seconds: i64) -> Result<Option<Duration>, tonic::Sta
         s if s > ABSURD => Err(status::invalid_ttl()),
         s => Ok(Some(Duration::from_secs(s.unsigned_abs()))),
     }
+}
+
+/// An audit event of a workload request.
+pub(crate) fn workload_event(
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    request_id: &str,
+    detail: String,
+    now: OffsetDateTime,
+) -> crate::store::AuditEvent {
+    crate::store::AuditEvent {
+        at: now.unix_timestamp(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        outcome: outcome.to_owned(),
+        request_id: request_id.to_owned(),
+        detail,
+    }
+}
+
+/// Audits the outcome of a workload issuance (success with its serial, or the refusal).
+pub(crate) fn audit_issuance(
+    ca: &Ca,
+    caller: &str,
+    identity: &str,
+    request_id: &str,
+    api: &str,
+    result: &Result<crate::enrollment::Enrolled, crate::enrollment::Error>,
+    now: OffsetDateTime,
+) {
+    let (outcome, detail) = match result {
+        Ok(enrolled) => (
+            "success",
+            format!("{api} serial {}", enrolled.cert.serial.to_hex()),
+        ),
+        Err(e) => ("rejected", format!("{api} {}", e.reason())),
+    };
+    ca.audit_soon(workload_event(
+        caller,
+        "certificate.issue",
+        identity,
+        outcome,
+        request_id,
+        detail,
+        now,
+    ));
 }
 
 /// A fresh request id for the issuance record.

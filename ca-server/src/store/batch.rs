@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{CERTIFICATE_COLUMNS, CertificateRecord, Error, Pool};
+use crate::store::{AuditEvent, CERTIFICATE_COLUMNS, CertificateRecord, Error, Pool};
 
 /// Most rows in one INSERT (14 parameters each, well under both backends' limits).
 pub const MAX_BATCH: usize = 256;
@@ -137,6 +137,92 @@ async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), 
             .execute(pool)
             .await
             .map(|_| ())?,
+    }
+    Ok(())
+}
+
+/// Audit events appended without waiting (the workload paths): queued to one writer that chains
+/// a whole batch under one lock on the chain head, in one transaction. If the queue is full the
+/// event is dropped and the caller told so (it counts it); workload traffic never waits on the
+/// audit log.
+#[derive(Debug, Clone)]
+pub(super) struct AuditBatcher {
+    sender: mpsc::Sender<AuditEvent>,
+}
+
+const AUDIT_QUEUE: usize = 16_384;
+
+impl AuditBatcher {
+    pub(super) fn start(pool: Pool) -> AuditBatcher {
+        let (sender, receiver) = mpsc::channel(AUDIT_QUEUE);
+        tokio::spawn(audit_loop(pool, receiver));
+        AuditBatcher { sender }
+    }
+
+    /// Queues an event; false when the queue is full.
+    pub(super) fn submit(&self, event: AuditEvent) -> bool {
+        self.sender.try_send(event).is_ok()
+    }
+}
+
+async fn audit_loop(pool: Pool, mut receiver: mpsc::Receiver<AuditEvent>) {
+    while let Some(first) = receiver.recv().await {
+        let mut events = vec![first];
+        while events.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(event) => events.push(event),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = append_chained(&pool, &events).await {
+            tracing::error!(error = %e, lost = events.len(), "could not write audit events");
+        }
+    }
+}
+
+async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result<(), Error> {
+    let head = "UPDATE audit_head SET hash = hash WHERE id = 1 RETURNING hash";
+    let mut sql = String::from(
+        "INSERT INTO audit_events (prev_hash, hash, at, actor, action, target, outcome, request_id, detail) VALUES ",
+    );
+    for i in 0..events.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let placeholders: Vec<String> = (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
+        sql.push('(');
+        sql.push_str(&placeholders.join(", "));
+        sql.push(')');
+    }
+    let move_head = "UPDATE audit_head SET hash = $1 WHERE id = 1";
+    macro_rules! run {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await?;
+            let mut prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
+            let mut query = sqlx::query(&sql);
+            for event in events {
+                let hash = crate::audit::chain_hash(&prev, event);
+                query = query
+                    .bind(prev.clone())
+                    .bind(hash.clone())
+                    .bind(event.at)
+                    .bind(&event.actor)
+                    .bind(&event.action)
+                    .bind(&event.target)
+                    .bind(&event.outcome)
+                    .bind(&event.request_id)
+                    .bind(&event.detail);
+                prev = hash;
+            }
+            query.execute(&mut *tx).await?;
+            sqlx::query(move_head).bind(&prev).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<(), sqlx::Error>(())
+        }};
+    }
+    match pool {
+        Pool::Postgres(pool) => run!(pool)?,
+        Pool::Sqlite(pool) => run!(pool)?,
     }
     Ok(())
 }

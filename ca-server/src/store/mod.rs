@@ -62,6 +62,8 @@ pub struct Store {
     pool: Pool,
     /// Group commit of issuance records (see `batch.rs`).
     batcher: batch::Batcher,
+    /// Batched, non-blocking audit appends for the workload paths.
+    audit_batcher: batch::AuditBatcher,
 }
 
 #[derive(Debug, Clone)]
@@ -251,7 +253,12 @@ impl Store {
                 ));
             };
         let batcher = batch::Batcher::start(pool.clone());
-        Ok(Store { pool, batcher })
+        let audit_batcher = batch::AuditBatcher::start(pool.clone());
+        Ok(Store {
+            pool,
+            batcher,
+            audit_batcher,
+        })
     }
 
     /// Which backend this is: "postgres" or "sqlite".
@@ -420,6 +427,12 @@ impl Store {
             Ok::<_, sqlx::Error>(record)
         }.await)?;
         Ok(record)
+    }
+
+    /// Queues an audit event to be chained and written shortly, without waiting (false when the
+    /// queue is full and the event was dropped).
+    pub fn append_audit_soon(&self, event: AuditEvent) -> bool {
+        self.audit_batcher.submit(event)
     }
 
     /// The newest audit events, newest first.
