@@ -5,6 +5,7 @@
 //! concurrent tasks for a bounded time; prints issuances/s and latency percentiles, median of R
 //! runs.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -551,6 +552,49 @@ async fn bench_crl(entries: i64, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `request` in a closed loop from `concurrency` HTTP clients for `duration`, `runs` times;
+/// returns the median run.
+async fn http_load<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    runs: usize,
+    request: F,
+) -> anyhow::Result<RunResult>
+where
+    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        let deadline = Instant::now() + duration;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let request = request.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    request(client.clone()).await?;
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await??);
+        }
+        results.push(RunResult::from_latencies(
+            latencies,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
+    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    Ok(results.swap_remove(results.len() / 2))
+}
+
 async fn bench_ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyhow::Result<()> {
     let server = ca_tests::TestServer::start(ca_tests::Backend::Postgres).await;
     let csr = ca_client::csr::generate(KeyType::EcdsaP256, None)?;
@@ -574,47 +618,26 @@ async fn bench_ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyh
         &issued.serial,
     ));
     let url = Arc::new(format!("{}/v1/ocsp/cluster.local", server.http_url()));
-    let mut results = Vec::new();
-    for _ in 0..runs {
-        let deadline = Instant::now() + duration;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let request = request.clone();
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let body = client
-                        .post(url.as_str())
-                        .header("content-type", "application/ocsp-request")
-                        .body(request.as_ref().clone())
-                        .send()
-                        .await?
-                        .bytes()
-                        .await?;
-                    anyhow::ensure!(
-                        ca_tests::ocsp::answer(&body) == ca_tests::ocsp::Answer::Good,
-                        "not good"
-                    );
-                    latencies.push(t.elapsed());
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            }));
+    let m = http_load(concurrency, duration, runs, move |client| {
+        let request = request.clone();
+        let url = url.clone();
+        async move {
+            let body = client
+                .post(url.as_str())
+                .header("content-type", "application/ocsp-request")
+                .body(request.as_ref().clone())
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            anyhow::ensure!(
+                ca_tests::ocsp::answer(&body) == ca_tests::ocsp::Answer::Good,
+                "not good"
+            );
+            Ok(())
         }
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await??);
-        }
-        results.push(RunResult::from_latencies(
-            latencies,
-            started.elapsed().as_secs_f64(),
-        ));
-    }
-    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let m = &results[results.len() / 2];
+    })
+    .await?;
     println!(
         "OCSP (Postgres, {concurrency} clients): {:.0} responses/s, p50 {:.2} ms, p99 {:.2} ms (median of {runs})",
         m.rate, m.p50_ms, m.p99_ms
@@ -626,37 +649,16 @@ async fn bench_ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyh
 async fn bench_bundle(concurrency: usize, duration: Duration, runs: usize) -> anyhow::Result<()> {
     let server = ca_tests::TestServer::start(ca_tests::Backend::Sqlite).await;
     let url = Arc::new(format!("{}/v1/bundles/cluster.local", server.http_url()));
-    let mut results = Vec::new();
-    for _ in 0..runs {
-        let deadline = Instant::now() + duration;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let response = client.get(url.as_str()).send().await?;
-                    anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
-                    response.bytes().await?;
-                    latencies.push(t.elapsed());
-                }
-                Ok::<_, anyhow::Error>(latencies)
-            }));
+    let m = http_load(concurrency, duration, runs, move |client| {
+        let url = url.clone();
+        async move {
+            let response = client.get(url.as_str()).send().await?;
+            anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
+            response.bytes().await?;
+            Ok(())
         }
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.extend(task.await??);
-        }
-        results.push(RunResult::from_latencies(
-            latencies,
-            started.elapsed().as_secs_f64(),
-        ));
-    }
-    results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let m = &results[results.len() / 2];
+    })
+    .await?;
     println!(
         "GET /v1/bundles/{{td}} ({concurrency} clients): {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms (median of {runs})",
         m.rate, m.p50_ms, m.p99_ms
