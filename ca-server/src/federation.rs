@@ -75,10 +75,21 @@ pub async fn fetch_once(
     entry: &FederationConfig,
     now: i64,
 ) -> Result<FetchOutcome, FetchError> {
+    fetch_with_hint(ca, entry, now)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// [`fetch_once`], also returning the peer's `spiffe_refresh_hint` (seconds), if it sent one.
+async fn fetch_with_hint(
+    ca: &Ca,
+    entry: &FederationConfig,
+    now: i64,
+) -> Result<(FetchOutcome, Option<u64>), FetchError> {
     let result = fetch_and_apply(ca, entry, now).await;
     let td = entry.trust_domain.as_str();
     match &result {
-        Ok(outcome) => {
+        Ok((outcome, _)) => {
             let sequence = match outcome {
                 FetchOutcome::Updated { sequence } | FetchOutcome::Unchanged { sequence } => {
                     *sequence
@@ -98,7 +109,7 @@ async fn fetch_and_apply(
     ca: &Ca,
     entry: &FederationConfig,
     now: i64,
-) -> Result<FetchOutcome, FetchError> {
+) -> Result<(FetchOutcome, Option<u64>), FetchError> {
     let client = http_client(ca, entry)?;
     let response = client
         .get(&entry.url)
@@ -127,13 +138,17 @@ async fn fetch_and_apply(
         }
     }
     let parsed = bundle::parse(&body, &entry.trust_domain)?;
+    let hint = parsed.refresh_hint;
     let sequence = parsed.sequence.unwrap_or(0);
     let content = bundle::content_hash(&parsed.roots);
     if let Some(current) = ca.bundles.get(&entry.trust_domain) {
         if current.content_sha256 == content && sequence <= current.sequence {
-            return Ok(FetchOutcome::Unchanged {
-                sequence: current.sequence,
-            });
+            return Ok((
+                FetchOutcome::Unchanged {
+                    sequence: current.sequence,
+                },
+                hint,
+            ));
         }
         if sequence <= current.sequence {
             return Err(FetchError::StaleSequence {
@@ -169,7 +184,7 @@ async fn fetch_and_apply(
         );
     }
     tracing::info!(trust_domain = %entry.trust_domain, sequence, "federated bundle updated");
-    Ok(FetchOutcome::Updated { sequence })
+    Ok((FetchOutcome::Updated { sequence }, hint))
 }
 
 fn http_client(ca: &Ca, entry: &FederationConfig) -> Result<reqwest::Client, FetchError> {
@@ -360,10 +375,10 @@ pub async fn run(ca: Ca, entry: FederationConfig, mut shutdown: watch::Receiver<
     let mut failures: u32 = 0;
     loop {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let wait = match fetch_once(&ca, &entry, now).await {
-            Ok(_) => {
+        let wait = match fetch_with_hint(&ca, &entry, now).await {
+            Ok((_, hint)) => {
                 failures = 0;
-                entry.refresh_hint
+                hint.map(Duration::from_secs).unwrap_or(entry.refresh_hint)
             }
             Err(_) => {
                 failures = failures.saturating_add(1);
