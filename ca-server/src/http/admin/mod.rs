@@ -17,7 +17,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -170,11 +170,10 @@ impl AdminCaller {
         if self.role >= role {
             Ok(())
         } else {
-            Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this needs the {} role", role.as_str()),
-            ))
+            Err(ApiError::forbidden(format!(
+                "this needs the {} role",
+                role.as_str()
+            )))
         }
     }
 }
@@ -269,17 +268,8 @@ pub fn outcome<T>(
 
 /// A JSON body, with malformed input reported in our error format.
 pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                rejection.status(),
-                "payload_too_large",
-                "request body too large",
-            )
-        } else {
-            ApiError::bad_request("invalid_body", rejection.body_text())
-        }
-    })
+    body.map(|Json(b)| b)
+        .map_err(|rejection| ApiError::from_json_rejection(&rejection))
 }
 
 /// The caller's `x-request-id` if it is sane, else a fresh one.

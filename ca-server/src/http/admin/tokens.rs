@@ -108,11 +108,9 @@ pub async fn create(
             .create_token(&record)
             .await
             .map_err(|e| match e {
-                store::Error::Conflict(_) => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    format!("a token named {} exists", body.name),
-                ),
+                store::Error::Conflict(_) => {
+                    ApiError::conflict(format!("a token named {} exists", body.name))
+                }
                 other => other.into(),
             })?;
         Ok(CreatedToken {

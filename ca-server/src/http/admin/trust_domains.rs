@@ -101,9 +101,7 @@ pub async fn rotate(
     Path(td): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller_with(&state, &headers, Role::Admin).await?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        format!("CA rotation of {td} is not implemented yet"),
-    ))
+    Err(ApiError::not_implemented(format!(
+        "CA rotation of {td} is not implemented yet"
+    )))
 }
