@@ -266,11 +266,7 @@ impl Ca {
     /// Appends an audit event to the chain. A failure to audit is logged (and counted), never
     /// silently dropped; it does not undo the action it records.
     pub async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self
-            .store
-            .append_audit(&event, crate::audit::chain_hash)
-            .await
-        {
+        if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(error = %e, action = %event.action, "could not write audit event");
             self.metrics
                 .store_errors

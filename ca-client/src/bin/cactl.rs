@@ -358,16 +358,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     match cli.output {
                         Output::Json => println!("{answer}"),
                         Output::Human => {
-                            println!("{:<6} {:<60} {:<22} REASON", "ID", "SPIFFE ID", "CREATED");
-                            for item in answer["items"].as_array().into_iter().flatten() {
-                                println!(
-                                    "{:<6} {:<60} {:<22} {}",
-                                    text(&item["id"]),
-                                    text(&item["spiffe_id"]),
-                                    text(&item["created_at"]),
-                                    text(&item["reason"])
-                                );
-                            }
+                            print_table(
+                                &items_of(&answer),
+                                &[
+                                    ("ID", 6, "id"),
+                                    ("SPIFFE ID", 60, "spiffe_id"),
+                                    ("CREATED", 22, "created_at"),
+                                    ("REASON", 0, "reason"),
+                                ],
+                            );
                         }
                     }
                 }
@@ -523,19 +522,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.output {
                 Output::Json => println!("{}", serde_json::json!({"items": items})),
                 Output::Human => {
-                    println!(
-                        "{:<34} {:<8} {:<22} SPIFFE ID",
-                        "SERIAL", "STATUS", "NOT AFTER"
+                    print_table(
+                        &items,
+                        &[
+                            ("SERIAL", 34, "serial"),
+                            ("STATUS", 8, "status"),
+                            ("NOT AFTER", 22, "not_after"),
+                            ("SPIFFE ID", 0, "spiffe_id"),
+                        ],
                     );
-                    for item in &items {
-                        println!(
-                            "{:<34} {:<8} {:<22} {}",
-                            text(&item["serial"]),
-                            text(&item["status"]),
-                            text(&item["not_after"]),
-                            text(&item["spiffe_id"])
-                        );
-                    }
                     println!("{} certificate(s)", items.len());
                 }
             }
@@ -594,16 +589,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     match cli.output {
                         Output::Json => println!("{answer}"),
                         Output::Human => {
-                            println!("{:<24} {:<9} {:<22} EXPIRES", "NAME", "ROLE", "CREATED");
-                            for item in answer["items"].as_array().into_iter().flatten() {
-                                println!(
-                                    "{:<24} {:<9} {:<22} {}",
-                                    text(&item["name"]),
-                                    text(&item["role"]),
-                                    text(&item["created_at"]),
-                                    text(&item["expires_at"])
-                                );
-                            }
+                            print_table(
+                                &items_of(&answer),
+                                &[
+                                    ("NAME", 24, "name"),
+                                    ("ROLE", 9, "role"),
+                                    ("CREATED", 22, "created_at"),
+                                    ("EXPIRES", 0, "expires_at"),
+                                ],
+                            );
                         }
                     }
                 }
@@ -628,22 +622,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match cli.output {
                 Output::Json => println!("{answer}"),
                 Output::Human => {
-                    println!(
-                        "{:<6} {:<22} {:<12} {:<22} {:<10} TARGET",
-                        "ID", "AT", "ACTOR", "ACTION", "OUTCOME"
-                    );
-                    for item in answer["items"].as_array().into_iter().flatten() {
+                    let mut items = items_of(&answer);
+                    for item in &mut items {
                         let at = item["at"].as_i64().unwrap_or(0);
-                        println!(
-                            "{:<6} {:<22} {:<12} {:<22} {:<10} {}",
-                            text(&item["id"]),
-                            ca_client::inspect::rfc3339_public(at),
-                            text(&item["actor"]),
-                            text(&item["action"]),
-                            text(&item["outcome"]),
-                            text(&item["target"])
-                        );
+                        item["at"] =
+                            serde_json::Value::String(ca_client::inspect::rfc3339_public(at));
                     }
+                    print_table(
+                        &items,
+                        &[
+                            ("ID", 6, "id"),
+                            ("AT", 22, "at"),
+                            ("ACTOR", 12, "actor"),
+                            ("ACTION", 22, "action"),
+                            ("OUTCOME", 10, "outcome"),
+                            ("TARGET", 0, "target"),
+                        ],
+                    );
                 }
             }
             Ok(())
@@ -729,6 +724,33 @@ fn urlencode(text: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
+}
+
+/// The `items` of a list answer.
+fn items_of(answer: &serde_json::Value) -> Vec<serde_json::Value> {
+    answer["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A table for people: columns are (header, width, JSON key); a width of 0 is not padded.
+fn print_table(items: &[serde_json::Value], columns: &[(&str, usize, &str)]) {
+    let row = |cells: Vec<String>| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(columns)
+            .map(|(cell, (_, width, _))| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join(" ").trim_end());
+    };
+    row(columns
+        .iter()
+        .map(|(header, _, _)| (*header).to_owned())
+        .collect());
+    for item in items {
+        row(columns
+            .iter()
+            .map(|(_, _, key)| text(&item[*key]))
+            .collect());
+    }
 }
 
 fn text(value: &serde_json::Value) -> String {

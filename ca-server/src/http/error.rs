@@ -78,11 +78,8 @@ impl ApiError {
         )
     }
 
-    pub fn from_internal(cause: &dyn std::fmt::Display) -> ApiError {
-        ApiError::internal(cause)
-    }
-
-    fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+    /// An internal failure: logged in full, answered with an opaque 500.
+    pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "internal error");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

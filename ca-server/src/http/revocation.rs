@@ -34,7 +34,7 @@ async fn crl(State(state): State<HttpState>, Path(td): Path<String>) -> Result<R
         .map_err(|e| match e {
             revocation::Error::UnknownTrustDomain(_) => ApiError::not_found("unknown trust domain"),
             revocation::Error::Store(e) => e.into(),
-            other => ApiError::from_internal(&other),
+            other => ApiError::internal(&other),
         })?;
     Ok((
         [

@@ -180,7 +180,9 @@ async fn audit_loop(pool: Pool, mut receiver: mpsc::Receiver<AuditEvent>) {
     }
 }
 
-async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result<(), Error> {
+/// Appends `events` to the audit hash chain in one transaction, under a lock on the chain head
+/// (a row both backends serialise writers on), so concurrent writers never fork the chain.
+pub(super) async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result<(), Error> {
     let head = "UPDATE audit_head SET hash = hash WHERE id = 1 RETURNING hash";
     let mut sql = String::from(
         "INSERT INTO audit_events (prev_hash, hash, at, actor, action, target, outcome, request_id, detail) VALUES ",

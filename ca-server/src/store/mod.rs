@@ -393,40 +393,10 @@ impl Store {
         Ok(count)
     }
 
-    /// Appends an audit event to the hash chain: under a lock on the chain head (a row both
-    /// backends serialise writers on), `hash = chain(prev_hash, event)`, in one transaction.
-    pub async fn append_audit(
-        &self,
-        event: &AuditEvent,
-        chain: impl Fn(&str, &AuditEvent) -> String,
-    ) -> Result<AuditRecord, Error> {
-        let head = "UPDATE audit_head SET hash = hash WHERE id = 1 RETURNING hash";
-        let insert = format!(
-            "INSERT INTO audit_events (prev_hash, hash, at, actor, action, target, outcome, request_id, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {AUDIT_COLUMNS}"
-        );
-        let move_head = "UPDATE audit_head SET hash = $1 WHERE id = 1";
-        let record = on_pool!(self, pool => async {
-            let mut tx = pool.begin().await?;
-            let prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
-            let hash = chain(&prev, event);
-            let record: AuditRecord = sqlx::query_as(&insert)
-                .bind(&prev)
-                .bind(&hash)
-                .bind(event.at)
-                .bind(&event.actor)
-                .bind(&event.action)
-                .bind(&event.target)
-                .bind(&event.outcome)
-                .bind(&event.request_id)
-                .bind(&event.detail)
-                .fetch_one(&mut *tx)
-                .await?;
-            sqlx::query(move_head).bind(&hash).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(record)
-        }.await)?;
-        Ok(record)
+    /// Appends an audit event to the hash chain and returns once it is committed (the chain is
+    /// computed under a lock on its head row; see `batch::append_chained`).
+    pub async fn append_audit(&self, event: &AuditEvent) -> Result<(), Error> {
+        batch::append_chained(&self.pool, std::slice::from_ref(event)).await
     }
 
     /// Queues an audit event to be chained and written shortly, without waiting (false when the

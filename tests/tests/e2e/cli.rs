@@ -637,18 +637,12 @@ async fn cactl_admin_commands() {
         .unwrap();
     assert_eq!(code, 0);
     assert!(stdout.contains("crl_number"), "{stdout}");
-    let bundle = reqwest::get(format!("{}/v1/bundles/cluster.local", server.http_url()))
+    let bundle_text = reqwest::get(format!("{}/v1/bundles/cluster.local", server.http_url()))
+        .await
+        .unwrap()
+        .text()
         .await
         .unwrap();
-    let bundle_text = if bundle.status() == 200 {
-        bundle.text().await.unwrap()
-    } else {
-        // Hand-made bundle until the server serves one.
-        use base64::Engine;
-        let root = std::fs::read_to_string(dir.join("c/root-cert.pem")).unwrap();
-        let der = pem::parse(&root).unwrap().into_contents();
-        serde_json::json!({"keys": [{"kty": "EC", "use": "x509-svid", "x5c": [base64::engine::general_purpose::STANDARD.encode(der)]}], "spiffe_sequence": 1}).to_string()
-    };
     std::fs::write(dir.join("bundle.json"), bundle_text).unwrap();
     let (code, stdout, _) = cactl(s(&[
         "--output",

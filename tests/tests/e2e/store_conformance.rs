@@ -165,18 +165,15 @@ async fn audit_events_newest_first(backend: Backend) {
     let (store, _) = open(backend, dir.path()).await;
     for i in 0..5 {
         store
-            .append_audit(
-                &AuditEvent {
-                    at: i,
-                    actor: "a".to_owned(),
-                    action: "x".to_owned(),
-                    target: format!("t{i}"),
-                    outcome: "success".to_owned(),
-                    request_id: "r".to_owned(),
-                    detail: "'; DROP TABLE audit_events; --".to_owned(),
-                },
-                ca_server::audit::chain_hash,
-            )
+            .append_audit(&AuditEvent {
+                at: i,
+                actor: "a".to_owned(),
+                action: "x".to_owned(),
+                target: format!("t{i}"),
+                outcome: "success".to_owned(),
+                request_id: "r".to_owned(),
+                detail: "'; DROP TABLE audit_events; --".to_owned(),
+            })
             .await
             .unwrap();
     }

@@ -262,6 +262,6 @@ pub fn revocation_error(error: revocation::Error) -> ApiError {
             ApiError::not_found(format!("unknown trust domain {td}"))
         }
         revocation::Error::Store(e) => e.into(),
-        other => ApiError::from_internal(&other),
+        other => ApiError::internal(&other),
     }
 }

@@ -92,7 +92,7 @@ pub async fn create(
         let mut secret = [0u8; 32];
         SystemRandom::new()
             .fill(&mut secret)
-            .map_err(|_| ApiError::from_internal(&"system RNG failed"))?;
+            .map_err(|_| ApiError::internal(&"system RNG failed"))?;
         let token = hex::encode(secret);
         let record = TokenRecord {
             name: body.name.clone(),
