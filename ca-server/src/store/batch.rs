@@ -93,21 +93,57 @@ async fn write_loop(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<
 }
 
 /// One INSERT of all `records`, committed before it returns.
+///
+/// Postgres gets one statement whatever the batch size: every column is bound as an array and
+/// `UNNEST`ed, so the statement is prepared once per connection and never re-planned (a
+/// multi-row `VALUES` list is a new statement for every batch size, and planning 256 × 14
+/// parameters costs more than inserting the rows). SQLite prepares cheaply; it gets `VALUES`.
 async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), Error> {
-    let mut sql = format!("INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES ");
-    for i in 0..records.len() {
-        if i > 0 {
-            sql.push_str(", ");
+    match pool {
+        Pool::Postgres(pool) => {
+            let sql = format!(
+                "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) SELECT * FROM UNNEST(\
+                 $1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+                 $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::int8[], \
+                 $13::int8[], $14::text[])"
+            );
+            macro_rules! column {
+                ($field:ident) => {
+                    records.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+                };
+            }
+            sqlx::query(&sql)
+                .bind(column!(issuer_key_id))
+                .bind(column!(serial))
+                .bind(column!(trust_domain))
+                .bind(column!(spiffe_id))
+                .bind(column!(not_before))
+                .bind(column!(not_after))
+                .bind(column!(spki_sha256))
+                .bind(column!(der))
+                .bind(column!(requested_by))
+                .bind(column!(request_id))
+                .bind(column!(api))
+                .bind(column!(created_at))
+                .bind(column!(revoked_at))
+                .bind(column!(revocation_reason))
+                .execute(pool)
+                .await?;
         }
-        let base = i * 14;
-        let placeholders: Vec<String> = (1..=14).map(|n| format!("${}", base + n)).collect();
-        sql.push('(');
-        sql.push_str(&placeholders.join(", "));
-        sql.push(')');
-    }
-    macro_rules! bind_all {
-        ($query:expr) => {{
-            let mut query = $query;
+        Pool::Sqlite(pool) => {
+            let mut sql = format!("INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES ");
+            for i in 0..records.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let base = i * 14;
+                let placeholders: Vec<String> =
+                    (1..=14).map(|n| format!("${}", base + n)).collect();
+                sql.push('(');
+                sql.push_str(&placeholders.join(", "));
+                sql.push(')');
+            }
+            let mut query = sqlx::query(&sql);
             for record in records {
                 query = query
                     .bind(&record.issuer_key_id)
@@ -125,18 +161,8 @@ async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), 
                     .bind(record.revoked_at)
                     .bind(&record.revocation_reason);
             }
-            query
-        }};
-    }
-    match pool {
-        Pool::Postgres(pool) => bind_all!(sqlx::query(&sql))
-            .execute(pool)
-            .await
-            .map(|_| ())?,
-        Pool::Sqlite(pool) => bind_all!(sqlx::query(&sql))
-            .execute(pool)
-            .await
-            .map(|_| ())?,
+            query.execute(pool).await?;
+        }
     }
     Ok(())
 }
@@ -182,31 +208,74 @@ async fn audit_loop(pool: Pool, mut receiver: mpsc::Receiver<AuditEvent>) {
 
 /// Appends `events` to the audit hash chain in one transaction, under a lock on the chain head
 /// (a row both backends serialise writers on), so concurrent writers never fork the chain.
+/// Postgres binds each column as one array (one prepared statement for any batch size).
 pub(super) async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result<(), Error> {
     let head = "UPDATE audit_head SET hash = hash WHERE id = 1 RETURNING hash";
-    let mut sql = String::from(
-        "INSERT INTO audit_events (prev_hash, hash, at, actor, action, target, outcome, request_id, detail) VALUES ",
-    );
-    for i in 0..events.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let placeholders: Vec<String> = (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
-        sql.push('(');
-        sql.push_str(&placeholders.join(", "));
-        sql.push(')');
-    }
     let move_head = "UPDATE audit_head SET hash = $1 WHERE id = 1";
-    macro_rules! run {
-        ($pool:expr) => {{
-            let mut tx = $pool.begin().await?;
-            let mut prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
-            let mut query = sqlx::query(&sql);
-            for event in events {
+    const INSERT: &str = "INSERT INTO audit_events \
+        (prev_hash, hash, at, actor, action, target, outcome, request_id, detail)";
+    /// `(prev_hash, hash)` of each event, chained from `prev`; returns the new head too.
+    fn chain(mut prev: String, events: &[AuditEvent]) -> (Vec<(String, String)>, String) {
+        let links = events
+            .iter()
+            .map(|event| {
                 let hash = crate::audit::chain_hash(&prev, event);
+                (std::mem::replace(&mut prev, hash.clone()), hash)
+            })
+            .collect();
+        (links, prev)
+    }
+    match pool {
+        Pool::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            let prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
+            let (links, new_head) = chain(prev, events);
+            macro_rules! column {
+                ($field:ident) => {
+                    events.iter().map(|e| e.$field.clone()).collect::<Vec<_>>()
+                };
+            }
+            sqlx::query(&format!(
+                "{INSERT} SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])"
+            ))
+            .bind(links.iter().map(|l| l.0.clone()).collect::<Vec<_>>())
+            .bind(links.into_iter().map(|l| l.1).collect::<Vec<_>>())
+            .bind(column!(at))
+            .bind(column!(actor))
+            .bind(column!(action))
+            .bind(column!(target))
+            .bind(column!(outcome))
+            .bind(column!(request_id))
+            .bind(column!(detail))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(move_head)
+                .bind(&new_head)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Pool::Sqlite(pool) => {
+            let mut sql = format!("{INSERT} VALUES ");
+            for i in 0..events.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let placeholders: Vec<String> =
+                    (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
+                sql.push('(');
+                sql.push_str(&placeholders.join(", "));
+                sql.push(')');
+            }
+            let mut tx = pool.begin().await?;
+            let prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
+            let (links, new_head) = chain(prev, events);
+            let mut query = sqlx::query(&sql);
+            for (event, (prev_hash, hash)) in events.iter().zip(links) {
                 query = query
-                    .bind(prev.clone())
-                    .bind(hash.clone())
+                    .bind(prev_hash)
+                    .bind(hash)
                     .bind(event.at)
                     .bind(&event.actor)
                     .bind(&event.action)
@@ -214,17 +283,14 @@ pub(super) async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result
                     .bind(&event.outcome)
                     .bind(&event.request_id)
                     .bind(&event.detail);
-                prev = hash;
             }
             query.execute(&mut *tx).await?;
-            sqlx::query(move_head).bind(&prev).execute(&mut *tx).await?;
+            sqlx::query(move_head)
+                .bind(&new_head)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok::<(), sqlx::Error>(())
-        }};
-    }
-    match pool {
-        Pool::Postgres(pool) => run!(pool)?,
-        Pool::Sqlite(pool) => run!(pool)?,
+        }
     }
     Ok(())
 }

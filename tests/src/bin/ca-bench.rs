@@ -23,6 +23,10 @@ use ca_server::metrics::Metrics;
 use ca_server::spiffe::SpiffeId;
 use ca_server::store::{Store, StoreOptions};
 
+/// The same allocator as `ca-server`, so in-process figures match the real binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ca-bench",
@@ -129,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
         } => {
             println!(
-                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  (median of {runs} runs of {seconds}s{})",
+                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  cpu_us  pg_us  (median of {runs} runs of {seconds}s{}; cpu_us and pg_us: CPU time per issuance of this process and of Postgres)",
                 rate.map(|r| format!(", offered {r:.0}/s"))
                     .unwrap_or_default()
             );
@@ -147,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
                     results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
                     let m = &results[results.len() / 2];
                     println!(
-                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>6.0}",
+                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>6.0}  {:>6.0}  {:>5.0}",
                         m.rate,
                         m.p50_ms,
                         m.p90_ms,
@@ -155,7 +159,9 @@ async fn main() -> anyhow::Result<()> {
                         m.max_ms,
                         m.errors,
                         m.error_p99_ms,
-                        m.rss_mb
+                        m.rss_mb,
+                        m.cpu_us,
+                        m.pg_us
                     );
                 }
             }
@@ -217,6 +223,50 @@ struct RunResult {
     error_p99_ms: f64,
     /// Resident memory of this process (server and load generator) at the end.
     rss_mb: f64,
+    /// CPU time (user + system) of this process per successful issuance, in microseconds.
+    cpu_us: f64,
+    /// CPU time of every `postgres` process on the machine per successful issuance.
+    pg_us: f64,
+}
+
+/// CPU time (user + system) in microseconds of the process `pid`, from `/proc` (Linux; 0 when
+/// unreadable).
+fn cpu_us(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3. USER_HZ is 100 on
+    // every Linux this runs on.
+    (ticks(11) + ticks(12)) * 10_000.0
+}
+
+/// CPU time of every process named `postgres` (the server and its backends), in microseconds.
+fn postgres_cpu_us() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim() == "postgres")
+                .unwrap_or(false)
+        })
+        .map(|pid| cpu_us(&pid))
+        .sum()
 }
 
 fn rss_mb() -> f64 {
@@ -288,6 +338,7 @@ async fn run_grpc(
     for _ in 0..clients {
         connections.push(server.grpc_client(None).await);
     }
+    let cpu_before = (cpu_us("self"), postgres_cpu_us());
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -368,6 +419,11 @@ async fn run_grpc(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let issued = serials.len().max(1) as f64;
+    let cpu = (
+        (cpu_us("self") - cpu_before.0) / issued,
+        (postgres_cpu_us() - cpu_before.1) / issued,
+    );
     // Every certificate a client received is in the database: count and every serial.
     let recorded: std::collections::HashSet<String> = match backend {
         "postgres" => {
@@ -413,6 +469,7 @@ async fn run_grpc(
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
     result.rss_mb = rss;
+    (result.cpu_us, result.pg_us) = cpu;
     Ok(result)
 }
 
