@@ -171,12 +171,21 @@ async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), 
 /// a whole batch under one lock on the chain head, in one transaction. If the queue is full the
 /// event is dropped and the caller told so (it counts it); workload traffic never waits on the
 /// audit log.
+///
+/// The writer lingers up to [`AUDIT_LINGER`] after the first event of a batch so that a busy
+/// server writes a few large transactions rather than many small ones: measured here, chaining
+/// each issuance's event in whatever batch happened to be queued cost Postgres about 24 µs of
+/// CPU per issuance, a fifth of the whole issuance path.
 #[derive(Debug, Clone)]
 pub(super) struct AuditBatcher {
     sender: mpsc::Sender<AuditEvent>,
 }
 
 const AUDIT_QUEUE: usize = 16_384;
+/// Most events in one audit transaction.
+const AUDIT_BATCH: usize = 1024;
+/// How long the audit writer waits for more events after the first one of a batch.
+pub const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl AuditBatcher {
     pub(super) fn start(pool: Pool) -> AuditBatcher {
@@ -192,17 +201,20 @@ impl AuditBatcher {
 }
 
 async fn audit_loop(pool: Pool, mut receiver: mpsc::Receiver<AuditEvent>) {
-    while let Some(first) = receiver.recv().await {
-        let mut events = vec![first];
-        while events.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(event) => events.push(event),
-                Err(_) => break,
+    let mut events = Vec::with_capacity(AUDIT_BATCH);
+    while receiver.recv_many(&mut events, AUDIT_BATCH).await > 0 {
+        let deadline = tokio::time::Instant::now() + AUDIT_LINGER;
+        while events.len() < AUDIT_BATCH {
+            let room = AUDIT_BATCH - events.len();
+            match tokio::time::timeout_at(deadline, receiver.recv_many(&mut events, room)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
             }
         }
         if let Err(e) = append_chained(&pool, &events).await {
             tracing::error!(error = %e, lost = events.len(), "could not write audit events");
         }
+        events.clear();
     }
 }
 

@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
         } => {
             println!(
-                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  cpu_us  pg_us  (median of {runs} runs of {seconds}s{}; cpu_us and pg_us: CPU time per issuance of this process and of Postgres)",
+                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  server_us  client_us  pg_us  (median of {runs} runs of {seconds}s{}; *_us: CPU time per issuance of the server, the load generator and Postgres)",
                 rate.map(|r| format!(", offered {r:.0}/s"))
                     .unwrap_or_default()
             );
@@ -151,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
                     results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
                     let m = &results[results.len() / 2];
                     println!(
-                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>6.0}  {:>6.0}  {:>5.0}",
+                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>6.0}  {:>9.0}  {:>9.0}  {:>5.0}",
                         m.rate,
                         m.p50_ms,
                         m.p90_ms,
@@ -160,7 +160,8 @@ async fn main() -> anyhow::Result<()> {
                         m.errors,
                         m.error_p99_ms,
                         m.rss_mb,
-                        m.cpu_us,
+                        m.server_us,
+                        m.client_us,
                         m.pg_us
                     );
                 }
@@ -223,8 +224,10 @@ struct RunResult {
     error_p99_ms: f64,
     /// Resident memory of this process (server and load generator) at the end.
     rss_mb: f64,
-    /// CPU time (user + system) of this process per successful issuance, in microseconds.
-    cpu_us: f64,
+    /// CPU time (user + system) of the server's threads per successful issuance, in microseconds.
+    server_us: f64,
+    /// CPU time of the load generator (every other thread of this process) per issuance.
+    client_us: f64,
     /// CPU time of every `postgres` process on the machine per successful issuance.
     pg_us: f64,
 }
@@ -249,6 +252,32 @@ fn cpu_us(pid: &str) -> f64 {
     // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3. USER_HZ is 100 on
     // every Linux this runs on.
     (ticks(11) + ticks(12)) * 10_000.0
+}
+
+/// The name of the server runtime's threads.
+const SERVER_THREAD: &str = "ca-server";
+
+/// CPU time in microseconds of this process's threads: (the server's, everyone else's).
+fn thread_cpu_us() -> (f64, f64) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/task") else {
+        return (0.0, 0.0);
+    };
+    let mut server = 0.0;
+    let mut other = 0.0;
+    for tid in entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+    {
+        let us = cpu_us(&format!("self/task/{tid}"));
+        let name =
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
+        if name.trim() == SERVER_THREAD {
+            server += us;
+        } else {
+            other += us;
+        }
+    }
+    (server, other)
 }
 
 /// CPU time of every process named `postgres` (the server and its backends), in microseconds.
@@ -323,22 +352,32 @@ async fn run_grpc(
     duration: Duration,
     rate: Option<f64>,
 ) -> anyhow::Result<RunResult> {
-    let kube = ca_tests::kube::FakeKube::new();
-    let server = match backend {
-        "sqlite" => {
-            ca_tests::TestServer::start_with_cluster(ca_tests::Backend::Sqlite, &kube).await
-        }
-        "postgres" => {
-            ca_tests::TestServer::start_with_cluster(ca_tests::Backend::Postgres, &kube).await
-        }
+    // The server runs on its own runtime (two workers, threads named `ca-server`), as it would
+    // in its own process; the load generator runs on the main runtime. Both share the machine's
+    // cores, and the CPU time of each is reported apart.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(SERVER_THREAD)
+        .enable_all()
+        .build()?;
+    let kube = Arc::new(ca_tests::kube::FakeKube::new());
+    let server_backend = match backend {
+        "sqlite" => ca_tests::Backend::Sqlite,
+        "postgres" => ca_tests::Backend::Postgres,
         other => anyhow::bail!("unknown backend {other}"),
     };
+    let server = server_rt
+        .spawn({
+            let kube = kube.clone();
+            async move { ca_tests::TestServer::start_with_cluster(server_backend, &kube).await }
+        })
+        .await?;
     let csrs = Arc::new(csrs.to_vec());
     let mut connections = Vec::new();
     for _ in 0..clients {
         connections.push(server.grpc_client(None).await);
     }
-    let cpu_before = (cpu_us("self"), postgres_cpu_us());
+    let cpu_before = (thread_cpu_us(), postgres_cpu_us());
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -420,8 +459,10 @@ async fn run_grpc(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let issued = serials.len().max(1) as f64;
+    let cpu_after = thread_cpu_us();
     let cpu = (
-        (cpu_us("self") - cpu_before.0) / issued,
+        (cpu_after.0 - cpu_before.0.0) / issued,
+        (cpu_after.1 - cpu_before.0.1) / issued,
         (postgres_cpu_us() - cpu_before.1) / issued,
     );
     // Every certificate a client received is in the database: count and every serial.
@@ -457,7 +498,8 @@ async fn run_grpc(
         "{missing} received serials are not in the database"
     );
     let rss = rss_mb();
-    server.stop().await;
+    server_rt.spawn(server.stop()).await?;
+    server_rt.shutdown_background();
     error_latencies.sort();
     let mut result = RunResult::from_latencies(latencies, elapsed);
     result.errors = error_latencies.len();
@@ -469,7 +511,7 @@ async fn run_grpc(
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
     result.rss_mb = rss;
-    (result.cpu_us, result.pg_us) = cpu;
+    (result.server_us, result.client_us, result.pg_us) = cpu;
     Ok(result)
 }
 
