@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
@@ -82,6 +83,12 @@ enum Command {
         /// Open loop at this many requests/s in total (default: closed loop, as fast as possible).
         #[arg(long)]
         rate: Option<f64>,
+        /// The load client: `h2` (lean, pre-encoded requests) or `tonic` (our client library).
+        #[arg(long, value_enum, default_value_t = ClientKind::H2)]
+        client: ClientKind,
+        /// Load threads, each a current-thread runtime driving its share of the connections.
+        #[arg(long, default_value_t = 1)]
+        load_threads: usize,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -131,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             runs,
             rate,
+            client,
+            load_threads,
         } => {
             println!(
                 "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  server_us  client_us  pg_us  (median of {runs} runs of {seconds}s{}; *_us: CPU time per issuance of the server, the load generator and Postgres)",
@@ -144,8 +153,18 @@ async fn main() -> anyhow::Result<()> {
                     let mut results = Vec::new();
                     for _ in 0..runs {
                         results.push(
-                            run_grpc(backend, &csrs, clients, Duration::from_secs(seconds), rate)
-                                .await?,
+                            run_grpc(
+                                backend,
+                                &csrs,
+                                clients,
+                                Duration::from_secs(seconds),
+                                rate,
+                                LoadShape {
+                                    client,
+                                    threads: load_threads,
+                                },
+                            )
+                            .await?,
                         );
                     }
                     results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
@@ -345,21 +364,185 @@ fn make_csr_pems(key_type: KeyType, count: usize) -> anyhow::Result<Vec<String>>
         .collect()
 }
 
+/// A runtime that may be dropped from async code (on any return path): it is shut down in the
+/// background.
+struct BackgroundRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl BackgroundRuntime {
+    fn new(runtime: tokio::runtime::Runtime) -> BackgroundRuntime {
+        BackgroundRuntime {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl std::ops::Deref for BackgroundRuntime {
+    type Target = tokio::runtime::Handle;
+    fn deref(&self) -> &Self::Target {
+        &self.handle
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// How the load is generated.
+#[derive(Debug, Clone, Copy)]
+struct LoadShape {
+    client: ClientKind,
+    /// Load threads, each a current-thread runtime with its share of the connections.
+    threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientKind {
+    /// `ca_tests::h2load`: pre-encoded requests on the h2 crate (the default).
+    H2,
+    /// `ca_client::WorkloadClient` (tonic), as a Rust workload would call us.
+    Tonic,
+}
+
+/// The name the test server's gRPC certificate carries.
+const SERVER_NAME: &str = "localhost";
+
+/// Where the load goes.
+#[derive(Debug, Clone)]
+struct Target {
+    address: std::net::SocketAddr,
+    ca_pem: Vec<u8>,
+}
+
+/// One client connection of either kind.
+enum Conn {
+    H2(ca_tests::h2load::H2Client),
+    Tonic(ca_client::WorkloadClient, ca_client::TokenAuth),
+}
+
+impl Conn {
+    async fn connect(kind: ClientKind, target: &Target, token: &str) -> anyhow::Result<Conn> {
+        Ok(match kind {
+            ClientKind::H2 => Conn::H2(
+                ca_tests::h2load::H2Client::connect(
+                    target.address,
+                    &target.ca_pem,
+                    SERVER_NAME,
+                    token,
+                    "Kubernetes",
+                )
+                .await?,
+            ),
+            ClientKind::Tonic => Conn::Tonic(
+                ca_client::WorkloadClient::connect(&ca_client::ConnectOptions {
+                    address: target.address.to_string(),
+                    ca_pem: target.ca_pem.clone(),
+                    server_name: Some(SERVER_NAME.to_owned()),
+                    client_identity: None,
+                })
+                .await?,
+                ca_client::TokenAuth {
+                    token: Some(token.to_owned()),
+                    cluster_id: Some("Kubernetes".to_owned()),
+                },
+            ),
+        })
+    }
+
+    /// One `CreateCertificate`; the serial of the leaf received.
+    async fn call(&self, csr_pem: &str, body: &Bytes) -> Result<String, ()> {
+        let chain = match self {
+            Conn::H2(client) => client
+                .create_certificate(body.clone())
+                .await
+                .map_err(|_| ())?,
+            Conn::Tonic(client, auth) => client
+                .create_certificate(csr_pem, 0, auth, &Default::default())
+                .await
+                .map_err(|_| ())?,
+        };
+        let leaf = chain.first().ok_or(())?;
+        ca_tests::h2load::leaf_serial(leaf).map_err(|_| ())
+    }
+}
+
+/// (latency, serial received or error)
+type Outcome = (Duration, Result<String, ()>);
+
+/// One connection's load: closed loop (next request when the last is answered) or, with an
+/// `interval`, open loop (one request every `interval`, whether or not earlier ones are done).
+async fn drive(
+    connection: Arc<Conn>,
+    bodies: Arc<Vec<(String, Bytes)>>,
+    first: usize,
+    stride: usize,
+    deadline: Instant,
+    interval: Option<Duration>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    let mut n = first;
+    match interval {
+        None => {
+            while Instant::now() < deadline {
+                let (pem, body) = &bodies[n % bodies.len()];
+                let t = Instant::now();
+                let outcome = connection.call(pem, body).await;
+                outcomes.push((t.elapsed(), outcome));
+                n += stride;
+            }
+        }
+        Some(interval) => {
+            let mut inflight = Vec::new();
+            let mut next = Instant::now();
+            while next < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                let connection = connection.clone();
+                let bodies = bodies.clone();
+                let index = n % bodies.len();
+                inflight.push(tokio::spawn(async move {
+                    let (pem, body) = &bodies[index];
+                    let t = Instant::now();
+                    let outcome = connection.call(pem, body).await;
+                    (t.elapsed(), outcome)
+                }));
+                n += stride;
+                next += interval;
+            }
+            for handle in inflight {
+                if let Ok(outcome) = handle.await {
+                    outcomes.push(outcome);
+                }
+            }
+        }
+    }
+    outcomes
+}
+
 async fn run_grpc(
     backend: &str,
     csrs: &[String],
     clients: usize,
     duration: Duration,
     rate: Option<f64>,
+    load: LoadShape,
 ) -> anyhow::Result<RunResult> {
     // The server runs on its own runtime (two workers, threads named `ca-server`), as it would
     // in its own process; the load generator runs on the main runtime. Both share the machine's
     // cores, and the CPU time of each is reported apart.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(SERVER_THREAD)
-        .enable_all()
-        .build()?;
+    let server_rt = BackgroundRuntime::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(SERVER_THREAD)
+            .enable_all()
+            .build()?,
+    );
     let kube = Arc::new(ca_tests::kube::FakeKube::new());
     let server_backend = match backend {
         "sqlite" => ca_tests::Backend::Sqlite,
@@ -372,82 +555,75 @@ async fn run_grpc(
             async move { ca_tests::TestServer::start_with_cluster(server_backend, &kube).await }
         })
         .await?;
-    let csrs = Arc::new(csrs.to_vec());
-    let mut connections = Vec::new();
-    for _ in 0..clients {
-        connections.push(server.grpc_client(None).await);
+    // Each load thread runs a current-thread runtime with its share of the connections (like
+    // `wrk -t`), so a request's frames are queued and flushed together.
+    let bodies: Arc<Vec<(String, Bytes)>> = Arc::new(
+        csrs.iter()
+            .map(|pem| (pem.clone(), ca_tests::h2load::encode_request(pem, 0)))
+            .collect(),
+    );
+    let target = Target {
+        address: server.server.grpc_addr,
+        ca_pem: server.serving_root_pem(),
+    };
+    let threads = load.threads.clamp(1, clients.max(1));
+    let ready = Arc::new(std::sync::Barrier::new(threads + 1));
+    let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let specs: Vec<(usize, String)> = (t..clients)
+            .step_by(threads)
+            .map(|i| (i, kube.token("bench", &format!("w{i}"))))
+            .collect();
+        let (bodies, target, ready, kind) =
+            (bodies.clone(), target.clone(), ready.clone(), load.client);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || -> anyhow::Result<(Vec<Outcome>, f64)> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let mut connections = Vec::new();
+                        for (i, token) in specs {
+                            connections.push((i, Conn::connect(kind, &target, &token).await));
+                        }
+                        ready.wait();
+                        // This thread's CPU time; it is gone from /proc once the thread ends.
+                        let cpu_start = cpu_us("thread-self");
+                        let deadline = Instant::now() + duration;
+                        let mut tasks = Vec::new();
+                        for (i, connection) in connections {
+                            let connection = Arc::new(connection?);
+                            let bodies = bodies.clone();
+                            tasks.push(tokio::spawn(drive(
+                                connection, bodies, i, clients, deadline, interval,
+                            )));
+                        }
+                        let mut outcomes = Vec::new();
+                        for task in tasks {
+                            outcomes.extend(task.await?);
+                        }
+                        Ok((outcomes, cpu_us("thread-self") - cpu_start))
+                    })
+                })?,
+        );
     }
+    let barrier = ready.clone();
+    tokio::task::spawn_blocking(move || barrier.wait()).await?;
     let cpu_before = (thread_cpu_us(), postgres_cpu_us());
-    let deadline = Instant::now() + duration;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, client) in connections.into_iter().enumerate() {
-        let csrs = csrs.clone();
-        let auth = ca_client::TokenAuth {
-            token: Some(kube.token("bench", &format!("w{i}"))),
-            cluster_id: Some("Kubernetes".to_owned()),
-        };
-        let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
-        tasks.push(tokio::spawn(async move {
-            // (latency, serial or error)
-            let mut outcomes: Vec<(Duration, Result<String, ()>)> = Vec::new();
-            let mut n = i;
-            match interval {
-                None => {
-                    let metadata = Default::default();
-                    while Instant::now() < deadline {
-                        let t = Instant::now();
-                        let result = client
-                            .create_certificate(&csrs[n % csrs.len()], 0, &auth, &metadata)
-                            .await;
-                        let outcome = match result {
-                            Ok(chain) => {
-                                Ok(ca_client::inspect::leaf_summary(chain[0].as_bytes())?.serial)
-                            }
-                            Err(_) => Err(()),
-                        };
-                        outcomes.push((t.elapsed(), outcome));
-                        n += clients;
-                    }
-                }
-                Some(interval) => {
-                    // Open loop: one request every `interval`, whether or not earlier ones are done.
-                    let mut inflight = Vec::new();
-                    let mut next = Instant::now();
-                    while next < deadline {
-                        tokio::time::sleep_until(next.into()).await;
-                        let client = client.clone();
-                        let auth = auth.clone();
-                        let csr = csrs[n % csrs.len()].clone();
-                        inflight.push(tokio::spawn(async move {
-                            let t = Instant::now();
-                            let result = client
-                                .create_certificate(&csr, 0, &auth, &Default::default())
-                                .await;
-                            let outcome = match result {
-                                Ok(chain) => ca_client::inspect::leaf_summary(chain[0].as_bytes())
-                                    .map(|s| s.serial)
-                                    .map_err(|_| ()),
-                                Err(_) => Err(()),
-                            };
-                            (t.elapsed(), outcome)
-                        }));
-                        n += clients;
-                        next += interval;
-                    }
-                    for handle in inflight {
-                        outcomes.push(handle.await?);
-                    }
-                }
-            }
-            Ok::<_, anyhow::Error>(outcomes)
-        }));
-    }
     let mut latencies = Vec::new();
     let mut error_latencies = Vec::new();
     let mut serials = Vec::new();
-    for task in tasks {
-        for (latency, outcome) in task.await?? {
+    let mut load_cpu = 0.0;
+    for handle in handles {
+        let (outcomes, cpu) = tokio::task::spawn_blocking(move || handle.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        load_cpu += cpu;
+        for (latency, outcome) in outcomes {
             match outcome {
                 Ok(serial) => {
                     latencies.push(latency);
@@ -462,7 +638,7 @@ async fn run_grpc(
     let cpu_after = thread_cpu_us();
     let cpu = (
         (cpu_after.0 - cpu_before.0.0) / issued,
-        (cpu_after.1 - cpu_before.0.1) / issued,
+        (cpu_after.1 - cpu_before.0.1 + load_cpu) / issued,
         (postgres_cpu_us() - cpu_before.1) / issued,
     );
     // Every certificate a client received is in the database: count and every serial.
@@ -499,7 +675,6 @@ async fn run_grpc(
     );
     let rss = rss_mb();
     server_rt.spawn(server.stop()).await?;
-    server_rt.shutdown_background();
     error_latencies.sort();
     let mut result = RunResult::from_latencies(latencies, elapsed);
     result.errors = error_latencies.len();
