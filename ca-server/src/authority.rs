@@ -48,6 +48,8 @@ pub struct Authority {
     pub generation: i32,
     pub root_der: Vec<u8>,
     pub intermediate_der: Vec<u8>,
+    /// `intermediate_der` as PEM, encoded once (every Istio answer carries it).
+    pub intermediate_pem: String,
     /// Hex of the intermediate's subject key identifier: names the issuer in the store.
     pub issuer_key_id: String,
     /// The intermediate's notAfter (unix seconds): no leaf outlives it.
@@ -286,6 +288,7 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         generation: record.generation,
         root_der: record.root_cert.clone(),
         intermediate_der: record.intermediate_cert.clone(),
+        intermediate_pem: crate::enrollment::to_pem(&record.intermediate_cert),
         issuer_key_id: record.issuer_key_id.clone(),
         intermediate_not_after,
         intermediate_not_before,

@@ -85,6 +85,8 @@ pub struct Enrolled {
     pub cert: IssuedCert,
     /// The issuing intermediate (DER); the chain is `[cert, intermediate]`.
     pub intermediate_der: Vec<u8>,
+    /// The same as PEM.
+    pub intermediate_pem: String,
     /// Every root the workload must trust (DER).
     pub roots: Vec<Vec<u8>>,
     pub issuer_key_id: String,
@@ -150,11 +152,16 @@ impl Ca {
     ) -> Result<Enrolled, Error> {
         let started = std::time::Instant::now();
         let trust_domain = request.spiffe_id.trust_domain().as_str();
-        let permit =
-            match tokio::time::timeout(Admission::WAIT, self.admission.slots.acquire()).await {
-                Ok(Ok(permit)) => Some(permit),
-                _ => None,
-            };
+        // A free slot is taken without arming a timer; only a full house waits (bounded).
+        let permit = match self.admission.slots.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                match tokio::time::timeout(Admission::WAIT, self.admission.slots.acquire()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => None,
+                }
+            }
+        };
         self.metrics
             .in_flight
             .set(i64::try_from(self.admission.in_flight()).unwrap_or(i64::MAX));
@@ -258,6 +265,7 @@ impl Ca {
         Ok(Enrolled {
             cert,
             intermediate_der: authority.intermediate_der.clone(),
+            intermediate_pem: authority.intermediate_pem.clone(),
             roots: self.roots_for(authority),
             issuer_key_id: authority.issuer_key_id.clone(),
         })

@@ -25,6 +25,7 @@ pub mod issuance;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod request_id;
 pub mod revocation;
 pub mod serial;
 pub mod server;

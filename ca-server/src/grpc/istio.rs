@@ -89,7 +89,7 @@ impl IstioCertificateService for IstioService {
 pub fn istio_chain(enrolled: &Enrolled) -> Vec<String> {
     vec![
         to_pem(&enrolled.cert.der),
-        to_pem(&enrolled.intermediate_der),
+        enrolled.intermediate_pem.clone(),
         enrolled.roots.iter().map(|der| to_pem(der)).collect(),
     ]
 }

@@ -194,14 +194,7 @@ pub(crate) fn audit_issuance(
     ));
 }
 
-/// A fresh request id for the issuance record.
+/// The caller's `x-request-id` if it is sane, else a fresh one (for the issuance record).
 pub(crate) fn request_id(metadata: &MetadataMap) -> String {
-    ascii(metadata, "x-request-id")
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            crate::serial::Serial::random()
-                .map(|s| s.to_hex())
-                .unwrap_or_default()
-        })
+    crate::request_id::from_header(ascii(metadata, "x-request-id"))
 }

@@ -27,6 +27,8 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
     let pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
+        // A local file does not go stale; skip sqlx's ping on every acquire.
+        .test_before_acquire(false)
         .connect_with(connect)
         .await?;
     sqlx::migrate!("../migrations/sqlite")

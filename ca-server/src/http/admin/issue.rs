@@ -93,7 +93,7 @@ pub async fn issue(
             serial: enrolled.cert.serial.to_hex(),
             spiffe_id: spiffe_id.to_string(),
             not_after: rfc3339(enrolled.cert.not_after),
-            chain_pem: format!("{certificate_pem}{}", to_pem(&enrolled.intermediate_der)),
+            chain_pem: format!("{certificate_pem}{}", enrolled.intermediate_pem),
             certificate_pem,
             root_pem: enrolled.roots.iter().map(|der| to_pem(der)).collect(),
         })

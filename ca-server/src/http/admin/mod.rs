@@ -274,16 +274,7 @@ pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError>
 
 /// The caller's `x-request-id` if it is sane, else a fresh one.
 pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            crate::serial::Serial::random()
-                .map(|s| s.to_hex())
-                .unwrap_or_default()
-        })
+    crate::request_id::from_header(headers.get("x-request-id").and_then(|v| v.to_str().ok()))
 }
 
 pub fn rfc3339(unix: i64) -> String {
