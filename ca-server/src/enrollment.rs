@@ -107,12 +107,18 @@ pub struct Ca {
     pub admission: Arc<Admission>,
 }
 
-/// Bounds the issuances in flight: a request waits at most [`Admission::WAIT`] for a slot, then
-/// is shed, so latency cannot grow without limit under overload.
+/// Bounds the issuances in flight and the queue in front of them.
+///
+/// A request takes a free slot at once if there is one. Otherwise it may wait, at most
+/// [`Admission::WAIT`], and only if fewer than `max` others are already waiting; beyond that it
+/// is shed at once. So under overload the server answers `RESOURCE_EXHAUSTED` quickly instead
+/// of queueing without limit, an accepted request waits at most 100 ms for its slot, and no
+/// single burst can build a backlog the server would still be working through seconds later.
 #[derive(Debug)]
 pub struct Admission {
     slots: tokio::sync::Semaphore,
     max: usize,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Admission {
@@ -122,12 +128,50 @@ impl Admission {
         Admission {
             slots: tokio::sync::Semaphore::new(max),
             max,
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// Issuances currently admitted.
     pub fn in_flight(&self) -> usize {
         self.max - self.slots.available_permits()
+    }
+
+    /// Requests waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A slot, or `None` when the request is to be shed.
+    async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Some(permit);
+        }
+        let queued = Queued::join(&self.waiting, self.max)?;
+        let permit = tokio::time::timeout(Admission::WAIT, self.slots.acquire()).await;
+        drop(queued);
+        permit.ok()?.ok()
+    }
+}
+
+/// A place in the admission queue, given back when dropped (also when the request is cancelled).
+struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn join(waiting: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Queued<'a>> {
+        use std::sync::atomic::Ordering;
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Queued(waiting))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -152,19 +196,13 @@ impl Ca {
     ) -> Result<Enrolled, Error> {
         let started = std::time::Instant::now();
         let trust_domain = request.spiffe_id.trust_domain().as_str();
-        // A free slot is taken without arming a timer; only a full house waits (bounded).
-        let permit = match self.admission.slots.try_acquire() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                match tokio::time::timeout(Admission::WAIT, self.admission.slots.acquire()).await {
-                    Ok(Ok(permit)) => Some(permit),
-                    _ => None,
-                }
-            }
-        };
+        let permit = self.admission.admit().await;
         self.metrics
             .in_flight
             .set(i64::try_from(self.admission.in_flight()).unwrap_or(i64::MAX));
+        self.metrics
+            .waiting
+            .set(i64::try_from(self.admission.waiting()).unwrap_or(i64::MAX));
         let result = if permit.is_none() {
             self.metrics.shed.inc();
             Err(Error::Overloaded)

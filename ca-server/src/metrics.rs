@@ -62,6 +62,7 @@ pub struct Metrics {
     pub federation_last_success: Family<TrustDomainLabels, Gauge>,
     pub federation_errors: Family<TrustDomainLabels, Counter>,
     pub in_flight: Gauge,
+    pub waiting: Gauge,
     pub shed: Counter,
 }
 
@@ -154,6 +155,12 @@ impl Metrics {
             "Issuances admitted and not yet answered (queue depth)",
             in_flight.clone(),
         );
+        let waiting = Gauge::default();
+        registry.register(
+            "ca_issuance_waiting",
+            "Issuances waiting for an admission slot (at most max_in_flight, for at most 100 ms)",
+            waiting.clone(),
+        );
         let shed = Counter::default();
         registry.register(
             "ca_issuance_shed",
@@ -176,6 +183,7 @@ impl Metrics {
             federation_last_success,
             federation_errors,
             in_flight,
+            waiting,
             shed,
         })
     }

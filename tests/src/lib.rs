@@ -110,6 +110,15 @@ impl TestServer {
     /// `eu.cluster.local`) and a cluster `Kubernetes` (trust domain `cluster.local`, trusted
     /// node account `istio-system/ztunnel`) whose tokens `kube` signs.
     pub async fn start_with_cluster(backend: Backend, kube: &kube::FakeKube) -> TestServer {
+        TestServer::start_with_cluster_and(backend, kube, |_| {}).await
+    }
+
+    /// [`TestServer::start_with_cluster`] with the config changed by `tweak` before the start.
+    pub async fn start_with_cluster_and(
+        backend: Backend,
+        kube: &kube::FakeKube,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let url = fresh_database(backend, dir.path()).await;
         let jwks = dir.path().join("jwks.json");
@@ -134,6 +143,7 @@ impl TestServer {
         let mut config = Config::ephemeral(dir.path(), &url);
         config.trust_domains = parsed.trust_domains;
         config.clusters = parsed.clusters;
+        tweak(&mut config);
         TestServer::start_with(config, dir).await
     }
 

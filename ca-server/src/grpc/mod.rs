@@ -28,6 +28,8 @@ use crate::enrollment::Ca;
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent requests (HTTP/2 streams) one connection may have open.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// Connections waiting to be handed to the gRPC server.
 const ACCEPT_QUEUE: usize = 256;
 
@@ -88,9 +90,11 @@ pub async fn serve(
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .timeout(Duration::from_secs(30))
-        // Requests beyond this per connection wait in the client, not in an unbounded server
-        // queue; admission (`enrollment::Admission`) sheds what the server cannot take in time.
-        .max_concurrent_streams(Some(256))
+        // Per-client fairness: one connection (one istio-agent, or one ztunnel speaking for a
+        // node's pods) holds at most a quarter of the default 256 issuance slots; its further
+        // requests wait in the client, not in a server queue. Admission
+        // (`enrollment::Admission`) sheds what the server as a whole cannot take in time.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(istio)

@@ -425,7 +425,7 @@ async fn fake_endpoint() -> FakeEndpoint {
         let served = served.clone();
         async move {
             let (status, body) = served.lock().unwrap().clone();
-            (axum::http::StatusCode::from_u16(status).unwrap(), body)
+            (http::StatusCode::from_u16(status).unwrap(), body)
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -736,3 +736,135 @@ async fn reflection_lists_the_services() {
     }
     server.stop().await;
 }
+
+/// `ca-bench`'s lean HTTP/2 client gets the same answer as istio-agent, the certificate it
+/// received is recorded, and the workload issuance and a refusal reach the audit chain (it is
+/// written in batches, so this waits for it).
+async fn lean_client_and_workload_audit(backend: Backend) {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(backend, &kube).await;
+    let client = ca_tests::h2load::H2Client::connect(
+        server.server.grpc_addr,
+        &server.serving_root_pem(),
+        "localhost",
+        &kube.token("default", "web"),
+        "Kubernetes",
+    )
+    .await
+    .unwrap();
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let chain = client
+        .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
+        .await
+        .unwrap();
+    check_istio_chain(server.dir.path(), &chain, WEB, false);
+    let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
+    let records = server
+        .server
+        .ca
+        .store
+        .certificates_by_serial(&serial)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].spiffe_id, WEB);
+    assert_eq!(records[0].api, "istio");
+
+    let refused = client
+        .create_certificate(ca_tests::h2load::encode_request("not a CSR", 0))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("grpc-status"), "{refused}");
+
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = server.server.ca.store.recent_audit(10).await.unwrap();
+        if events.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let issued = events
+        .iter()
+        .find(|e| e.outcome == "success")
+        .expect("the issuance is audited");
+    assert_eq!(issued.action, "certificate.issue");
+    assert_eq!(issued.target, WEB);
+    assert!(issued.detail.contains(&serial), "{}", issued.detail);
+    assert_eq!(issued.request_id, records[0].request_id);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.outcome == "rejected" && e.detail.contains("csr")),
+        "{events:?}"
+    );
+    let mut all = server.server.ca.store.audit_page(None, 100).await.unwrap();
+    all.reverse();
+    assert_eq!(ca_server::audit::verify(&all).unwrap(), all.len());
+    server.stop().await;
+}
+both_backends!(lean_client_on, lean_client_and_workload_audit);
+
+/// Overload: with two issuance slots and a burst of 300 concurrent requests, what cannot be
+/// admitted is refused with RESOURCE_EXHAUSTED (and counted), everything else is issued and
+/// recorded, and nothing else goes wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_with_resource_exhausted() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster_and(Backend::Postgres, &kube, |config| {
+        config.max_in_flight = 2;
+    })
+    .await;
+    let before = server.server.ca.store.count_certificates().await.unwrap();
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let auth = token_auth(&kube.token("default", "web"));
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        connections.push(server.grpc_client(None).await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let client = connections[i % connections.len()].clone();
+        let (csr, auth) = (csr.csr_pem.clone(), auth.clone());
+        calls.spawn(async move {
+            client
+                .create_certificate(&csr, 0, &auth, &BTreeMap::new())
+                .await
+        });
+    }
+    let (mut issued, mut shed) = (0, 0);
+    while let Some(result) = calls.join_next().await {
+        match result.unwrap() {
+            Ok(_) => issued += 1,
+            other => {
+                assert_eq!(code_of(other), Code::ResourceExhausted);
+                shed += 1;
+            }
+        }
+    }
+    assert!(issued > 0, "some requests are served");
+    assert!(shed > 0, "a burst far over capacity is shed");
+    let after = server.server.ca.store.count_certificates().await.unwrap();
+    assert_eq!(
+        after - before,
+        issued,
+        "every issued certificate, and only those, recorded"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("ca_issuance_shed_total {shed}\n")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ca_issuance_waiting "), "{metrics}");
+    // Afterwards the server is idle again and serves normally.
+    connections[0]
+        .create_certificate(&csr.csr_pem, 0, &auth, &BTreeMap::new())
+        .await
+        .unwrap();
+    server.stop().await;
+}
