@@ -15,7 +15,7 @@ use ca_proto::ca_v1::{
 };
 
 use crate::enrollment::{Api, Ca};
-use crate::grpc::{audit_issuance, authenticate, request_id, requested_ttl, status};
+use crate::grpc::{audit_issuance, authenticate, refusal, request_id, requested_ttl};
 
 #[derive(Debug, Clone)]
 pub struct ApiService {
@@ -57,10 +57,7 @@ impl CertificateAuthority for ApiService {
             &result,
             now,
         );
-        let enrolled = result.map_err(|e| {
-            tracing::info!(caller = %requested_by, error = %e, "issuance refused");
-            status::from_enrollment(&e)
-        })?;
+        let enrolled = result.map_err(|e| refusal(&requested_by, &e))?;
         let cert = &enrolled.cert;
         Ok(Response::new(IssueResponse {
             spiffe_id: cert.spiffe_id.to_string(),

@@ -13,7 +13,7 @@ use ca_proto::istio::{IstioCertificateRequest, IstioCertificateResponse};
 use crate::authz;
 use crate::enrollment::{Api, Ca, Enrolled, to_pem};
 use crate::grpc::{
-    audit_issuance, authenticate, request_id, requested_ttl, status, workload_event,
+    audit_issuance, authenticate, refusal, request_id, requested_ttl, status, workload_event,
 };
 
 #[derive(Debug, Clone)]
@@ -74,10 +74,7 @@ impl IstioCertificateService for IstioService {
             &result,
             now,
         );
-        let enrolled = result.map_err(|e| {
-            tracing::info!(caller = %requested_by, error = %e, "issuance refused");
-            status::from_enrollment(&e)
-        })?;
+        let enrolled = result.map_err(|e| refusal(&requested_by, &e))?;
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: istio_chain(&enrolled),
         }))

@@ -170,7 +170,22 @@ pub(crate) fn workload_event(
     }
 }
 
+/// Logs a refused issuance and maps it to its status. Overload sheds are logged at debug only:
+/// they are counted (`ca_issuance_shed_total`), and a renewal storm must not become a log storm.
+pub(crate) fn refusal(caller: &str, e: &crate::enrollment::Error) -> tonic::Status {
+    if matches!(e, crate::enrollment::Error::Overloaded) {
+        tracing::debug!(caller, "issuance shed: overloaded");
+    } else {
+        tracing::info!(caller, error = %e, "issuance refused");
+    }
+    status::from_enrollment(e)
+}
+
 /// Audits the outcome of a workload issuance (success with its serial, or the refusal).
+///
+/// Requests shed under overload are not audit events: nothing was decided about the caller, the
+/// metric counts them, and writing one chained row per shed request would add load exactly when
+/// the server has none to spare.
 pub(crate) fn audit_issuance(
     ca: &Ca,
     caller: &str,
@@ -181,6 +196,7 @@ pub(crate) fn audit_issuance(
     now: OffsetDateTime,
 ) {
     let (outcome, detail) = match result {
+        Err(crate::enrollment::Error::Overloaded) => return,
         Ok(enrolled) => (
             "success",
             format!("{api} serial {}", enrolled.cert.serial.to_hex()),

@@ -89,6 +89,9 @@ enum Command {
         /// Load threads, each a current-thread runtime driving its share of the connections.
         #[arg(long, default_value_t = 1)]
         load_threads: usize,
+        /// Where the server runs: `process` (the release ca-server binary) or `in-process`.
+        #[arg(long, value_enum, default_value_t = ServerMode::Process)]
+        server: ServerMode,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -140,9 +143,10 @@ async fn main() -> anyhow::Result<()> {
             rate,
             client,
             load_threads,
+            server,
         } => {
             println!(
-                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss_mb  server_us  client_us  pg_us  (median of {runs} runs of {seconds}s{}; *_us: CPU time per issuance of the server, the load generator and Postgres)",
+                "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss0_mb  rss_mb  server_us  client_us  pg_us  (median of {runs} runs of {seconds}s{}; *_us: CPU time per issuance of the server, the load generator and Postgres)",
                 rate.map(|r| format!(", offered {r:.0}/s"))
                     .unwrap_or_default()
             );
@@ -160,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
                                 Duration::from_secs(seconds),
                                 rate,
                                 LoadShape {
+                                    server,
                                     client,
                                     threads: load_threads,
                                 },
@@ -170,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
                     results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
                     let m = &results[results.len() / 2];
                     println!(
-                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>6.0}  {:>9.0}  {:>9.0}  {:>5.0}",
+                        "{backend:<9} {key:<12} {clients:>7}  {:>11.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6.2}  {:>6}  {:>10.2}  {:>7.0}  {:>6.0}  {:>9.0}  {:>9.0}  {:>5.0}",
                         m.rate,
                         m.p50_ms,
                         m.p90_ms,
@@ -178,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
                         m.max_ms,
                         m.errors,
                         m.error_p99_ms,
+                        m.rss_start_mb,
                         m.rss_mb,
                         m.server_us,
                         m.client_us,
@@ -241,7 +247,8 @@ struct RunResult {
     /// Requests answered with an error (e.g. RESOURCE_EXHAUSTED when overloaded).
     errors: usize,
     error_p99_ms: f64,
-    /// Resident memory of this process (server and load generator) at the end.
+    /// Resident memory of this process (server and load generator) at the start and the end.
+    rss_start_mb: f64,
     rss_mb: f64,
     /// CPU time (user + system) of the server's threads per successful issuance, in microseconds.
     server_us: f64,
@@ -317,8 +324,8 @@ fn postgres_cpu_us() -> f64 {
         .sum()
 }
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+fn rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -395,9 +402,192 @@ impl Drop for BackgroundRuntime {
     }
 }
 
+/// The server under test.
+enum Sut {
+    /// In this process on its own runtime (two workers, threads named [`SERVER_THREAD`]), so its
+    /// CPU time can be told apart from the load generator's.
+    InProcess {
+        runtime: BackgroundRuntime,
+        server: ca_tests::TestServer,
+    },
+    /// The release `ca-server` binary beside `ca-bench`, with a generated config: what users run,
+    /// logging included, and its CPU time and memory are its own.
+    Process {
+        child: std::process::Child,
+        database_url: String,
+        target: Target,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Sut {
+    async fn start(
+        mode: ServerMode,
+        backend: ca_tests::Backend,
+        kube: &Arc<ca_tests::kube::FakeKube>,
+    ) -> anyhow::Result<Sut> {
+        match mode {
+            ServerMode::InProcess => {
+                let runtime = BackgroundRuntime::new(
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .thread_name(SERVER_THREAD)
+                        .enable_all()
+                        .build()?,
+                );
+                let kube = kube.clone();
+                let server =
+                    runtime
+                        .spawn(async move {
+                            ca_tests::TestServer::start_with_cluster(backend, &kube).await
+                        })
+                        .await?;
+                Ok(Sut::InProcess { runtime, server })
+            }
+            ServerMode::Process => {
+                let dir = tempfile::tempdir()?;
+                let database_url = ca_tests::fresh_database(backend, dir.path()).await;
+                let jwks = dir.path().join("jwks.json");
+                kube.write_jwks(&jwks);
+                let port = || -> anyhow::Result<u16> {
+                    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port())
+                };
+                let (grpc, http, admin) = (port()?, port()?, port()?);
+                let data = dir.path().join("data");
+                let config = format!(
+                    r#"
+database_url = "{database_url}"
+data_dir = "{data}"
+[listen]
+grpc = "127.0.0.1:{grpc}"
+http = "127.0.0.1:{http}"
+admin = "127.0.0.1:{admin}"
+[keys]
+kek_file = "{data}/kek"
+[admin]
+bootstrap_token_file = "{data}/admin.token"
+[[trust_domains]]
+name = "cluster.local"
+[[clusters]]
+name = "Kubernetes"
+trust_domain = "cluster.local"
+issuer = "{issuer}"
+jwks_file = "{jwks}"
+"#,
+                    data = data.display(),
+                    issuer = ca_tests::kube::ISSUER,
+                    jwks = jwks.display(),
+                );
+                let config_file = dir.path().join("ca.toml");
+                std::fs::write(&config_file, config)?;
+                let binary = std::env::current_exe()?.with_file_name("ca-server");
+                anyhow::ensure!(
+                    binary.exists(),
+                    "{} is missing: cargo build --release --bin ca-server",
+                    binary.display()
+                );
+                let log = std::fs::File::create(dir.path().join("server.log"))?;
+                let child = std::process::Command::new(binary)
+                    .arg("--config")
+                    .arg(&config_file)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .spawn()?;
+                let base = format!("http://127.0.0.1:{http}");
+                let client = reqwest::Client::new();
+                let mut ready = false;
+                for _ in 0..300 {
+                    if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+                        if r.status().is_success() {
+                            ready = true;
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                anyhow::ensure!(ready, "ca-server did not become ready");
+                let ca_pem = client
+                    .get(format!("{base}/v1/bundles/cluster.local.pem"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?
+                    .to_vec();
+                Ok(Sut::Process {
+                    child,
+                    database_url,
+                    target: Target {
+                        address: std::net::SocketAddr::from(([127, 0, 0, 1], grpc)),
+                        ca_pem,
+                    },
+                    _dir: dir,
+                })
+            }
+        }
+    }
+
+    fn target(&self) -> Target {
+        match self {
+            Sut::InProcess { server, .. } => Target {
+                address: server.server.grpc_addr,
+                ca_pem: server.serving_root_pem(),
+            },
+            Sut::Process { target, .. } => target.clone(),
+        }
+    }
+
+    fn database_url(&self) -> &str {
+        match self {
+            Sut::InProcess { server, .. } => &server.config.database_url,
+            Sut::Process { database_url, .. } => database_url,
+        }
+    }
+
+    /// The server's CPU time so far, in microseconds.
+    fn cpu_us(&self) -> f64 {
+        match self {
+            Sut::InProcess { .. } => thread_cpu_us().0,
+            Sut::Process { child, .. } => cpu_us(&child.id().to_string()),
+        }
+    }
+
+    /// Resident memory: the server's own, or (in-process) this whole process's.
+    fn rss_mb(&self) -> f64 {
+        match self {
+            Sut::InProcess { .. } => rss_mb("self"),
+            Sut::Process { child, .. } => rss_mb(&child.id().to_string()),
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Sut::InProcess { runtime, server } => {
+                runtime.spawn(server.stop()).await?;
+            }
+            Sut::Process { mut child, .. } => {
+                child.kill()?;
+                child.wait()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServerMode {
+    /// The release `ca-server` binary in its own process (the default).
+    Process,
+    /// In the `ca-bench` process, on its own runtime.
+    InProcess,
+}
+
 /// How the load is generated.
 #[derive(Debug, Clone, Copy)]
 struct LoadShape {
+    server: ServerMode,
     client: ClientKind,
     /// Load threads, each a current-thread runtime with its share of the connections.
     threads: usize,
@@ -499,26 +689,27 @@ async fn drive(
             }
         }
         Some(interval) => {
-            let mut inflight = Vec::new();
+            // Finished requests report through a channel: holding a JoinHandle per request
+            // would keep every finished task's memory until the end of the run.
+            let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
             let mut next = Instant::now();
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
-                let connection = connection.clone();
-                let bodies = bodies.clone();
+                let (connection, bodies, report) =
+                    (connection.clone(), bodies.clone(), report.clone());
                 let index = n % bodies.len();
-                inflight.push(tokio::spawn(async move {
+                tokio::spawn(async move {
                     let (pem, body) = &bodies[index];
                     let t = Instant::now();
                     let outcome = connection.call(pem, body).await;
-                    (t.elapsed(), outcome)
-                }));
+                    let _ = report.send((t.elapsed(), outcome));
+                });
                 n += stride;
                 next += interval;
             }
-            for handle in inflight {
-                if let Ok(outcome) = handle.await {
-                    outcomes.push(outcome);
-                }
+            drop(report);
+            while let Some(outcome) = reports.recv().await {
+                outcomes.push(outcome);
             }
         }
     }
@@ -533,28 +724,13 @@ async fn run_grpc(
     rate: Option<f64>,
     load: LoadShape,
 ) -> anyhow::Result<RunResult> {
-    // The server runs on its own runtime (two workers, threads named `ca-server`), as it would
-    // in its own process; the load generator runs on the main runtime. Both share the machine's
-    // cores, and the CPU time of each is reported apart.
-    let server_rt = BackgroundRuntime::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(SERVER_THREAD)
-            .enable_all()
-            .build()?,
-    );
     let kube = Arc::new(ca_tests::kube::FakeKube::new());
-    let server_backend = match backend {
+    let backend = match backend {
         "sqlite" => ca_tests::Backend::Sqlite,
         "postgres" => ca_tests::Backend::Postgres,
         other => anyhow::bail!("unknown backend {other}"),
     };
-    let server = server_rt
-        .spawn({
-            let kube = kube.clone();
-            async move { ca_tests::TestServer::start_with_cluster(server_backend, &kube).await }
-        })
-        .await?;
+    let server = Sut::start(load.server, backend, &kube).await?;
     // Each load thread runs a current-thread runtime with its share of the connections (like
     // `wrk -t`), so a request's frames are queued and flushed together.
     let bodies: Arc<Vec<(String, Bytes)>> = Arc::new(
@@ -562,10 +738,7 @@ async fn run_grpc(
             .map(|pem| (pem.clone(), ca_tests::h2load::encode_request(pem, 0)))
             .collect(),
     );
-    let target = Target {
-        address: server.server.grpc_addr,
-        ca_pem: server.serving_root_pem(),
-    };
+    let target = server.target();
     let threads = load.threads.clamp(1, clients.max(1));
     let ready = Arc::new(std::sync::Barrier::new(threads + 1));
     let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
@@ -612,7 +785,8 @@ async fn run_grpc(
     }
     let barrier = ready.clone();
     tokio::task::spawn_blocking(move || barrier.wait()).await?;
-    let cpu_before = (thread_cpu_us(), postgres_cpu_us());
+    let rss_start = server.rss_mb();
+    let cpu_before = (server.cpu_us(), thread_cpu_us().1, postgres_cpu_us());
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut error_latencies = Vec::new();
@@ -635,17 +809,16 @@ async fn run_grpc(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let issued = serials.len().max(1) as f64;
-    let cpu_after = thread_cpu_us();
     let cpu = (
-        (cpu_after.0 - cpu_before.0.0) / issued,
-        (cpu_after.1 - cpu_before.0.1 + load_cpu) / issued,
-        (postgres_cpu_us() - cpu_before.1) / issued,
+        (server.cpu_us() - cpu_before.0) / issued,
+        (thread_cpu_us().1 - cpu_before.1 + load_cpu) / issued,
+        (postgres_cpu_us() - cpu_before.2) / issued,
     );
     // Every certificate a client received is in the database: count and every serial.
     let recorded: std::collections::HashSet<String> = match backend {
-        "postgres" => {
+        ca_tests::Backend::Postgres => {
             use sqlx::Connection;
-            let mut db = sqlx::PgConnection::connect(&server.config.database_url).await?;
+            let mut db = sqlx::PgConnection::connect(server.database_url()).await?;
             sqlx::query_scalar("SELECT serial FROM certificates WHERE api = 'istio'")
                 .fetch_all(&mut db)
                 .await?
@@ -654,7 +827,7 @@ async fn run_grpc(
         }
         _ => {
             use sqlx::Connection;
-            let mut db = sqlx::SqliteConnection::connect(&server.config.database_url).await?;
+            let mut db = sqlx::SqliteConnection::connect(server.database_url()).await?;
             sqlx::query_scalar("SELECT serial FROM certificates WHERE api = 'istio'")
                 .fetch_all(&mut db)
                 .await?
@@ -673,8 +846,8 @@ async fn run_grpc(
         missing == 0,
         "{missing} received serials are not in the database"
     );
-    let rss = rss_mb();
-    server_rt.spawn(server.stop()).await?;
+    let rss = server.rss_mb();
+    server.stop().await?;
     error_latencies.sort();
     let mut result = RunResult::from_latencies(latencies, elapsed);
     result.errors = error_latencies.len();
@@ -686,6 +859,7 @@ async fn run_grpc(
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
     result.rss_mb = rss;
+    result.rss_start_mb = rss_start;
     (result.server_us, result.client_us, result.pg_us) = cpu;
     Ok(result)
 }
