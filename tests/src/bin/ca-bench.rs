@@ -408,7 +408,7 @@ enum Sut {
     /// CPU time can be told apart from the load generator's.
     InProcess {
         runtime: BackgroundRuntime,
-        server: ca_tests::TestServer,
+        server: Box<ca_tests::TestServer>,
     },
     /// The release `ca-server` binary beside `ca-bench`, with a generated config: what users run,
     /// logging included, and its CPU time and memory are its own.
@@ -442,7 +442,10 @@ impl Sut {
                             ca_tests::TestServer::start_with_cluster(backend, &kube).await
                         })
                         .await?;
-                Ok(Sut::InProcess { runtime, server })
+                Ok(Sut::InProcess {
+                    runtime,
+                    server: Box::new(server),
+                })
             }
             ServerMode::Process => {
                 let dir = tempfile::tempdir()?;
@@ -499,11 +502,11 @@ jwks_file = "{jwks}"
                 let client = reqwest::Client::new();
                 let mut ready = false;
                 for _ in 0..300 {
-                    if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-                        if r.status().is_success() {
-                            ready = true;
-                            break;
-                        }
+                    if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                        && r.status().is_success()
+                    {
+                        ready = true;
+                        break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
