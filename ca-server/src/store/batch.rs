@@ -131,40 +131,73 @@ async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), 
                 .await?;
         }
         Pool::Sqlite(pool) => {
-            let mut sql = format!("INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES ");
-            for i in 0..records.len() {
-                if i > 0 {
-                    sql.push_str(", ");
+            // One transaction of fixed-size multi-row INSERTs (64, 16, 4, 1 rows), so at most
+            // four distinct statements are ever prepared and cached.
+            let mut tx = pool.begin().await?;
+            for chunk in sqlite_chunks(records) {
+                let sql = sqlite_values_sql(
+                    &format!("INSERT INTO certificates ({CERTIFICATE_COLUMNS})"),
+                    14,
+                    chunk.len(),
+                );
+                let mut query = sqlx::query(&sql);
+                for record in chunk {
+                    query = query
+                        .bind(&record.issuer_key_id)
+                        .bind(&record.serial)
+                        .bind(&record.trust_domain)
+                        .bind(&record.spiffe_id)
+                        .bind(record.not_before)
+                        .bind(record.not_after)
+                        .bind(&record.spki_sha256)
+                        .bind(&record.der)
+                        .bind(&record.requested_by)
+                        .bind(&record.request_id)
+                        .bind(&record.api)
+                        .bind(record.created_at)
+                        .bind(record.revoked_at)
+                        .bind(&record.revocation_reason);
                 }
-                let base = i * 14;
-                let placeholders: Vec<String> =
-                    (1..=14).map(|n| format!("${}", base + n)).collect();
-                sql.push('(');
-                sql.push_str(&placeholders.join(", "));
-                sql.push(')');
+                query.execute(&mut *tx).await?;
             }
-            let mut query = sqlx::query(&sql);
-            for record in records {
-                query = query
-                    .bind(&record.issuer_key_id)
-                    .bind(&record.serial)
-                    .bind(&record.trust_domain)
-                    .bind(&record.spiffe_id)
-                    .bind(record.not_before)
-                    .bind(record.not_after)
-                    .bind(&record.spki_sha256)
-                    .bind(&record.der)
-                    .bind(&record.requested_by)
-                    .bind(&record.request_id)
-                    .bind(&record.api)
-                    .bind(record.created_at)
-                    .bind(record.revoked_at)
-                    .bind(&record.revocation_reason);
-            }
-            query.execute(pool).await?;
+            tx.commit().await?;
         }
     }
     Ok(())
+}
+
+/// Row counts of the multi-row INSERTs SQLite batches are cut into.
+const SQLITE_CHUNKS: [usize; 4] = [64, 16, 4, 1];
+
+/// `items` cut into runs of [`SQLITE_CHUNKS`] sizes, largest first.
+fn sqlite_chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    for size in SQLITE_CHUNKS {
+        while items.len() >= size {
+            let (chunk, rest) = items.split_at(size);
+            chunks.push(chunk);
+            items = rest;
+        }
+    }
+    chunks
+}
+
+/// `{insert} VALUES (...), ...` with `rows` rows of `columns` numbered placeholders. The same
+/// shape gives the same text, which is what sqlx caches prepared statements by.
+fn sqlite_values_sql(insert: &str, columns: usize, rows: usize) -> String {
+    let mut sql = format!("{insert} VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let placeholders: Vec<String> = (1..=columns)
+            .map(|n| format!("${}", row * columns + n))
+            .collect();
+        sql.push('(');
+        sql.push_str(&placeholders.join(", "));
+        sql.push(')');
+    }
+    sql
 }
 
 /// Audit events appended without waiting (the workload paths): queued to one writer that chains
@@ -269,34 +302,27 @@ pub(super) async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result
             tx.commit().await?;
         }
         Pool::Sqlite(pool) => {
-            let mut sql = format!("{INSERT} VALUES ");
-            for i in 0..events.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                let placeholders: Vec<String> =
-                    (1..=9).map(|n| format!("${}", i * 9 + n)).collect();
-                sql.push('(');
-                sql.push_str(&placeholders.join(", "));
-                sql.push(')');
-            }
             let mut tx = pool.begin().await?;
             let prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
             let (links, new_head) = chain(prev, events);
-            let mut query = sqlx::query(&sql);
-            for (event, (prev_hash, hash)) in events.iter().zip(links) {
-                query = query
-                    .bind(prev_hash)
-                    .bind(hash)
-                    .bind(event.at)
-                    .bind(&event.actor)
-                    .bind(&event.action)
-                    .bind(&event.target)
-                    .bind(&event.outcome)
-                    .bind(&event.request_id)
-                    .bind(&event.detail);
+            let rows: Vec<_> = events.iter().zip(links).collect();
+            for chunk in sqlite_chunks(&rows) {
+                let sql = sqlite_values_sql(INSERT, 9, chunk.len());
+                let mut query = sqlx::query(&sql);
+                for (event, (prev_hash, hash)) in chunk {
+                    query = query
+                        .bind(prev_hash)
+                        .bind(hash)
+                        .bind(event.at)
+                        .bind(&event.actor)
+                        .bind(&event.action)
+                        .bind(&event.target)
+                        .bind(&event.outcome)
+                        .bind(&event.request_id)
+                        .bind(&event.detail);
+                }
+                query.execute(&mut *tx).await?;
             }
-            query.execute(&mut *tx).await?;
             sqlx::query(move_head)
                 .bind(&new_head)
                 .execute(&mut *tx)
@@ -305,4 +331,28 @@ pub(super) async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_batches_are_cut_into_four_shapes() {
+        let sizes = |n: usize| -> Vec<usize> {
+            let items: Vec<usize> = (0..n).collect();
+            sqlite_chunks(&items).iter().map(|c| c.len()).collect()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(37), vec![16, 16, 4, 1]);
+        assert_eq!(sizes(200), vec![64, 64, 64, 4, 4]);
+        let items: Vec<usize> = (0..99).collect();
+        let flat: Vec<usize> = sqlite_chunks(&items).concat();
+        assert_eq!(flat, items, "every row once, in order");
+        assert_eq!(
+            sqlite_values_sql("INSERT INTO t (a, b)", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)"
+        );
+    }
 }
