@@ -218,6 +218,8 @@ impl Server {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // The listeners are closed: no new audit events; write those still queued.
+        self.ca.store.flush_audit().await;
         self.ca.store.close().await;
     }
 }

@@ -211,7 +211,15 @@ fn sqlite_values_sql(insert: &str, columns: usize, rows: usize) -> String {
 /// CPU per issuance, a fifth of the whole issuance path.
 #[derive(Debug, Clone)]
 pub(super) struct AuditBatcher {
-    sender: mpsc::Sender<AuditEvent>,
+    sender: mpsc::Sender<AuditItem>,
+}
+
+/// What the audit writer is sent: an event, or a request to report once everything sent
+/// before it is written.
+#[derive(Debug)]
+enum AuditItem {
+    Event(AuditEvent),
+    Flush(oneshot::Sender<()>),
 }
 
 const AUDIT_QUEUE: usize = 16_384;
@@ -229,26 +237,52 @@ impl AuditBatcher {
 
     /// Queues an event; false when the queue is full.
     pub(super) fn submit(&self, event: AuditEvent) -> bool {
-        self.sender.try_send(event).is_ok()
+        self.sender.try_send(AuditItem::Event(event)).is_ok()
+    }
+
+    /// Returns once every event queued before the call has been written (or failed to be).
+    pub(super) async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.sender.send(AuditItem::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 }
 
-async fn audit_loop(pool: Pool, mut receiver: mpsc::Receiver<AuditEvent>) {
-    let mut events = Vec::with_capacity(AUDIT_BATCH);
-    while receiver.recv_many(&mut events, AUDIT_BATCH).await > 0 {
+async fn audit_loop(pool: Pool, mut receiver: mpsc::Receiver<AuditItem>) {
+    let mut items = Vec::with_capacity(AUDIT_BATCH);
+    while receiver.recv_many(&mut items, AUDIT_BATCH).await > 0 {
         let deadline = tokio::time::Instant::now() + AUDIT_LINGER;
-        while events.len() < AUDIT_BATCH {
-            let room = AUDIT_BATCH - events.len();
-            match tokio::time::timeout_at(deadline, receiver.recv_many(&mut events, room)).await {
+        while items.len() < AUDIT_BATCH && !items.iter().any(|i| matches!(i, AuditItem::Flush(_))) {
+            let room = AUDIT_BATCH - items.len();
+            match tokio::time::timeout_at(deadline, receiver.recv_many(&mut items, room)).await {
                 Ok(n) if n > 0 => {}
                 _ => break,
             }
         }
-        if let Err(e) = append_chained(&pool, &events).await {
-            tracing::error!(error = %e, lost = events.len(), "could not write audit events");
+        let mut events = Vec::with_capacity(items.len());
+        for item in items.drain(..) {
+            match item {
+                AuditItem::Event(event) => events.push(event),
+                AuditItem::Flush(done) => {
+                    write_audit(&pool, &mut events).await;
+                    let _ = done.send(());
+                }
+            }
         }
-        events.clear();
+        write_audit(&pool, &mut events).await;
     }
+}
+
+/// Chains and writes `events` (if any) and empties it; a failure is logged with what was lost.
+async fn write_audit(pool: &Pool, events: &mut Vec<AuditEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    if let Err(e) = append_chained(pool, events).await {
+        tracing::error!(error = %e, lost = events.len(), "could not write audit events");
+    }
+    events.clear();
 }
 
 /// Appends `events` to the audit hash chain in one transaction, under a lock on the chain head

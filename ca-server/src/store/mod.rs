@@ -405,6 +405,12 @@ impl Store {
         self.audit_batcher.submit(event)
     }
 
+    /// Returns once every audit event queued by [`Store::append_audit_soon`] so far is written
+    /// (a graceful shutdown calls it before closing the pool).
+    pub async fn flush_audit(&self) {
+        self.audit_batcher.flush().await;
+    }
+
     /// The newest audit events, newest first.
     pub async fn recent_audit(&self, limit: i64) -> Result<Vec<AuditRecord>, Error> {
         self.audit_page(None, limit).await

@@ -868,3 +868,37 @@ async fn overload_is_shed_with_resource_exhausted() {
         .unwrap();
     server.stop().await;
 }
+
+/// A graceful stop writes the audit events still queued: an issuance answered just before the
+/// stop is in the audit chain afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_queued_audit_events() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let chain = client
+        .create_certificate(
+            &csr.csr_pem,
+            0,
+            &token_auth(&kube.token("default", "web")),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+    let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
+    drop(client);
+    let (config, _dir) = server.stop().await;
+    let store =
+        ca_server::store::Store::open(&ca_server::store::StoreOptions::new(&config.database_url))
+            .await
+            .unwrap();
+    let events = store.recent_audit(10).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.action == "certificate.issue"
+            && e.outcome == "success"
+            && e.detail.contains(&serial)),
+        "{events:?}"
+    );
+    store.close().await;
+}
