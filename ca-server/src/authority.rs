@@ -48,8 +48,9 @@ pub struct Authority {
     pub generation: i32,
     pub root_der: Vec<u8>,
     pub intermediate_der: Vec<u8>,
-    /// `intermediate_der` as PEM, encoded once (every Istio answer carries it).
+    /// `intermediate_der` and `root_der` as PEM, encoded once (every Istio answer carries them).
     pub intermediate_pem: String,
+    pub root_pem: String,
     /// Hex of the intermediate's subject key identifier: names the issuer in the store.
     pub issuer_key_id: String,
     /// The intermediate's notAfter (unix seconds): no leaf outlives it.
@@ -289,6 +290,7 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         root_der: record.root_cert.clone(),
         intermediate_der: record.intermediate_cert.clone(),
         intermediate_pem: crate::enrollment::to_pem(&record.intermediate_cert),
+        root_pem: crate::enrollment::to_pem(&record.root_cert),
         issuer_key_id: record.issuer_key_id.clone(),
         intermediate_not_after,
         intermediate_not_before,

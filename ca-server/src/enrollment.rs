@@ -89,6 +89,8 @@ pub struct Enrolled {
     pub intermediate_pem: String,
     /// Every root the workload must trust (DER).
     pub roots: Vec<Vec<u8>>,
+    /// The same, concatenated PEM.
+    pub roots_pem: String,
     pub issuer_key_id: String,
 }
 
@@ -305,6 +307,7 @@ impl Ca {
             intermediate_der: authority.intermediate_der.clone(),
             intermediate_pem: authority.intermediate_pem.clone(),
             roots: self.roots_for(authority),
+            roots_pem: self.roots_pem_for(authority),
             issuer_key_id: authority.issuer_key_id.clone(),
         })
     }
@@ -357,6 +360,20 @@ impl Ca {
             }
         }
         roots
+    }
+
+    /// [`Ca::roots_for`] as concatenated PEM; the trust domain's own root is encoded once, at
+    /// load.
+    pub fn roots_pem_for(&self, authority: &Authority) -> String {
+        let mut pem = authority.root_pem.clone();
+        if let Some(config) = self.config.trust_domain(&authority.trust_domain) {
+            for peer in &config.federates_with {
+                if let Some(bundle) = self.bundles.get(peer) {
+                    pem.extend(bundle.roots.iter().map(|der| to_pem(der)));
+                }
+            }
+        }
+        pem
     }
 }
 

@@ -87,7 +87,7 @@ pub fn istio_chain(enrolled: &Enrolled) -> Vec<String> {
     vec![
         to_pem(&enrolled.cert.der),
         enrolled.intermediate_pem.clone(),
-        enrolled.roots.iter().map(|der| to_pem(der)).collect(),
+        enrolled.roots_pem.clone(),
     ]
 }
 
