@@ -500,6 +500,7 @@ jwks_file = "{jwks}"
                     .spawn()?;
                 let base = format!("http://127.0.0.1:{http}");
                 let client = reqwest::Client::new();
+                let mut child = child;
                 let mut ready = false;
                 for _ in 0..300 {
                     if let Ok(r) = client.get(format!("{base}/readyz")).send().await
@@ -508,9 +509,17 @@ jwks_file = "{jwks}"
                         ready = true;
                         break;
                     }
+                    if child.try_wait()?.is_some() {
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                anyhow::ensure!(ready, "ca-server did not become ready");
+                if !ready {
+                    let _ = child.kill();
+                    let log =
+                        std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                    anyhow::bail!("ca-server did not become ready:\n{log}");
+                }
                 let ca_pem = client
                     .get(format!("{base}/v1/bundles/cluster.local.pem"))
                     .send()
@@ -733,7 +742,14 @@ async fn run_grpc(
         "postgres" => ca_tests::Backend::Postgres,
         other => anyhow::bail!("unknown backend {other}"),
     };
-    let server = Sut::start(load.server, backend, &kube).await?;
+    // A port picked for the server process can be taken in between; one more try then.
+    let server = match Sut::start(load.server, backend, &kube).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("the server did not start ({e}); trying once more");
+            Sut::start(load.server, backend, &kube).await?
+        }
+    };
     // Each load thread runs a current-thread runtime with its share of the connections (like
     // `wrk -t`), so a request's frames are queued and flushed together.
     let bodies: Arc<Vec<(String, Bytes)>> = Arc::new(
