@@ -95,7 +95,7 @@ pub async fn issue(
             not_after: rfc3339(enrolled.cert.not_after),
             chain_pem: format!("{certificate_pem}{}", enrolled.intermediate_pem),
             certificate_pem,
-            root_pem: enrolled.roots_pem.clone(),
+            root_pem: enrolled.roots_pem,
         })
     }
     .await;
