@@ -177,6 +177,16 @@ impl TestServer {
         format!("http://{}", self.server.http_addr)
     }
 
+    /// The Prometheus exposition from the public port.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn admin_client(&self) -> ca_client::AdminClient {
         ca_client::AdminClient::new(&self.admin_url(), &self.admin_token).unwrap()
     }

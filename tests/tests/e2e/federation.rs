@@ -567,12 +567,7 @@ async fn refused_bundles_keep_the_last_good_one() {
         FetchOutcome::Updated { sequence: 6 }
     );
     assert_eq!(served().await["spiffe_sequence"], 6);
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     // Seven refusals, all here.
     let errors: u64 = metrics
         .lines()

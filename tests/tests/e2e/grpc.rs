@@ -449,12 +449,7 @@ async fn refusals_have_the_right_codes() {
     // Health and metrics.
     let status = tonic_health_check(channel).await;
     assert_eq!(status, 1, "SERVING");
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     for needle in [
         "ca_authn_failures_total{reason=\"token_expired\"} 1",
         "ca_authn_failures_total{reason=\"no_credentials\"} 2",
@@ -850,12 +845,7 @@ async fn overload_is_shed_with_resource_exhausted() {
         issued,
         "every issued certificate, and only those, recorded"
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!("ca_issuance_shed_total {shed}\n")),
         "{metrics}"

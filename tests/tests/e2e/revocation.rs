@@ -587,12 +587,7 @@ async fn public_url_and_revocation_metrics() {
         .await
         .unwrap();
     ca_server::jobs::refresh_gauges(&server.server.ca, time::OffsetDateTime::now_utc()).await;
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("ca_revoked_certificates{trust_domain=\"cluster.local\"} 1"),
         "{metrics}"
