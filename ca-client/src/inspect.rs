@@ -68,6 +68,17 @@ pub fn first_uri(der: &[u8]) -> Option<String> {
 }
 
 fn uris(cert: &X509Certificate<'_>) -> Vec<String> {
+    san_names(cert, |n| match n {
+        GeneralName::URI(u) => Some(u),
+        _ => None,
+    })
+}
+
+/// The subject alternative names `pick` selects (URIs, DNS names), in order.
+fn san_names(
+    cert: &X509Certificate<'_>,
+    pick: impl for<'a> Fn(&'a GeneralName<'a>) -> Option<&'a str>,
+) -> Vec<String> {
     cert.subject_alternative_name()
         .ok()
         .flatten()
@@ -75,10 +86,7 @@ fn uris(cert: &X509Certificate<'_>) -> Vec<String> {
             san.value
                 .general_names
                 .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some((*u).to_owned()),
-                    _ => None,
-                })
+                .filter_map(|n| pick(n).map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default()
@@ -172,21 +180,10 @@ fn describe_certificate(der: &[u8], now: i64) -> Result<serde_json::Value, Error
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| Error::Protocol(format!("certificate: {e}")))?;
     let not_after = cert.validity().not_after.timestamp();
-    let dns: Vec<String> = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let dns = san_names(&cert, |n| match n {
+        GeneralName::DNSName(d) => Some(d),
+        _ => None,
+    });
     Ok(serde_json::json!({
         "type": "certificate",
         "subject": cert.subject().to_string(),

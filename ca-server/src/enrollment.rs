@@ -352,12 +352,8 @@ impl Ca {
     /// Its own roots, then the last good roots of every trust domain in its `federates_with`.
     pub fn roots_for(&self, authority: &Authority) -> Vec<Vec<u8>> {
         let mut roots = vec![authority.root_der.clone()];
-        if let Some(config) = self.config.trust_domain(&authority.trust_domain) {
-            for peer in &config.federates_with {
-                if let Some(bundle) = self.bundles.get(peer) {
-                    roots.extend(bundle.roots.iter().cloned());
-                }
-            }
+        for bundle in self.federated_bundles(authority) {
+            roots.extend(bundle.roots.iter().cloned());
         }
         roots
     }
@@ -366,14 +362,22 @@ impl Ca {
     /// load.
     pub fn roots_pem_for(&self, authority: &Authority) -> String {
         let mut pem = authority.root_pem.clone();
-        if let Some(config) = self.config.trust_domain(&authority.trust_domain) {
-            for peer in &config.federates_with {
-                if let Some(bundle) = self.bundles.get(peer) {
-                    pem.extend(bundle.roots.iter().map(|der| to_pem(der)));
-                }
-            }
+        for bundle in self.federated_bundles(authority) {
+            pem.extend(bundle.roots.iter().map(|der| to_pem(der)));
         }
         pem
+    }
+
+    /// The last good bundle of every trust domain this authority's trust domain federates with.
+    fn federated_bundles(
+        &self,
+        authority: &Authority,
+    ) -> impl Iterator<Item = Arc<crate::trust::Bundle>> + '_ {
+        self.config
+            .trust_domain(&authority.trust_domain)
+            .into_iter()
+            .flat_map(|config| config.federates_with.iter())
+            .filter_map(|peer| self.bundles.get(peer))
     }
 }
 

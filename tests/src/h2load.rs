@@ -128,11 +128,11 @@ pub fn encode_request(csr_pem: &str, validity_seconds: i64) -> Bytes {
         validity_duration: validity_seconds,
         metadata: None,
     };
-    let length = message.encoded_len();
-    let mut body = BytesMut::with_capacity(5 + length);
+    let encoded = message.encode_to_vec();
+    let mut body = BytesMut::with_capacity(5 + encoded.len());
     body.put_u8(0);
-    body.put_u32(u32::try_from(length).unwrap_or(u32::MAX));
-    message.encode(&mut body).unwrap_or_default();
+    body.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
+    body.extend_from_slice(&encoded);
     body.freeze()
 }
 

@@ -97,7 +97,9 @@ async fn write_loop(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<
 /// Postgres gets one statement whatever the batch size: every column is bound as an array and
 /// `UNNEST`ed, so the statement is prepared once per connection and never re-planned (a
 /// multi-row `VALUES` list is a new statement for every batch size, and planning 256 × 14
-/// parameters costs more than inserting the rows). SQLite prepares cheaply; it gets `VALUES`.
+/// parameters costs more than inserting the rows). SQLite has no arrays; it gets one
+/// transaction of fixed-size multi-row `VALUES` ([`sqlite_chunks`]), so only four statements
+/// are ever prepared and cached.
 async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), Error> {
     match pool {
         Pool::Postgres(pool) => {
@@ -131,8 +133,6 @@ async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), 
                 .await?;
         }
         Pool::Sqlite(pool) => {
-            // One transaction of fixed-size multi-row INSERTs (64, 16, 4, 1 rows), so at most
-            // four distinct statements are ever prepared and cached.
             let mut tx = pool.begin().await?;
             for chunk in sqlite_chunks(records) {
                 let sql = sqlite_values_sql(
@@ -226,7 +226,7 @@ const AUDIT_QUEUE: usize = 16_384;
 /// Most events in one audit transaction.
 const AUDIT_BATCH: usize = 1024;
 /// How long the audit writer waits for more events after the first one of a batch.
-pub const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl AuditBatcher {
     pub(super) fn start(pool: Pool) -> AuditBatcher {
