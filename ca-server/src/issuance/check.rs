@@ -2,23 +2,46 @@
 //! that produced it before it may leave (after SPIRE's `credvalidator`). A failure here is our
 //! bug, never the caller's; the certificate is discarded and nothing is recorded.
 
-use std::collections::HashSet;
-
+use x509_parser::der_parser::oid::Oid;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::{
+    OID_PKIX_AUTHORITY_INFO_ACCESS, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER,
+    OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_CRL_DISTRIBUTION_POINTS,
+    OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_ALT_NAME,
+    OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+};
 use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
 
 use crate::authority::Authority;
 use crate::issuance::profile::Template;
 use crate::issuance::{Error, VerifiedCsr};
 
-const OID_SAN: &str = "2.5.29.17";
-const OID_KU: &str = "2.5.29.15";
-const OID_EKU: &str = "2.5.29.37";
-const OID_BC: &str = "2.5.29.19";
-const OID_AKI: &str = "2.5.29.35";
-const OID_SKI: &str = "2.5.29.14";
-const OID_CRLDP: &str = "2.5.29.31";
-const OID_AIA: &str = "1.3.6.1.5.5.7.1.1";
+/// The extensions an X509-SVID may carry, each with its bit in the `seen` mask.
+const SAN: u8 = 1;
+const KU: u8 = 1 << 1;
+const EKU: u8 = 1 << 2;
+const BC: u8 = 1 << 3;
+const AKI: u8 = 1 << 4;
+const SKI: u8 = 1 << 5;
+const CRLDP: u8 = 1 << 6;
+const AIA: u8 = 1 << 7;
+/// Every certificate carries these; CRLDP and AIA follow the authority's URLs.
+const REQUIRED: u8 = SAN | KU | EKU | BC | AKI | SKI;
+
+fn extension_bit(oid: &Oid<'_>) -> Option<u8> {
+    [
+        (OID_X509_EXT_SUBJECT_ALT_NAME, SAN),
+        (OID_X509_EXT_KEY_USAGE, KU),
+        (OID_X509_EXT_EXTENDED_KEY_USAGE, EKU),
+        (OID_X509_EXT_BASIC_CONSTRAINTS, BC),
+        (OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, AKI),
+        (OID_X509_EXT_SUBJECT_KEY_IDENTIFIER, SKI),
+        (OID_X509_EXT_CRL_DISTRIBUTION_POINTS, CRLDP),
+        (OID_PKIX_AUTHORITY_INFO_ACCESS, AIA),
+    ]
+    .into_iter()
+    .find_map(|(known, bit)| (known == *oid).then_some(bit))
+}
 
 /// Checks `der` against the SPIFFE X509-SVID profile and the template.
 pub fn check(
@@ -69,16 +92,17 @@ pub fn check(
         return fail("public key is not the CSR's");
     }
 
-    let mut seen = HashSet::new();
-    let mut saw = |oid: &str| seen.insert(oid.to_owned());
-    let issuer_ski = Some(authority.intermediate_ski.clone());
+    let mut seen: u8 = 0;
     for extension in cert.iter_extensions() {
-        let oid = extension.oid.to_id_string();
-        if !saw(&oid) {
+        let Some(bit) = extension_bit(&extension.oid) else {
+            return fail("unexpected extension");
+        };
+        if seen & bit != 0 {
             return fail("duplicate extension");
         }
-        match (oid.as_str(), extension.parsed_extension()) {
-            (OID_SAN, ParsedExtension::SubjectAlternativeName(san)) => {
+        seen |= bit;
+        match (bit, extension.parsed_extension()) {
+            (SAN, ParsedExtension::SubjectAlternativeName(san)) => {
                 if !extension.critical {
                     return fail("SAN not critical with an empty subject");
                 }
@@ -87,13 +111,13 @@ pub fn check(
                     _ => return fail("SAN is not exactly the authorised SPIFFE ID"),
                 }
             }
-            (OID_KU, ParsedExtension::KeyUsage(ku)) => {
+            (KU, ParsedExtension::KeyUsage(ku)) => {
                 let expected: u16 = if template.rsa_key { 0b101 } else { 0b1 };
                 if !extension.critical || ku.flags != expected {
                     return fail("key usage is not the profile's, or not critical");
                 }
             }
-            (OID_EKU, ParsedExtension::ExtendedKeyUsage(eku)) => {
+            (EKU, ParsedExtension::ExtendedKeyUsage(eku)) => {
                 let only_tls = eku.server_auth
                     && eku.client_auth
                     && !eku.any
@@ -106,34 +130,35 @@ pub fn check(
                     return fail("extended key usage is not serverAuth+clientAuth");
                 }
             }
-            (OID_BC, ParsedExtension::BasicConstraints(bc)) => {
+            (BC, ParsedExtension::BasicConstraints(bc)) => {
                 if !extension.critical || bc.ca || bc.path_len_constraint.is_some() {
                     return fail("basic constraints are not cA=false, critical");
                 }
             }
-            (OID_AKI, ParsedExtension::AuthorityKeyIdentifier(aki)) => {
-                let key_id = aki.key_identifier.as_ref().map(|k| k.0.to_vec());
-                if key_id.is_none() || key_id != issuer_ski || extension.critical {
+            (AKI, ParsedExtension::AuthorityKeyIdentifier(aki)) => {
+                let names_issuer = aki
+                    .key_identifier
+                    .as_ref()
+                    .is_some_and(|k| k.0 == authority.intermediate_ski.as_slice());
+                if !names_issuer || extension.critical {
                     return fail("authority key identifier does not name the intermediate");
                 }
             }
-            (OID_SKI, ParsedExtension::SubjectKeyIdentifier(_)) => {
+            (SKI, ParsedExtension::SubjectKeyIdentifier(_)) => {
                 if extension.critical {
                     return fail("subject key identifier is critical");
                 }
             }
-            (OID_CRLDP, _) if !extension.critical && authority.crl_url.is_some() => {}
-            (OID_AIA, _) if !extension.critical && authority.ocsp_url.is_some() => {}
+            (CRLDP, _) if !extension.critical && authority.crl_url.is_some() => {}
+            (AIA, _) if !extension.critical && authority.ocsp_url.is_some() => {}
             _ => return fail("unexpected extension"),
         }
     }
-    for required in [OID_SAN, OID_KU, OID_EKU, OID_BC, OID_AKI, OID_SKI] {
-        if !seen.contains(required) {
-            return fail("a required extension is missing");
-        }
+    if seen & REQUIRED != REQUIRED {
+        return fail("a required extension is missing");
     }
-    if authority.crl_url.is_some() != seen.contains(OID_CRLDP)
-        || authority.ocsp_url.is_some() != seen.contains(OID_AIA)
+    if authority.crl_url.is_some() != (seen & CRLDP != 0)
+        || authority.ocsp_url.is_some() != (seen & AIA != 0)
     {
         return fail("CRL distribution point or OCSP URL missing");
     }

@@ -220,3 +220,86 @@ fn tampered_csr_signature_is_refused() {
     let pem_text = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", plain_csr(&key, None)));
     assert!(csr::parse(pem_text.as_bytes()).is_ok());
 }
+
+#[test]
+fn self_check_refuses_whatever_differs_from_the_template() {
+    use crate::issuance::{check, profile};
+    use crate::serial::Serial;
+
+    let now = OffsetDateTime::now_utc();
+    let mut authority = authority_at(now);
+    authority.crl_url = Some("https://ca.example/v1/crl/cluster.local".to_owned());
+    authority.ocsp_url = Some("https://ca.example/v1/ocsp/cluster.local".to_owned());
+    let key = KeyPair::generate().unwrap();
+    let verified = csr::parse(&plain_csr(&key, None)).unwrap();
+    let spiffe_id = id();
+    let serial = Serial::random().unwrap();
+    let template = profile::Template {
+        spiffe_id: &spiffe_id,
+        serial: &serial,
+        not_before: now.unix_timestamp() - 60,
+        not_after: now.unix_timestamp() + 3600,
+        rsa_key: false,
+    };
+    let der = profile::sign(&template, &verified, &authority).unwrap();
+    check::check(&der, &template, &verified, &authority).unwrap();
+
+    let expect = |result: Result<(), Error>, words: &str| match result {
+        Err(Error::SelfCheck(message)) => assert!(message.contains(words), "{message}"),
+        other => panic!("expected a self-check failure about {words}, got {other:?}"),
+    };
+    let other_id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/other").unwrap();
+    let other = profile::Template {
+        spiffe_id: &other_id,
+        ..template
+    };
+    expect(check::check(&der, &other, &verified, &authority), "SAN");
+    let other_serial = Serial::random().unwrap();
+    let other = profile::Template {
+        serial: &other_serial,
+        ..template
+    };
+    expect(check::check(&der, &other, &verified, &authority), "serial");
+    let other = profile::Template {
+        not_after: template.not_after + 1,
+        ..template
+    };
+    expect(
+        check::check(&der, &other, &verified, &authority),
+        "validity",
+    );
+    let other = profile::Template {
+        rsa_key: true,
+        ..template
+    };
+    expect(
+        check::check(&der, &other, &verified, &authority),
+        "key usage",
+    );
+    let other_key = KeyPair::generate().unwrap();
+    let other_csr = csr::parse(&plain_csr(&other_key, None)).unwrap();
+    expect(
+        check::check(&der, &template, &other_csr, &authority),
+        "public key",
+    );
+
+    // An authority without a CRL URL does not expect that extension...
+    let crl_url = authority.crl_url.take();
+    expect(
+        check::check(&der, &template, &verified, &authority),
+        "unexpected extension",
+    );
+    let without_crl = profile::sign(&template, &verified, &authority).unwrap();
+    check::check(&without_crl, &template, &verified, &authority).unwrap();
+    // ...and one with it refuses a certificate that lacks it.
+    authority.crl_url = crl_url;
+    expect(
+        check::check(&without_crl, &template, &verified, &authority),
+        "missing",
+    );
+    // A byte changed inside the signed certificate is caught (here: the SAN's path).
+    let mut tampered = der.clone();
+    let at = tampered.windows(3).position(|w| w == b"web").unwrap();
+    tampered[at] = b'x';
+    check::check(&tampered, &template, &verified, &authority).unwrap_err();
+}
