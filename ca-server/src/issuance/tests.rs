@@ -298,8 +298,162 @@ fn self_check_refuses_whatever_differs_from_the_template() {
         "missing",
     );
     // A byte changed inside the signed certificate is caught (here: the SAN's path).
-    let mut tampered = der.clone();
+    let mut tampered = der;
     let at = tampered.windows(3).position(|w| w == b"web").unwrap();
     tampered[at] = b'x';
     check::check(&tampered, &template, &verified, &authority).unwrap_err();
+}
+
+/// The leaf as rcgen's general builder writes it: the reference the direct DER writer in
+/// `profile` must match byte for byte (the to-be-signed part; ECDSA signatures differ per run).
+fn rcgen_reference(
+    template: &crate::issuance::profile::Template<'_>,
+    csr: &crate::issuance::VerifiedCsr,
+    authority: &Authority,
+) -> Vec<u8> {
+    use crate::issuance::KeyKind;
+    use rcgen::{ExtendedKeyUsagePurpose, KeyIdMethod, KeyUsagePurpose, SerialNumber};
+
+    struct CsrKey<'a>(&'static rcgen::SignatureAlgorithm, &'a [u8]);
+    impl rcgen::PublicKeyData for CsrKey<'_> {
+        fn der_bytes(&self) -> &[u8] {
+            self.1
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            self.0
+        }
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.serial_number = Some(SerialNumber::from_slice(template.serial.as_bytes()));
+    params.not_before = OffsetDateTime::from_unix_timestamp(template.not_before).unwrap();
+    params.not_after = OffsetDateTime::from_unix_timestamp(template.not_after).unwrap();
+    params.subject_alt_names = vec![SanType::URI(
+        template.spiffe_id.as_str().try_into().unwrap(),
+    )];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = if template.rsa_key {
+        vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ]
+    } else {
+        vec![KeyUsagePurpose::DigitalSignature]
+    };
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    if let Some(url) = &authority.crl_url {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![url.clone()],
+        }];
+    }
+    if let Some(url) = &authority.ocsp_url {
+        // AuthorityInfoAccessSyntax with one id-ad-ocsp accessLocation.
+        let mut location = vec![0x86, url.len() as u8];
+        location.extend_from_slice(url.as_bytes());
+        let mut description = vec![0x30, (10 + location.len()) as u8];
+        description
+            .extend_from_slice(&[0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+        description.extend_from_slice(&location);
+        let mut access = vec![0x30, description.len() as u8];
+        access.extend_from_slice(&description);
+        params.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+            access,
+        )];
+    }
+    let algorithm = match csr.key_kind {
+        KeyKind::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyKind::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeyKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+    };
+    params
+        .signed_by(&CsrKey(algorithm, &csr.public_key_bits), &authority.issuer)
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+fn tbs_of(der: &[u8]) -> Vec<u8> {
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    cert.tbs_certificate.as_ref().to_vec()
+}
+
+#[test]
+fn rcgen_writes_the_same_certificate() {
+    use crate::issuance::{check, profile};
+    use crate::serial::Serial;
+
+    let now = OffsetDateTime::now_utc();
+    let rsa_pkcs8 = {
+        use rsa::pkcs8::EncodePrivateKey;
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        key.to_pkcs8_der().unwrap().as_bytes().to_vec()
+    };
+    let rsa_key = KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls_pki_types::PrivatePkcs8KeyDer::from(rsa_pkcs8.as_slice()),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .unwrap();
+    let keys = [
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap(),
+        rsa_key,
+    ];
+    let mut config = Config::embedded_default();
+    for algorithm in ["ecdsa-p256", "ecdsa-p384", "rsa-2048"] {
+        config.trust_domains[0].key_algorithm =
+            crate::keys::KeyAlgorithm::parse(algorithm).unwrap();
+        let kek = Kek::from_bytes([1; 32]);
+        let record = create_generation(&config.trust_domains[0], &kek, 1, now).unwrap();
+        let mut authority = open_generation(&record, &kek).unwrap();
+        for urls in [false, true] {
+            if urls {
+                authority.crl_url = Some("https://ca.example/v1/crl/cluster.local".to_owned());
+                authority.ocsp_url = Some("https://ca.example/v1/ocsp/cluster.local".to_owned());
+            }
+            for key in &keys {
+                let verified = csr::parse(&plain_csr(key, None)).unwrap();
+                let spiffe_id = id();
+                let serial = Serial::random().unwrap();
+                let template = profile::Template {
+                    spiffe_id: &spiffe_id,
+                    serial: &serial,
+                    not_before: now.unix_timestamp() - 60,
+                    // Past 2049 for one case: GeneralizedTime.
+                    not_after: if urls {
+                        2_600_000_000
+                    } else {
+                        now.unix_timestamp() + 3600
+                    },
+                    rsa_key: verified.key_kind.is_rsa(),
+                };
+                let ours = profile::sign(&template, &verified, &authority).unwrap();
+                let reference = rcgen_reference(&template, &verified, &authority);
+                assert_eq!(
+                    tbs_of(&ours),
+                    tbs_of(&reference),
+                    "{algorithm} {:?} urls {urls}",
+                    verified.key_kind
+                );
+                // The outer signature algorithm is rcgen's, and the signature verifies under
+                // the intermediate's key.
+                let (_, parsed) = X509Certificate::from_der(&ours).unwrap();
+                let (_, expected) = X509Certificate::from_der(&reference).unwrap();
+                assert_eq!(parsed.signature_algorithm, expected.signature_algorithm);
+                let (_, intermediate) =
+                    X509Certificate::from_der(&record.intermediate_cert).unwrap();
+                parsed
+                    .verify_signature(Some(intermediate.public_key()))
+                    .unwrap();
+                if template.not_after < authority.intermediate_not_after {
+                    check::check(&ours, &template, &verified, &authority).unwrap();
+                }
+            }
+        }
+    }
 }

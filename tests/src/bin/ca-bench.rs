@@ -607,7 +607,8 @@ struct LoadShape {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ClientKind {
-    /// `ca_tests::h2load`: pre-encoded requests on the h2 crate (the default).
+    /// `ca_tests::h2load`: hand-framed HTTP/2, pre-encoded requests, HPACK-indexed headers as
+    /// grpc-go sends them (the default).
     H2,
     /// `ca_client::WorkloadClient` (tonic), as a Rust workload would call us.
     Tonic,
