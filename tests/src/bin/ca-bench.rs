@@ -680,7 +680,8 @@ impl Conn {
 type Outcome = (Duration, Result<String, ()>);
 
 /// One connection's load: closed loop (next request when the last is answered) or, with an
-/// `interval`, open loop (one request every `interval`, whether or not earlier ones are done).
+/// `interval`, open loop (one request every `interval`, whether or not earlier ones are done,
+/// each connection's schedule offset so that together they send evenly).
 async fn drive(
     connection: Arc<Conn>,
     bodies: Arc<Vec<(String, Bytes)>>,
@@ -705,7 +706,11 @@ async fn drive(
             // Finished requests report through a channel: holding a JoinHandle per request
             // would keep every finished task's memory until the end of the run.
             let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
-            let mut next = Instant::now();
+            // Connection `first` of `stride` starts `first/stride` of an interval late, so the
+            // connections' requests interleave into an even stream at the total rate. (Started
+            // together, they would arrive as one burst of `stride` requests per interval, and
+            // the burst's queueing would be measured as latency.)
+            let mut next = Instant::now() + interval.mul_f64(first as f64 / stride.max(1) as f64);
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
                 let (connection, bodies, report) =
