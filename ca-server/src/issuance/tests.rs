@@ -47,6 +47,28 @@ fn id() -> SpiffeId {
     SpiffeId::parse(ID).unwrap()
 }
 
+/// A one-hour template for `csr` from `now`, with the given names.
+fn template_for<'a>(
+    spiffe_id: &'a SpiffeId,
+    serial: &'a crate::serial::Serial,
+    csr: &crate::issuance::VerifiedCsr,
+    now: OffsetDateTime,
+) -> crate::issuance::profile::Template<'a> {
+    crate::issuance::profile::Template {
+        spiffe_id,
+        serial,
+        not_before: now.unix_timestamp() - 60,
+        not_after: now.unix_timestamp() + 3600,
+        rsa_key: csr.key_kind.is_rsa(),
+    }
+}
+
+/// Gives `authority` a CRL and an OCSP URL (their extensions are then in every leaf).
+fn publish_urls(authority: &mut Authority) {
+    authority.crl_url = Some("https://ca.example/v1/crl/cluster.local".to_owned());
+    authority.ocsp_url = Some("https://ca.example/v1/ocsp/cluster.local".to_owned());
+}
+
 #[test]
 fn not_after_never_passes_the_intermediate() {
     let now = OffsetDateTime::now_utc();
@@ -228,19 +250,12 @@ fn self_check_refuses_whatever_differs_from_the_template() {
 
     let now = OffsetDateTime::now_utc();
     let mut authority = authority_at(now);
-    authority.crl_url = Some("https://ca.example/v1/crl/cluster.local".to_owned());
-    authority.ocsp_url = Some("https://ca.example/v1/ocsp/cluster.local".to_owned());
+    publish_urls(&mut authority);
     let key = KeyPair::generate().unwrap();
     let verified = csr::parse(&plain_csr(&key, None)).unwrap();
     let spiffe_id = id();
     let serial = Serial::random().unwrap();
-    let template = profile::Template {
-        spiffe_id: &spiffe_id,
-        serial: &serial,
-        not_before: now.unix_timestamp() - 60,
-        not_after: now.unix_timestamp() + 3600,
-        rsa_key: false,
-    };
+    let template = template_for(&spiffe_id, &serial, &verified, now);
     let der = profile::sign(&template, &verified, &authority).unwrap();
     check::check(&der, &template, &verified, &authority).unwrap();
 
@@ -413,25 +428,17 @@ fn rcgen_writes_the_same_certificate() {
         let mut authority = open_generation(&record, &kek).unwrap();
         for urls in [false, true] {
             if urls {
-                authority.crl_url = Some("https://ca.example/v1/crl/cluster.local".to_owned());
-                authority.ocsp_url = Some("https://ca.example/v1/ocsp/cluster.local".to_owned());
+                publish_urls(&mut authority);
             }
             for key in &keys {
                 let verified = csr::parse(&plain_csr(key, None)).unwrap();
                 let spiffe_id = id();
                 let serial = Serial::random().unwrap();
-                let template = profile::Template {
-                    spiffe_id: &spiffe_id,
-                    serial: &serial,
-                    not_before: now.unix_timestamp() - 60,
-                    // Past 2049 for one case: GeneralizedTime.
-                    not_after: if urls {
-                        2_600_000_000
-                    } else {
-                        now.unix_timestamp() + 3600
-                    },
-                    rsa_key: verified.key_kind.is_rsa(),
-                };
+                let mut template = template_for(&spiffe_id, &serial, &verified, now);
+                if urls {
+                    // Past 2049: GeneralizedTime.
+                    template.not_after = 2_600_000_000;
+                }
                 let ours = profile::sign(&template, &verified, &authority).unwrap();
                 let reference = rcgen_reference(&template, &verified, &authority);
                 assert_eq!(

@@ -732,13 +732,9 @@ async fn reflection_lists_the_services() {
     server.stop().await;
 }
 
-/// `ca-bench`'s lean HTTP/2 client gets the same answer as istio-agent, the certificate it
-/// received is recorded, and the workload issuance and a refusal reach the audit chain (it is
-/// written in batches, so this waits for it).
-async fn lean_client_and_workload_audit(backend: Backend) {
-    let kube = FakeKube::new();
-    let server = TestServer::start_with_cluster(backend, &kube).await;
-    let client = ca_tests::h2load::H2Client::connect(
+/// `ca-bench`'s lean HTTP/2 client on `server`'s gRPC port, with the token of default/web.
+async fn lean_client(server: &TestServer, kube: &FakeKube) -> ca_tests::h2load::H2Client {
+    ca_tests::h2load::H2Client::connect(
         server.server.grpc_addr,
         &server.serving_root_pem(),
         "localhost",
@@ -746,7 +742,16 @@ async fn lean_client_and_workload_audit(backend: Backend) {
         "Kubernetes",
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// `ca-bench`'s lean HTTP/2 client gets the same answer as istio-agent, the certificate it
+/// received is recorded, and the workload issuance and a refusal reach the audit chain (it is
+/// written in batches, so this waits for it).
+async fn lean_client_and_workload_audit(backend: Backend) {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(backend, &kube).await;
+    let client = lean_client(&server, &kube).await;
     let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
     let chain = client
         .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
@@ -817,15 +822,7 @@ both_backends!(lean_client_on, lean_client_and_workload_audit);
 async fn lean_client_multiplexes_past_the_stream_limit() {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(Backend::Postgres, &kube).await;
-    let client = ca_tests::h2load::H2Client::connect(
-        server.server.grpc_addr,
-        &server.serving_root_pem(),
-        "localhost",
-        &kube.token("default", "web"),
-        "Kubernetes",
-    )
-    .await
-    .unwrap();
+    let client = lean_client(&server, &kube).await;
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
