@@ -76,18 +76,18 @@ impl IstioCertificateService for IstioService {
         );
         let enrolled = result.map_err(|e| refusal(&requested_by, &e))?;
         Ok(Response::new(IstioCertificateResponse {
-            cert_chain: istio_chain(&enrolled),
+            cert_chain: istio_chain(enrolled),
         }))
     }
 }
 
 /// `[leaf, intermediate, roots]`: one certificate per element for leaf and intermediate, every
 /// root the workload must trust concatenated into the last element.
-pub fn istio_chain(enrolled: &Enrolled) -> Vec<String> {
+pub fn istio_chain(enrolled: Enrolled) -> Vec<String> {
     vec![
         to_pem(&enrolled.cert.der),
-        enrolled.intermediate_pem.clone(),
-        enrolled.roots_pem.clone(),
+        enrolled.intermediate_pem,
+        enrolled.roots_pem,
     ]
 }
 

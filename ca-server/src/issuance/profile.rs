@@ -200,25 +200,36 @@ fn extension(out: &mut Vec<u8>, oid: &[u8], critical: bool, value: &[u8]) {
     tlv(out, SEQUENCE, &body);
 }
 
-/// RFC 5280 section 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050.
+/// RFC 5280 section 4.1.2.5: UTCTime (`YYMMDDHHMMSSZ`) through 2049, GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`) from 2050.
 fn time(out: &mut Vec<u8>, unix: i64) -> Result<(), Error> {
     let at = OffsetDateTime::from_unix_timestamp(unix).map_err(|_| Error::TtlOutOfRange)?;
-    let (tag, year) = if (1950..2050).contains(&at.year()) {
-        (UTC_TIME, format!("{:02}", at.year() % 100))
-    } else if (0..=9999).contains(&at.year()) {
-        (GENERALIZED_TIME, format!("{:04}", at.year()))
-    } else {
-        return Err(Error::TtlOutOfRange);
+    let year = u32::try_from(at.year()).map_err(|_| Error::TtlOutOfRange)?;
+    let mut text = [0u8; 15];
+    let (tag, len) = match year {
+        1950..=2049 => (UTC_TIME, 13),
+        0..=9999 => (GENERALIZED_TIME, 15),
+        _ => return Err(Error::TtlOutOfRange),
     };
-    let text = format!(
-        "{year}{:02}{:02}{:02}{:02}{:02}Z",
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    );
-    tlv(out, tag, text.as_bytes());
+    let mut digits = |at: usize, value: u32, width: usize| {
+        for i in 0..width {
+            text[at + width - 1 - i] = b'0' + (value / 10u32.pow(i as u32) % 10) as u8;
+        }
+    };
+    let year_width = len - 11;
+    digits(0, year, year_width);
+    let rest = [
+        u32::from(u8::from(at.month())),
+        u32::from(at.day()),
+        u32::from(at.hour()),
+        u32::from(at.minute()),
+        u32::from(at.second()),
+    ];
+    for (i, value) in rest.into_iter().enumerate() {
+        digits(year_width + 2 * i, value, 2);
+    }
+    text[len - 1] = b'Z';
+    tlv(out, tag, &text[..len]);
     Ok(())
 }
 
