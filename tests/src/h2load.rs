@@ -132,80 +132,69 @@ impl H2Client {
 }
 
 /// The request header blocks: the first adds its fields to the server's HPACK table, the
-/// later ones name them by index (or, if they would not fit the table, repeat them as literals
-/// that are not indexed).
+/// later ones name them by index (or, if they would not fit the table, both repeat them as
+/// literals that are not indexed).
 struct RequestHeaders {
     first: Bytes,
     later: Bytes,
-    /// Dynamic table bytes the first block adds (RFC 7541 section 4.1).
+    /// Dynamic table bytes the first block adds (RFC 7541 section 4.1); 0 if it adds none.
     table_size: usize,
 }
 
 impl RequestHeaders {
     fn new(authority: &str, authorization: &str, cluster_id: &str) -> RequestHeaders {
-        // (static index of the name, or the name itself; value)
-        let fields: [(Result<usize, &str>, &str); 6] = [
-            (Ok(4), PATH),
-            (Ok(1), authority),
-            (Ok(31), "application/grpc"),
-            (Err("te"), "trailers"),
-            (Ok(23), authorization),
-            (Err("clusterid"), cluster_id),
+        // (name, its index in the static table if it has one, value)
+        let fields: [(&str, Option<usize>, &str); 6] = [
+            (":path", Some(4), PATH),
+            (":authority", Some(1), authority),
+            ("content-type", Some(31), "application/grpc"),
+            ("te", None, "trailers"),
+            ("authorization", Some(23), authorization),
+            ("clusterid", None, cluster_id),
         ];
         // :method POST and :scheme https are static entries 3 and 7.
-        let mut first = vec![0x83, 0x87];
+        let mut indexing = vec![0x83, 0x87];
         let mut literal = vec![0x83, 0x87];
-        let mut later = vec![0x83, 0x87];
+        let mut indexed = vec![0x83, 0x87];
         let mut table_size = 0;
-        for (n, (name, value)) in fields.iter().enumerate() {
-            let name_len = match name {
-                Ok(index) => {
-                    hpack_int(&mut first, 6, 0x40, *index);
+        for (n, (name, static_index, value)) in fields.iter().enumerate() {
+            match static_index {
+                Some(index) => {
+                    hpack_int(&mut indexing, 6, 0x40, *index);
                     hpack_int(&mut literal, 4, 0x00, *index);
-                    STATIC_NAME_LENGTHS
-                        .iter()
-                        .find(|(i, _)| i == index)
-                        .map_or(0, |(_, len)| *len)
                 }
-                Err(name) => {
-                    first.push(0x40);
-                    hpack_str(&mut first, name);
+                None => {
+                    indexing.push(0x40);
+                    hpack_str(&mut indexing, name);
                     literal.push(0x00);
                     hpack_str(&mut literal, name);
-                    name.len()
                 }
-            };
-            hpack_str(&mut first, value);
+            }
+            hpack_str(&mut indexing, value);
             hpack_str(&mut literal, value);
-            table_size += name_len + value.len() + 32;
+            table_size += name.len() + value.len() + 32;
             // The newest entry is index 62; the first field added is the oldest.
-            hpack_int(&mut later, 7, 0x80, 62 + fields.len() - 1 - n);
+            hpack_int(&mut indexed, 7, 0x80, 62 + fields.len() - 1 - n);
         }
-        RequestHeaders {
-            later: if table_size <= DEFAULT_TABLE_SIZE {
-                later.into()
-            } else {
-                literal.clone().into()
-            },
-            first: if table_size <= DEFAULT_TABLE_SIZE {
-                first.into()
-            } else {
-                literal.into()
-            },
-            table_size,
+        if table_size <= DEFAULT_TABLE_SIZE {
+            RequestHeaders {
+                first: indexing.into(),
+                later: indexed.into(),
+                table_size,
+            }
+        } else {
+            let literal = Bytes::from(literal);
+            RequestHeaders {
+                first: literal.clone(),
+                later: literal,
+                table_size: 0,
+            }
         }
     }
 }
 
 /// The server's HPACK table size unless its SETTINGS say otherwise (RFC 9113 section 6.5.2).
 const DEFAULT_TABLE_SIZE: usize = 4096;
-/// Lengths of the static-table names used above (RFC 7541 appendix A).
-const STATIC_NAME_LENGTHS: [(usize, usize); 4] = [
-    (1, ":authority".len()),
-    (4, ":path".len()),
-    (23, "authorization".len()),
-    (31, "content-type".len()),
-];
 
 /// An HPACK integer with an N-bit prefix (RFC 7541 section 5.1).
 fn hpack_int(out: &mut Vec<u8>, prefix_bits: u32, flags: u8, value: usize) {
@@ -249,8 +238,6 @@ struct Stream {
 /// The connection task's state.
 struct Connection {
     headers: RequestHeaders,
-    /// The first request's block has been sent (its fields are in the server's table).
-    indexed: bool,
     decoder: hpack::Decoder<'static>,
     streams: HashMap<u32, Stream>,
     waiting: VecDeque<(Bytes, Reply)>,
@@ -270,7 +257,6 @@ impl Connection {
     fn new(headers: RequestHeaders) -> Connection {
         Connection {
             headers,
-            indexed: false,
             decoder: hpack::Decoder::new(),
             streams: HashMap::new(),
             waiting: VecDeque::new(),
@@ -338,12 +324,12 @@ impl Connection {
             };
             let id = self.next_stream;
             self.next_stream += 2;
-            let block = if self.indexed {
-                &self.headers.later
-            } else {
+            // Stream 1 carries the block that fills the server's table; the rest name it.
+            let block = if id == 1 {
                 &self.headers.first
+            } else {
+                &self.headers.later
             };
-            self.indexed = true;
             frame(&mut self.out, HEADERS, END_HEADERS, id, block);
             frame(&mut self.out, DATA, END_STREAM, id, &body);
             self.send_window -= body.len() as i64;
@@ -416,8 +402,7 @@ impl Connection {
                             u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
                         match u16::from_be_bytes([setting[0], setting[1]]) {
                             0x1 => anyhow::ensure!(
-                                value as usize >= self.headers.table_size
-                                    || self.headers.first == self.headers.later,
+                                value as usize >= self.headers.table_size,
                                 "the server's HPACK table is too small"
                             ),
                             0x3 => self.max_streams = value as usize,

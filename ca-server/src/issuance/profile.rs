@@ -37,6 +37,13 @@ const BIT_STRING: u8 = 0x03;
 const OCTET_STRING: u8 = 0x04;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
+/// `[0] IMPLICIT` primitive (AKI keyIdentifier) and constructed (CRLDP names).
+const CONTEXT_0: u8 = 0x80;
+const CONTEXT_0_CONSTRUCTED: u8 = 0xa0;
+/// `[3] EXPLICIT` (the TBSCertificate's extensions).
+const CONTEXT_3_CONSTRUCTED: u8 = 0xa3;
+/// GeneralName `uniformResourceIdentifier [6] IA5String`.
+const URI: u8 = 0x86;
 
 /// `[0] EXPLICIT Version v3`.
 const VERSION_V3: [u8; 5] = [0xa0, 0x03, 0x02, 0x01, 0x02];
@@ -67,7 +74,7 @@ const OID_AIA: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01,
 const CRITICAL: [u8; 3] = [0x01, 0x01, 0xff];
 
 /// The `AlgorithmIdentifier` of signatures made by a CA key of this algorithm.
-pub fn signature_algorithm_der(algorithm: KeyAlgorithm) -> &'static [u8] {
+fn signature_algorithm_der(algorithm: KeyAlgorithm) -> &'static [u8] {
     match algorithm {
         // ecdsa-with-SHA256 (RFC 5758), no parameters
         KeyAlgorithm::EcdsaP256 => &[
@@ -134,7 +141,11 @@ pub fn sign(
     tbs.extend_from_slice(&EMPTY_NAME);
     tbs.extend_from_slice(&spki);
     // [3] EXPLICIT Extensions (a SEQUENCE of Extension)
-    tlv(&mut tbs, 0xa3, &wrap(SEQUENCE, &extensions));
+    tlv(
+        &mut tbs,
+        CONTEXT_3_CONSTRUCTED,
+        &wrap(SEQUENCE, &extensions),
+    );
     let tbs = wrap(SEQUENCE, &tbs);
 
     let signature = signing_key
@@ -152,14 +163,11 @@ fn extensions(template: &Template<'_>, authority: &Authority, spki: &[u8]) -> Ve
     let mut out = Vec::with_capacity(256);
 
     // AKI: keyIdentifier [0] only.
-    let aki = wrap(SEQUENCE, &wrap(0x80, &authority.intermediate_ski));
+    let aki = wrap(SEQUENCE, &wrap(CONTEXT_0, &authority.intermediate_ski));
     extension(&mut out, &OID_AKI, false, &aki);
 
     // SAN: one uniformResourceIdentifier [6]; critical, the subject being empty.
-    let san = wrap(
-        SEQUENCE,
-        &wrap(0x86, template.spiffe_id.as_str().as_bytes()),
-    );
+    let san = wrap(SEQUENCE, &wrap(URI, template.spiffe_id.as_str().as_bytes()));
     extension(&mut out, &OID_SAN, true, &san);
 
     if template.rsa_key {
@@ -171,7 +179,8 @@ fn extensions(template: &Template<'_>, authority: &Authority, spki: &[u8]) -> Ve
 
     if let Some(url) = &authority.crl_url {
         // DistributionPoint { distributionPoint [0] { fullName [0] { URI [6] } } }
-        let name = wrap(0xa0, &wrap(0xa0, &wrap(0x86, url.as_bytes())));
+        let uri = wrap(URI, url.as_bytes());
+        let name = wrap(CONTEXT_0_CONSTRUCTED, &wrap(CONTEXT_0_CONSTRUCTED, &uri));
         let points = wrap(SEQUENCE, &wrap(SEQUENCE, &name));
         extension(&mut out, &OID_CRLDP, false, &points);
     }
@@ -259,29 +268,19 @@ fn push_tag_len(out: &mut Vec<u8>, tag: u8, len: usize) {
 /// DER of an AuthorityInfoAccessSyntax with one id-ad-ocsp entry pointing at `url`.
 fn ocsp_access(url: &str) -> Vec<u8> {
     const ID_AD_OCSP: [u8; 10] = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
-    let mut location = vec![0x86];
-    push_len(&mut location, url.len());
-    location.extend_from_slice(url.as_bytes());
-    let mut description = vec![0x30];
-    push_len(&mut description, ID_AD_OCSP.len() + location.len());
-    description.extend_from_slice(&ID_AD_OCSP);
-    description.extend_from_slice(&location);
-    let mut out = vec![0x30];
-    push_len(&mut out, description.len());
-    out.extend_from_slice(&description);
-    out
+    let mut description = ID_AD_OCSP.to_vec();
+    tlv(&mut description, URI, url.as_bytes());
+    wrap(SEQUENCE, &wrap(SEQUENCE, &description))
 }
 
+/// A DER length: short form below 128, else the long form with the fewest octets.
 fn push_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|b| *b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend_from_slice(&bytes);
+        return;
     }
+    let octets = len.to_be_bytes();
+    let skip = octets.iter().take_while(|b| **b == 0).count();
+    out.push(0x80 | (octets.len() - skip) as u8);
+    out.extend_from_slice(&octets[skip..]);
 }
