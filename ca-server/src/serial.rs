@@ -1,5 +1,11 @@
 //! Certificate serial numbers: 128 bits from the system CSPRNG with the top bit cleared, so the
 //! DER INTEGER is positive and at most 17 octets (RFC 5280 4.1.2.2 allows 20), and never zero.
+//!
+//! The CSPRNG is read a page at a time ([`Entropy`]): one `getrandom` call per 256 serials
+//! rather than one per certificate (a system call on the issuance path). Serials are public, so
+//! holding not-yet-used random bytes in memory discloses nothing; each byte is handed out once.
+
+use std::sync::Mutex;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -12,14 +18,44 @@ pub struct RngError;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Serial([u8; 16]);
 
+/// Bytes read from the system CSPRNG and not yet handed out.
+struct Entropy {
+    bytes: [u8; 4096],
+    /// How many of `bytes` are used up; a refill happens when fewer than 16 are left.
+    used: usize,
+}
+
+static ENTROPY: Mutex<Entropy> = Mutex::new(Entropy {
+    bytes: [0; 4096],
+    used: 4096,
+});
+
+impl Entropy {
+    fn take16(&mut self) -> Result<[u8; 16], RngError> {
+        if self.bytes.len() - self.used < 16 {
+            SystemRandom::new()
+                .fill(&mut self.bytes)
+                .map_err(|_| RngError)?;
+            self.used = 0;
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&self.bytes[self.used..self.used + 16]);
+        self.used += 16;
+        Ok(out)
+    }
+}
+
 impl Serial {
     /// Draws a fresh serial; fails only if the operating system's RNG does, and then nothing
     /// may be issued at all.
     pub fn random() -> Result<Serial, RngError> {
-        let rng = SystemRandom::new();
-        let mut bytes = [0u8; 16];
+        // A panic while holding the lock cannot leave `Entropy` inconsistent (`used` moves only
+        // after a successful fill or copy), so a poisoned lock is used as it is.
+        let mut entropy = ENTROPY
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
-            rng.fill(&mut bytes).map_err(|_| RngError)?;
+            let mut bytes = entropy.take16()?;
             bytes[0] &= 0x7f;
             // Keep a stable width: the top byte is never zero (still 127 bits of entropy less
             // one byte value).

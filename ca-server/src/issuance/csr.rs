@@ -12,9 +12,6 @@ use crate::issuance::Error;
 /// Largest CSR accepted, before any parsing (PEM or DER).
 pub const MAX_CSR_BYTES: usize = 64 * 1024;
 
-const OID_EC_P256: &str = "1.2.840.10045.3.1.7";
-const OID_EC_P384: &str = "1.3.132.0.34";
-
 /// The kind of public key in a CSR that passed key policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -164,13 +161,18 @@ fn key_policy(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyK
                 .algorithm
                 .parameters
                 .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|oid| oid.to_id_string());
-            match curve.as_deref() {
-                Some(OID_EC_P256) => Ok(KeyKind::EcdsaP256),
-                Some(OID_EC_P384) => Ok(KeyKind::EcdsaP384),
+                .and_then(|p| p.as_oid().ok());
+            // Compared as encoded OIDs; the dotted form is only written for the error.
+            match curve {
+                Some(oid) if oid == x509_parser::oid_registry::OID_EC_P256 => {
+                    Ok(KeyKind::EcdsaP256)
+                }
+                Some(oid) if oid == x509_parser::oid_registry::OID_NIST_EC_P384 => {
+                    Ok(KeyKind::EcdsaP384)
+                }
                 Some(other) => Err(Error::UnsupportedKey(format!(
-                    "ECDSA keys must be on P-256 or P-384, not curve {other}"
+                    "ECDSA keys must be on P-256 or P-384, not curve {}",
+                    other.to_id_string()
                 ))),
                 None => Err(Error::UnsupportedKey(
                     "ECDSA key without a named curve".to_owned(),

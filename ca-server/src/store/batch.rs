@@ -109,26 +109,27 @@ async fn insert_many(pool: &Pool, records: &[&CertificateRecord]) -> Result<(), 
                  $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::int8[], \
                  $13::int8[], $14::text[])"
             );
+            // Columns borrow from the records (no per-row copies of strings or the DER).
             macro_rules! column {
-                ($field:ident) => {
-                    records.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+                ($($access:tt)+) => {
+                    records.iter().map(|r| r.$($access)+).collect::<Vec<_>>()
                 };
             }
             sqlx::query(&sql)
-                .bind(column!(issuer_key_id))
-                .bind(column!(serial))
-                .bind(column!(trust_domain))
-                .bind(column!(spiffe_id))
+                .bind(column!(issuer_key_id.as_str()))
+                .bind(column!(serial.as_str()))
+                .bind(column!(trust_domain.as_str()))
+                .bind(column!(spiffe_id.as_str()))
                 .bind(column!(not_before))
                 .bind(column!(not_after))
-                .bind(column!(spki_sha256))
-                .bind(column!(der))
-                .bind(column!(requested_by))
-                .bind(column!(request_id))
-                .bind(column!(api))
+                .bind(column!(spki_sha256.as_str()))
+                .bind(column!(der.as_slice()))
+                .bind(column!(requested_by.as_str()))
+                .bind(column!(request_id.as_str()))
+                .bind(column!(api.as_str()))
                 .bind(column!(created_at))
                 .bind(column!(revoked_at))
-                .bind(column!(revocation_reason))
+                .bind(column!(revocation_reason.as_deref()))
                 .execute(pool)
                 .await?;
         }
@@ -310,23 +311,23 @@ pub(super) async fn append_chained(pool: &Pool, events: &[AuditEvent]) -> Result
             let prev: String = sqlx::query_scalar(head).fetch_one(&mut *tx).await?;
             let (links, new_head) = chain(prev, events);
             macro_rules! column {
-                ($field:ident) => {
-                    events.iter().map(|e| e.$field.clone()).collect::<Vec<_>>()
+                ($($access:tt)+) => {
+                    events.iter().map(|e| e.$($access)+).collect::<Vec<_>>()
                 };
             }
             sqlx::query(&format!(
                 "{INSERT} SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], \
                  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])"
             ))
-            .bind(links.iter().map(|l| l.0.clone()).collect::<Vec<_>>())
-            .bind(links.into_iter().map(|l| l.1).collect::<Vec<_>>())
+            .bind(links.iter().map(|l| l.0.as_str()).collect::<Vec<_>>())
+            .bind(links.iter().map(|l| l.1.as_str()).collect::<Vec<_>>())
             .bind(column!(at))
-            .bind(column!(actor))
-            .bind(column!(action))
-            .bind(column!(target))
-            .bind(column!(outcome))
-            .bind(column!(request_id))
-            .bind(column!(detail))
+            .bind(column!(actor.as_str()))
+            .bind(column!(action.as_str()))
+            .bind(column!(target.as_str()))
+            .bind(column!(outcome.as_str()))
+            .bind(column!(request_id.as_str()))
+            .bind(column!(detail.as_str()))
             .execute(&mut *tx)
             .await?;
             sqlx::query(move_head)

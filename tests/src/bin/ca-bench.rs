@@ -223,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
                                 .await?,
                         );
                         ca.store.close().await;
+                        if backend == "postgres" {
+                            ca_tests::drop_postgres_database(&url).await?;
+                        }
                     }
                     results.sort_by(|a, b| a.rate.total_cmp(&b.rate));
                     let median = &results[results.len() / 2];
@@ -872,7 +875,11 @@ async fn run_grpc(
         "{missing} received serials are not in the database"
     );
     let rss = server.rss_mb();
+    let database_url = server.database_url().to_owned();
     server.stop().await?;
+    if backend == ca_tests::Backend::Postgres {
+        ca_tests::drop_postgres_database(&database_url).await?;
+    }
     error_latencies.sort();
     let mut result = RunResult::from_latencies(latencies, elapsed);
     result.errors = error_latencies.len();
