@@ -358,12 +358,12 @@ impl Ca {
         roots
     }
 
-    /// [`Ca::roots_for`] as concatenated PEM; the trust domain's own root is encoded once, at
-    /// load.
+    /// [`Ca::roots_for`] as concatenated PEM; every root is encoded once (the trust domain's own
+    /// at load, a bundle's when it is taken in).
     pub fn roots_pem_for(&self, authority: &Authority) -> String {
         let mut pem = authority.root_pem.clone();
         for bundle in self.federated_bundles(authority) {
-            pem.extend(bundle.roots.iter().map(|der| to_pem(der)));
+            pem.push_str(&bundle.roots_pem);
         }
         pem
     }

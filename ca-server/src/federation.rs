@@ -175,12 +175,7 @@ async fn fetch_and_apply(
     {
         ca.bundles.set(
             entry.trust_domain.clone(),
-            Bundle {
-                sequence,
-                roots: parsed.roots,
-                source: Source::Federated,
-                content_sha256: content,
-            },
+            Bundle::new(sequence, parsed.roots, Source::Federated, content),
         );
     }
     tracing::info!(trust_domain = %entry.trust_domain, sequence, "federated bundle updated");

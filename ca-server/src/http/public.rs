@@ -6,7 +6,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::enrollment::to_pem;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use crate::spiffe::TrustDomain;
@@ -69,8 +68,7 @@ async fn bundle(
         .get(&trust_domain)
         .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
     let (content_type, body) = if as_pem {
-        let text: String = bundle.roots.iter().map(|der| to_pem(der)).collect();
-        ("application/x-pem-file", text)
+        ("application/x-pem-file", bundle.roots_pem.clone())
     } else {
         let hint = state.ca.refresh_hint(&trust_domain).or(Some(300));
         let json = crate::trust::bundle::render(&bundle.roots, bundle.sequence, hint);

@@ -23,13 +23,30 @@ pub enum Source {
     Federated,
 }
 
-/// One trust domain's current bundle.
+/// One trust domain's current bundle. Build it with [`Bundle::new`], which also encodes
+/// `roots_pem` once: every issuance in a federating trust domain hands out the peers' roots as
+/// PEM, and the `/v1/bundles` PEM form serves the same text.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub sequence: u64,
     pub roots: Vec<Vec<u8>>,
+    /// `roots` as concatenated PEM.
+    pub roots_pem: String,
     pub source: Source,
     pub content_sha256: String,
+}
+
+impl Bundle {
+    pub fn new(sequence: u64, roots: Vec<Vec<u8>>, source: Source, content_sha256: String) -> Self {
+        let roots_pem = roots.iter().map(|der| to_pem(der)).collect();
+        Bundle {
+            sequence,
+            roots,
+            roots_pem,
+            source,
+            content_sha256,
+        }
+    }
 }
 
 /// Every known bundle, with a change counter that `WatchBundles` follows.
@@ -87,16 +104,16 @@ fn from_record(record: &BundleRecord) -> Bundle {
     let roots = pem::parse_many(&record.roots_pem)
         .map(|blocks| blocks.into_iter().map(pem::Pem::into_contents).collect())
         .unwrap_or_default();
-    Bundle {
-        sequence: u64::try_from(record.sequence).unwrap_or(0),
+    Bundle::new(
+        u64::try_from(record.sequence).unwrap_or(0),
         roots,
-        source: if record.source == "local" {
+        if record.source == "local" {
             Source::Local
         } else {
             Source::Federated
         },
-        content_sha256: record.content_sha256.clone(),
-    }
+        record.content_sha256.clone(),
+    )
 }
 
 impl Ca {

@@ -687,12 +687,12 @@ async fn bundle_endpoint() {
     // A change (a federated bundle arriving) is pushed.
     server.server.ca.bundles.set(
         ca_server::spiffe::TrustDomain::parse("peer.example").unwrap(),
-        ca_server::trust::Bundle {
-            sequence: 3,
-            roots: vec![ca_root()],
-            source: ca_server::trust::Source::Federated,
-            content_sha256: "x".to_owned(),
-        },
+        ca_server::trust::Bundle::new(
+            3,
+            vec![ca_root()],
+            ca_server::trust::Source::Federated,
+            "x".to_owned(),
+        ),
     );
     let second = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
         .await
