@@ -59,6 +59,7 @@ type Reply = oneshot::Sender<anyhow::Result<Bytes>>;
 #[derive(Clone)]
 pub struct H2Client {
     calls: mpsc::UnboundedSender<(Bytes, Reply)>,
+    resumed: bool,
 }
 
 impl H2Client {
@@ -71,23 +72,26 @@ impl H2Client {
         token: &str,
         cluster_id: &str,
     ) -> anyhow::Result<H2Client> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
-            roots.add(cert.context("CA PEM")?)?;
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = client_config(ca_pem)?;
+        H2Client::connect_with(address, &config, server_name, token, cluster_id).await
+    }
+
+    /// [`H2Client::connect`] with a given TLS configuration: connections made with the same
+    /// configuration share its session store, so a later one can resume an earlier's session.
+    pub async fn connect_with(
+        address: std::net::SocketAddr,
+        config: &Arc<rustls::ClientConfig>,
+        server_name: &str,
+        token: &str,
+        cluster_id: &str,
+    ) -> anyhow::Result<H2Client> {
         let tcp = tokio::net::TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
         let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await?;
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         anyhow::ensure!(
             tls.get_ref().1.alpn_protocol() == Some(b"h2"),
             "the server did not choose HTTP/2"
@@ -117,7 +121,12 @@ impl H2Client {
                 connection.fail_all(&e);
             }
         });
-        Ok(H2Client { calls })
+        Ok(H2Client { calls, resumed })
+    }
+
+    /// Whether the TLS handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// `CreateCertificate` with a body from [`encode_request`]; returns the `cert_chain`.
@@ -505,6 +514,23 @@ fn take_message(message: &mut BytesMut) -> anyhow::Result<Bytes> {
     let mut message = std::mem::take(message);
     message.advance(5);
     Ok(message.freeze())
+}
+
+/// A rustls client configuration trusting `ca_pem`, offering ALPN `h2`, with rustls' default
+/// in-memory session store (so connections made with it resume).
+pub fn client_config(ca_pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca_pem) {
+        roots.add(cert.context("CA PEM")?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A `CreateCertificate` request body: one uncompressed gRPC message (flag, length, protobuf).

@@ -816,6 +816,71 @@ async fn lean_client_and_workload_audit(backend: Backend) {
 }
 both_backends!(lean_client_on, lean_client_and_workload_audit);
 
+/// A reconnecting workload resumes its TLS session (stateless tickets), and resuming skips no
+/// check: on a resumed connection a good token still issues and a forged one is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_resume_tls_and_are_still_authenticated() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let config = ca_tests::h2load::client_config(&server.serving_root_pem()).unwrap();
+    let connect = |token: String| {
+        let config = config.clone();
+        let address = server.server.grpc_addr;
+        async move {
+            ca_tests::h2load::H2Client::connect_with(
+                address,
+                &config,
+                "localhost",
+                &token,
+                "Kubernetes",
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let issue = |client: ca_tests::h2load::H2Client| async move {
+        let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+        client
+            .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
+            .await
+    };
+
+    // The first connection is a full handshake; its answer carries the server's tickets.
+    let first = connect(kube.token("default", "web")).await;
+    assert!(!first.resumed());
+    let chain = issue(first).await.unwrap();
+    check_istio_chain(server.dir.path(), &chain, WEB, false);
+
+    // Many other clients connect meanwhile (more than rustls' default 256-entry server-side
+    // session cache holds): the ticket is stateless, so the first client still resumes.
+    let root = server.serving_root_pem();
+    for _ in 0..300 {
+        ca_tests::h2load::H2Client::connect(
+            server.server.grpc_addr,
+            &root,
+            "localhost",
+            "unused",
+            "Kubernetes",
+        )
+        .await
+        .unwrap();
+    }
+    let again = connect(kube.token("default", "web")).await;
+    assert!(again.resumed(), "the first client's session resumes");
+    let chain = issue(again).await.unwrap();
+    check_istio_chain(server.dir.path(), &chain, WEB, false);
+
+    // Signed by a key the cluster never published.
+    let forged = connect(FakeKube::new().token("default", "web")).await;
+    assert!(forged.resumed());
+    let refused = issue(forged).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("grpc-status \"16\""),
+        "UNAUTHENTICATED on a resumed session: {refused}"
+    );
+    server.stop().await;
+}
+
 /// The lean client multiplexes: 100 requests at once on one connection, beyond the server's
 /// 64 concurrent streams, all answered, each with its own recorded certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
