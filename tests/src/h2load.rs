@@ -60,6 +60,7 @@ type Reply = oneshot::Sender<anyhow::Result<Bytes>>;
 pub struct H2Client {
     calls: mpsc::UnboundedSender<(Bytes, Reply)>,
     resumed: bool,
+    cipher_suite: Option<rustls::CipherSuite>,
 }
 
 impl H2Client {
@@ -92,6 +93,11 @@ impl H2Client {
             .connect(name, tcp)
             .await?;
         let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let cipher_suite = tls
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|suite| suite.suite());
         anyhow::ensure!(
             tls.get_ref().1.alpn_protocol() == Some(b"h2"),
             "the server did not choose HTTP/2"
@@ -121,12 +127,21 @@ impl H2Client {
                 connection.fail_all(&e);
             }
         });
-        Ok(H2Client { calls, resumed })
+        Ok(H2Client {
+            calls,
+            resumed,
+            cipher_suite,
+        })
     }
 
     /// Whether the TLS handshake resumed an earlier session.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// The TLS cipher suite the server chose.
+    pub fn cipher_suite(&self) -> Option<rustls::CipherSuite> {
+        self.cipher_suite
     }
 
     /// `CreateCertificate` with a body from [`encode_request`]; returns the `cert_chain`.

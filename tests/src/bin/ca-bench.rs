@@ -92,6 +92,10 @@ enum Command {
         /// Where the server runs: `process` (the release ca-server binary) or `in-process`.
         #[arg(long, value_enum, default_value_t = ServerMode::Process)]
         server: ServerMode,
+        /// A new connection per request, as restarting workloads make them: `full` handshakes,
+        /// or `resume` (each client resumes its previous session). Closed loop, `h2` client only.
+        #[arg(long, value_enum, default_value_t = Reconnect::No)]
+        reconnect: Reconnect,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -144,7 +148,12 @@ async fn main() -> anyhow::Result<()> {
             client,
             load_threads,
             server,
+            reconnect,
         } => {
+            anyhow::ensure!(
+                reconnect == Reconnect::No || (rate.is_none() && client == ClientKind::H2),
+                "--reconnect runs a closed loop with the h2 client"
+            );
             println!(
                 "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss0_mb  rss_mb  server_us  client_us  pg_us  (median of {runs} runs of {seconds}s{}; *_us: CPU time per issuance of the server, the load generator and Postgres)",
                 rate.map(|r| format!(", offered {r:.0}/s"))
@@ -167,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
                                     server,
                                     client,
                                     threads: load_threads,
+                                    reconnect,
                                 },
                             )
                             .await?,
@@ -606,6 +616,17 @@ struct LoadShape {
     client: ClientKind,
     /// Load threads, each a current-thread runtime with its share of the connections.
     threads: usize,
+    reconnect: Reconnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Reconnect {
+    /// One long-lived connection per client (the default).
+    No,
+    /// A new connection with a full TLS handshake for every request.
+    Full,
+    /// A new connection for every request, resuming the client's previous TLS session.
+    Resume,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -737,6 +758,51 @@ async fn drive(
     outcomes
 }
 
+/// One client's closed loop with a new connection per request (the latency includes the
+/// connection): [`Reconnect::Full`] disables resumption, [`Reconnect::Resume`] keeps one TLS
+/// session store per client, as a restarting workload's agent would.
+async fn drive_reconnecting(
+    target: Target,
+    token: String,
+    reconnect: Reconnect,
+    bodies: Arc<Vec<(String, Bytes)>>,
+    (first, stride): (usize, usize),
+    deadline: Instant,
+) -> anyhow::Result<Vec<Outcome>> {
+    let mut config = (*ca_tests::h2load::client_config(&target.ca_pem)?).clone();
+    if reconnect == Reconnect::Full {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    let config = Arc::new(config);
+    let mut outcomes = Vec::new();
+    let mut n = first;
+    while Instant::now() < deadline {
+        let (_, body) = &bodies[n % bodies.len()];
+        let t = Instant::now();
+        let outcome = match ca_tests::h2load::H2Client::connect_with(
+            target.address,
+            &config,
+            SERVER_NAME,
+            &token,
+            "Kubernetes",
+        )
+        .await
+        {
+            Ok(client) => match client.create_certificate(body.clone()).await {
+                Ok(chain) => chain
+                    .first()
+                    .ok_or(())
+                    .and_then(|leaf| ca_tests::h2load::leaf_serial(leaf).map_err(|_| ())),
+                Err(_) => Err(()),
+            },
+            Err(_) => Err(()),
+        };
+        outcomes.push((t.elapsed(), outcome));
+        n += stride;
+    }
+    Ok(outcomes)
+}
+
 async fn run_grpc(
     backend: &str,
     csrs: &[String],
@@ -786,6 +852,27 @@ async fn run_grpc(
                         .enable_all()
                         .build()?;
                     runtime.block_on(async move {
+                        if load.reconnect != Reconnect::No {
+                            ready.wait();
+                            let cpu_start = cpu_us("thread-self");
+                            let deadline = Instant::now() + duration;
+                            let mut tasks = Vec::new();
+                            for (i, token) in specs {
+                                tasks.push(tokio::spawn(drive_reconnecting(
+                                    target.clone(),
+                                    token,
+                                    load.reconnect,
+                                    bodies.clone(),
+                                    (i, clients),
+                                    deadline,
+                                )));
+                            }
+                            let mut outcomes = Vec::new();
+                            for task in tasks {
+                                outcomes.extend(task.await??);
+                            }
+                            return Ok((outcomes, cpu_us("thread-self") - cpu_start));
+                        }
                         let mut connections = Vec::new();
                         for (i, token) in specs {
                             connections.push((i, Conn::connect(kind, &target, &token).await));

@@ -848,6 +848,11 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
     // The first connection is a full handshake; its answer carries the server's tickets.
     let first = connect(kube.token("default", "web")).await;
     assert!(!first.resumed());
+    // The server's suite order decides: rustls clients list AES-256-GCM first.
+    assert_eq!(
+        first.cipher_suite(),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
     let chain = issue(first).await.unwrap();
     check_istio_chain(server.dir.path(), &chain, WEB, false);
 
