@@ -363,7 +363,7 @@ impl Ca {
     pub fn roots_pem_for(&self, authority: &Authority) -> String {
         let mut pem = authority.root_pem.clone();
         for bundle in self.federated_bundles(authority) {
-            pem.push_str(&bundle.roots_pem);
+            pem.push_str(bundle.roots_pem());
         }
         pem
     }

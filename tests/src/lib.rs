@@ -63,7 +63,8 @@ pub async fn fresh_postgres_database() -> String {
 }
 
 /// Drops the Postgres database `url` names (a bench run's, once it has been checked): a
-/// 30 s run leaves hundreds of megabytes behind. Waits out connections still closing.
+/// 30 s run leaves hundreds of megabytes behind. Connections still open to it are ended
+/// (`WITH (FORCE)`); only `ca_test_*` and `ca_bench_*` names are accepted.
 pub async fn drop_postgres_database(url: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let (base, name) = url

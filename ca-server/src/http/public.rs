@@ -68,7 +68,7 @@ async fn bundle(
         .get(&trust_domain)
         .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
     let (content_type, body) = if as_pem {
-        ("application/x-pem-file", bundle.roots_pem.clone())
+        ("application/x-pem-file", bundle.roots_pem().to_owned())
     } else {
         let hint = state.ca.refresh_hint(&trust_domain).or(Some(300));
         let json = crate::trust::bundle::render(&bundle.roots, bundle.sequence, hint);

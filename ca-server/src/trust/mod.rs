@@ -30,8 +30,8 @@ pub enum Source {
 pub struct Bundle {
     pub sequence: u64,
     pub roots: Vec<Vec<u8>>,
-    /// `roots` as concatenated PEM.
-    pub roots_pem: String,
+    /// `roots` as concatenated PEM (private, so it cannot disagree with `roots`).
+    roots_pem: String,
     pub source: Source,
     pub content_sha256: String,
 }
@@ -46,6 +46,11 @@ impl Bundle {
             source,
             content_sha256,
         }
+    }
+
+    /// The roots as concatenated PEM, encoded once when the bundle was built.
+    pub fn roots_pem(&self) -> &str {
+        &self.roots_pem
     }
 }
 

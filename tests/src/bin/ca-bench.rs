@@ -777,7 +777,7 @@ async fn drive_reconnecting(
     let mut outcomes = Vec::new();
     let mut n = first;
     while Instant::now() < deadline {
-        let (_, body) = &bodies[n % bodies.len()];
+        let (pem, body) = &bodies[n % bodies.len()];
         let t = Instant::now();
         let outcome = match ca_tests::h2load::H2Client::connect_with(
             target.address,
@@ -788,13 +788,7 @@ async fn drive_reconnecting(
         )
         .await
         {
-            Ok(client) => match client.create_certificate(body.clone()).await {
-                Ok(chain) => chain
-                    .first()
-                    .ok_or(())
-                    .and_then(|leaf| ca_tests::h2load::leaf_serial(leaf).map_err(|_| ())),
-                Err(_) => Err(()),
-            },
+            Ok(client) => Conn::H2(client).call(pem, body).await,
             Err(_) => Err(()),
         };
         outcomes.push((t.elapsed(), outcome));
