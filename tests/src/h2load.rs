@@ -550,10 +550,30 @@ pub fn client_config(ca_pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>>
 
 /// A `CreateCertificate` request body: one uncompressed gRPC message (flag, length, protobuf).
 pub fn encode_request(csr_pem: &str, validity_seconds: i64) -> Bytes {
+    encode_request_for(csr_pem, validity_seconds, None)
+}
+
+/// [`encode_request`] with `ImpersonatedIdentity` metadata when `impersonated` is given, as
+/// ztunnel asks for the identities of its node's workloads.
+pub fn encode_request_for(
+    csr_pem: &str,
+    validity_seconds: i64,
+    impersonated: Option<&str>,
+) -> Bytes {
+    use prost_types::{Struct, Value, value::Kind};
+    let metadata = impersonated.map(|identity| Struct {
+        fields: [(
+            "ImpersonatedIdentity".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(identity.to_owned())),
+            },
+        )]
+        .into(),
+    });
     let message = IstioCertificateRequest {
         csr: csr_pem.to_owned(),
         validity_duration: validity_seconds,
-        metadata: None,
+        metadata,
     };
     let encoded = message.encode_to_vec();
     let mut body = BytesMut::with_capacity(5 + encoded.len());

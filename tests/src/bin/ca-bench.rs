@@ -96,6 +96,15 @@ enum Command {
         /// or `resume` (each client resumes its previous session). Closed loop, `h2` client only.
         #[arg(long, value_enum, default_value_t = Reconnect::No)]
         reconnect: Reconnect,
+        /// Requests each connection keeps in flight (HTTP/2 streams), as ztunnel multiplexes a
+        /// node's workloads over one connection; the total concurrency is `clients * streams`.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Each client is a node's ztunnel (ambient mode): it authenticates as
+        /// `istio-system/ztunnel` and asks for its workloads' identities with
+        /// `ImpersonatedIdentity`. Without it each client is a workload asking for its own.
+        #[arg(long)]
+        ztunnel: bool,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -149,16 +158,32 @@ async fn main() -> anyhow::Result<()> {
             load_threads,
             server,
             reconnect,
+            streams,
+            ztunnel,
         } => {
             anyhow::ensure!(
                 reconnect == Reconnect::No || (rate.is_none() && client == ClientKind::H2),
                 "--reconnect runs a closed loop with the h2 client"
+            );
+            anyhow::ensure!(
+                streams >= 1 && (streams == 1 || reconnect == Reconnect::No),
+                "--streams is at least 1, and more than 1 only on long-lived connections"
             );
             println!(
                 "backend   key          clients  issuances/s  p50_ms  p90_ms  p99_ms  max_ms  errors  err_p99_ms  rss0_mb  rss_mb  server_us  client_us  pg_us  (median of {runs} runs of {seconds}s{}; *_us: CPU time per issuance of the server, the load generator and Postgres)",
                 rate.map(|r| format!(", offered {r:.0}/s"))
                     .unwrap_or_default()
             );
+            if streams > 1 || ztunnel {
+                println!(
+                    "({streams} requests in flight on each client's connection{})",
+                    if ztunnel {
+                        "; clients are ztunnels impersonating their workloads"
+                    } else {
+                        ""
+                    }
+                );
+            }
             for backend in backends.split(',') {
                 for key in keys.split(',') {
                     let key_type = KeyType::parse(key)?;
@@ -177,6 +202,8 @@ async fn main() -> anyhow::Result<()> {
                                     client,
                                     threads: load_threads,
                                     reconnect,
+                                    streams,
+                                    ztunnel,
                                 },
                             )
                             .await?,
@@ -491,6 +518,7 @@ name = "Kubernetes"
 trust_domain = "cluster.local"
 issuer = "{issuer}"
 jwks_file = "{jwks}"
+trusted_node_accounts = ["istio-system/ztunnel"]
 "#,
                     data = data.display(),
                     issuer = ca_tests::kube::ISSUER,
@@ -617,6 +645,10 @@ struct LoadShape {
     /// Load threads, each a current-thread runtime with its share of the connections.
     threads: usize,
     reconnect: Reconnect,
+    /// Requests in flight per connection.
+    streams: usize,
+    /// Clients are ztunnels impersonating workloads.
+    ztunnel: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -684,14 +716,14 @@ impl Conn {
     }
 
     /// One `CreateCertificate`; the serial of the leaf received.
-    async fn call(&self, csr_pem: &str, body: &Bytes) -> Result<String, ()> {
+    async fn call(&self, request: &BenchRequest) -> Result<String, ()> {
         let chain = match self {
             Conn::H2(client) => client
-                .create_certificate(body.clone())
+                .create_certificate(request.body.clone())
                 .await
                 .map_err(|_| ())?,
             Conn::Tonic(client, auth) => client
-                .create_certificate(csr_pem, 0, auth, &Default::default())
+                .create_certificate(&request.csr_pem, 0, auth, &request.metadata)
                 .await
                 .map_err(|_| ())?,
         };
@@ -703,12 +735,20 @@ impl Conn {
 /// (latency, serial received or error)
 type Outcome = (Duration, Result<String, ()>);
 
+/// One pre-generated request: the CSR, the `metadata` it goes with (`ImpersonatedIdentity` for
+/// a ztunnel), and both encoded as the `h2` client sends them.
+struct BenchRequest {
+    csr_pem: String,
+    metadata: std::collections::BTreeMap<String, String>,
+    body: Bytes,
+}
+
 /// One connection's load: closed loop (next request when the last is answered) or, with an
 /// `interval`, open loop (one request every `interval`, whether or not earlier ones are done,
 /// each connection's schedule offset so that together they send evenly).
 async fn drive(
     connection: Arc<Conn>,
-    bodies: Arc<Vec<(String, Bytes)>>,
+    requests: Arc<Vec<BenchRequest>>,
     first: usize,
     stride: usize,
     deadline: Instant,
@@ -719,9 +759,9 @@ async fn drive(
     match interval {
         None => {
             while Instant::now() < deadline {
-                let (pem, body) = &bodies[n % bodies.len()];
+                let request = &requests[n % requests.len()];
                 let t = Instant::now();
-                let outcome = connection.call(pem, body).await;
+                let outcome = connection.call(request).await;
                 outcomes.push((t.elapsed(), outcome));
                 n += stride;
             }
@@ -737,13 +777,12 @@ async fn drive(
             let mut next = Instant::now() + interval.mul_f64(first as f64 / stride.max(1) as f64);
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
-                let (connection, bodies, report) =
-                    (connection.clone(), bodies.clone(), report.clone());
-                let index = n % bodies.len();
+                let (connection, requests, report) =
+                    (connection.clone(), requests.clone(), report.clone());
+                let index = n % requests.len();
                 tokio::spawn(async move {
-                    let (pem, body) = &bodies[index];
                     let t = Instant::now();
-                    let outcome = connection.call(pem, body).await;
+                    let outcome = connection.call(&requests[index]).await;
                     let _ = report.send((t.elapsed(), outcome));
                 });
                 n += stride;
@@ -765,7 +804,7 @@ async fn drive_reconnecting(
     target: Target,
     token: String,
     reconnect: Reconnect,
-    bodies: Arc<Vec<(String, Bytes)>>,
+    requests: Arc<Vec<BenchRequest>>,
     (first, stride): (usize, usize),
     deadline: Instant,
 ) -> anyhow::Result<Vec<Outcome>> {
@@ -777,7 +816,7 @@ async fn drive_reconnecting(
     let mut outcomes = Vec::new();
     let mut n = first;
     while Instant::now() < deadline {
-        let (pem, body) = &bodies[n % bodies.len()];
+        let request = &requests[n % requests.len()];
         let t = Instant::now();
         let outcome = match ca_tests::h2load::H2Client::connect_with(
             target.address,
@@ -788,7 +827,7 @@ async fn drive_reconnecting(
         )
         .await
         {
-            Ok(client) => Conn::H2(client).call(pem, body).await,
+            Ok(client) => Conn::H2(client).call(request).await,
             Err(_) => Err(()),
         };
         outcomes.push((t.elapsed(), outcome));
@@ -821,23 +860,41 @@ async fn run_grpc(
     };
     // Each load thread runs a current-thread runtime with its share of the connections (like
     // `wrk -t`), so a request's frames are queued and flushed together.
-    let bodies: Arc<Vec<(String, Bytes)>> = Arc::new(
+    // A ztunnel asks for a different workload identity with each CSR.
+    let requests: Arc<Vec<BenchRequest>> = Arc::new(
         csrs.iter()
-            .map(|pem| (pem.clone(), ca_tests::h2load::encode_request(pem, 0)))
+            .enumerate()
+            .map(|(k, pem)| {
+                let identity = format!("spiffe://cluster.local/ns/bench/sa/pod{k}");
+                let impersonated = load.ztunnel.then_some(identity.as_str());
+                BenchRequest {
+                    csr_pem: pem.clone(),
+                    metadata: impersonated
+                        .map(|id| [("ImpersonatedIdentity".to_owned(), id.to_owned())].into())
+                        .unwrap_or_default(),
+                    body: ca_tests::h2load::encode_request_for(pem, 0, impersonated),
+                }
+            })
             .collect(),
     );
     let target = server.target();
     let threads = load.threads.clamp(1, clients.max(1));
     let ready = Arc::new(std::sync::Barrier::new(threads + 1));
-    let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
+    // Every (connection, stream) pair is one closed or open loop; loop `i + k * clients` is
+    // stream `k` of connection `i`.
+    let loops = clients * load.streams;
+    let interval = rate.map(|r| Duration::from_secs_f64(loops as f64 / r));
     let mut handles = Vec::new();
     for t in 0..threads {
         let specs: Vec<(usize, String)> = (t..clients)
             .step_by(threads)
-            .map(|i| (i, kube.token("bench", &format!("w{i}"))))
+            .map(|i| match load.ztunnel {
+                true => (i, kube.token("istio-system", "ztunnel")),
+                false => (i, kube.token("bench", &format!("w{i}"))),
+            })
             .collect();
-        let (bodies, target, ready, kind) =
-            (bodies.clone(), target.clone(), ready.clone(), load.client);
+        let (requests, target, ready, kind) =
+            (requests.clone(), target.clone(), ready.clone(), load.client);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("load-{t}"))
@@ -856,7 +913,7 @@ async fn run_grpc(
                                     target.clone(),
                                     token,
                                     load.reconnect,
-                                    bodies.clone(),
+                                    requests.clone(),
                                     (i, clients),
                                     deadline,
                                 )));
@@ -878,10 +935,16 @@ async fn run_grpc(
                         let mut tasks = Vec::new();
                         for (i, connection) in connections {
                             let connection = Arc::new(connection?);
-                            let bodies = bodies.clone();
-                            tasks.push(tokio::spawn(drive(
-                                connection, bodies, i, clients, deadline, interval,
-                            )));
+                            for stream in 0..load.streams {
+                                tasks.push(tokio::spawn(drive(
+                                    connection.clone(),
+                                    requests.clone(),
+                                    i + stream * clients,
+                                    loops,
+                                    deadline,
+                                    interval,
+                                )));
+                            }
                         }
                         let mut outcomes = Vec::new();
                         for task in tasks {

@@ -816,6 +816,75 @@ async fn lean_client_and_workload_audit(backend: Backend) {
 }
 both_backends!(lean_client_on, lean_client_and_workload_audit);
 
+/// `ca-bench --ztunnel --streams N`'s shape: one connection authenticated as a node's ztunnel
+/// keeps many requests in flight, each asking for another workload's identity. Every one is
+/// issued for the impersonated identity (not the ztunnel's own) and recorded so; a workload
+/// token asking the same is refused, so the bench's requests do take the impersonation path.
+#[tokio::test]
+async fn lean_client_multiplexes_ztunnel_impersonation() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let ztunnel = ca_tests::h2load::H2Client::connect(
+        server.server.grpc_addr,
+        &server.serving_root_pem(),
+        "localhost",
+        &kube.token("istio-system", "ztunnel"),
+        "Kubernetes",
+    )
+    .await
+    .unwrap();
+    let target = |k: usize| format!("spiffe://cluster.local/ns/bench/sa/pod{k}");
+    // All 24 are spawned at once: they share the one HTTP/2 connection as concurrent streams.
+    let calls: Vec<_> = (0..24)
+        .map(|k| {
+            let (ztunnel, identity) = (ztunnel.clone(), target(k));
+            tokio::spawn(async move {
+                let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+                let body = ca_tests::h2load::encode_request_for(&csr.csr_pem, 0, Some(&identity));
+                ztunnel.create_certificate(body).await.unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for (k, call) in calls.into_iter().enumerate() {
+        answers.push((k, call.await.unwrap()));
+    }
+    let mut serials = std::collections::HashSet::new();
+    for (k, chain) in answers {
+        check_istio_chain(server.dir.path(), &chain, &target(k), false);
+        let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
+        let records = server
+            .server
+            .ca
+            .store
+            .certificates_by_serial(&serial)
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].spiffe_id, target(k));
+        assert!(serials.insert(serial));
+    }
+    assert_eq!(serials.len(), 24);
+
+    let workload = lean_client(&server, &kube).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let refused = workload
+        .create_certificate(ca_tests::h2load::encode_request_for(
+            &csr.csr_pem,
+            0,
+            Some(&target(0)),
+        ))
+        .await
+        .unwrap_err();
+    // A workload may not impersonate: UNAUTHENTICATED with Istio's message.
+    assert!(
+        refused.to_string().contains("grpc-status \"16\"")
+            && refused.to_string().contains("impersonation"),
+        "{refused}"
+    );
+    server.stop().await;
+}
+
 /// A reconnecting workload resumes its TLS session (stateless tickets), and resuming skips no
 /// check: on a resumed connection a good token still issues and a forged one is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
