@@ -15,7 +15,9 @@
 //! DATA frame) is encoded once, and everything ready leaves in one write. Responses are decoded
 //! in full: HPACK (the `hpack` crate), `:status`, the message and `grpc-status` in the trailers.
 //! The server sees ordinary gRPC requests; `ca-bench grpc --client tonic` keeps the tonic path
-//! measurable.
+//! measurable. [`HeaderStyle::H2`] encodes the headers as the `h2` crate does instead (what a
+//! ztunnel sends; `ca-bench grpc --ztunnel`), so the server pays for the token on every request
+//! while the load generator still encodes each request once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -74,17 +76,27 @@ impl H2Client {
         cluster_id: &str,
     ) -> anyhow::Result<H2Client> {
         let config = client_config(ca_pem)?;
-        H2Client::connect_with(address, &config, server_name, token, cluster_id).await
+        H2Client::connect_with(
+            address,
+            &config,
+            server_name,
+            token,
+            cluster_id,
+            HeaderStyle::GrpcGo,
+        )
+        .await
     }
 
-    /// [`H2Client::connect`] with a given TLS configuration: connections made with the same
-    /// configuration share its session store, so a later one can resume an earlier's session.
+    /// [`H2Client::connect`] with a given TLS configuration (connections made with the same
+    /// configuration share its session store, so a later one can resume an earlier's session)
+    /// and header encoding.
     pub async fn connect_with(
         address: std::net::SocketAddr,
         config: &Arc<rustls::ClientConfig>,
         server_name: &str,
         token: &str,
         cluster_id: &str,
+        style: HeaderStyle,
     ) -> anyhow::Result<H2Client> {
         let tcp = tokio::net::TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
@@ -119,7 +131,8 @@ impl H2Client {
         tls.write_all(&hello).await?;
         tls.flush().await?;
 
-        let headers = RequestHeaders::new(server_name, &format!("Bearer {token}"), cluster_id);
+        let headers =
+            RequestHeaders::new(server_name, &format!("Bearer {token}"), cluster_id, style)?;
         let (calls, receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut connection = Connection::new(headers);
@@ -155,9 +168,23 @@ impl H2Client {
     }
 }
 
+/// How a client encodes its request headers in HPACK (RFC 7541), which decides what the server
+/// decodes on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// As grpc-go (istio-agent) does: every field enters the dynamic table on a connection's
+    /// first request and is named by index afterwards; strings are not Huffman-coded.
+    GrpcGo,
+    /// As the `h2` crate (ztunnel, tonic) does: every string is Huffman-coded, and `:path` and
+    /// `authorization` never enter the dynamic table, so they travel as literals on every
+    /// request (the server Huffman-decodes the bearer token each time).
+    H2,
+}
+
 /// The request header blocks: the first adds its fields to the server's HPACK table, the
 /// later ones name them by index (or, if they would not fit the table, both repeat them as
-/// literals that are not indexed).
+/// literals that are not indexed). With [`HeaderStyle::H2`], `:path` and `authorization` are
+/// literals without indexing in both.
 struct RequestHeaders {
     first: Bytes,
     later: Bytes,
@@ -166,7 +193,12 @@ struct RequestHeaders {
 }
 
 impl RequestHeaders {
-    fn new(authority: &str, authorization: &str, cluster_id: &str) -> RequestHeaders {
+    fn new(
+        authority: &str,
+        authorization: &str,
+        cluster_id: &str,
+        style: HeaderStyle,
+    ) -> anyhow::Result<RequestHeaders> {
         // (name, its index in the static table if it has one, value)
         let fields: [(&str, Option<usize>, &str); 6] = [
             (":path", Some(4), PATH),
@@ -176,31 +208,47 @@ impl RequestHeaders {
             ("authorization", Some(23), authorization),
             ("clusterid", None, cluster_id),
         ];
+        let huffman = style == HeaderStyle::H2;
+        let never_in_table = |name: &str| huffman && matches!(name, ":path" | "authorization");
         // :method POST and :scheme https are static entries 3 and 7.
         let mut indexing = vec![0x83, 0x87];
         let mut literal = vec![0x83, 0x87];
         let mut indexed = vec![0x83, 0x87];
         let mut table_size = 0;
-        for (n, (name, static_index, value)) in fields.iter().enumerate() {
+        let entries = fields.iter().filter(|f| !never_in_table(f.0)).count();
+        let mut entry = 0;
+        for (name, static_index, value) in fields {
+            // Literal without indexing (RFC 7541 section 6.2.2): `literal`, and for the fields
+            // that never enter the table, every block.
+            let mut plain = Vec::new();
             match static_index {
-                Some(index) => {
-                    hpack_int(&mut indexing, 6, 0x40, *index);
-                    hpack_int(&mut literal, 4, 0x00, *index);
-                }
+                Some(index) => hpack_int(&mut plain, 4, 0x00, index),
                 None => {
-                    indexing.push(0x40);
-                    hpack_str(&mut indexing, name);
-                    literal.push(0x00);
-                    hpack_str(&mut literal, name);
+                    plain.push(0x00);
+                    hpack_str(&mut plain, name, huffman)?;
                 }
             }
-            hpack_str(&mut indexing, value);
-            hpack_str(&mut literal, value);
+            hpack_str(&mut plain, value, huffman)?;
+            literal.extend_from_slice(&plain);
+            if never_in_table(name) {
+                indexing.extend_from_slice(&plain);
+                indexed.extend_from_slice(&plain);
+                continue;
+            }
+            match static_index {
+                Some(index) => hpack_int(&mut indexing, 6, 0x40, index),
+                None => {
+                    indexing.push(0x40);
+                    hpack_str(&mut indexing, name, huffman)?;
+                }
+            }
+            hpack_str(&mut indexing, value, huffman)?;
             table_size += name.len() + value.len() + 32;
             // The newest entry is index 62; the first field added is the oldest.
-            hpack_int(&mut indexed, 7, 0x80, 62 + fields.len() - 1 - n);
+            hpack_int(&mut indexed, 7, 0x80, 62 + entries - 1 - entry);
+            entry += 1;
         }
-        if table_size <= DEFAULT_TABLE_SIZE {
+        Ok(if table_size <= DEFAULT_TABLE_SIZE {
             RequestHeaders {
                 first: indexing.into(),
                 later: indexed.into(),
@@ -213,7 +261,7 @@ impl RequestHeaders {
                 later: literal,
                 table_size: 0,
             }
-        }
+        })
     }
 }
 
@@ -236,10 +284,19 @@ fn hpack_int(out: &mut Vec<u8>, prefix_bits: u32, flags: u8, value: usize) {
     out.push(rest as u8);
 }
 
-/// An HPACK string literal, not Huffman-coded (RFC 7541 section 5.2).
-fn hpack_str(out: &mut Vec<u8>, value: &str) {
-    hpack_int(out, 7, 0x00, value.len());
-    out.extend_from_slice(value.as_bytes());
+/// An HPACK string literal (RFC 7541 section 5.2), Huffman-coded if `huffman`.
+fn hpack_str(out: &mut Vec<u8>, value: &str, huffman: bool) -> anyhow::Result<()> {
+    if huffman {
+        let mut coded = Vec::with_capacity(value.len());
+        httlib_huffman::encode(value.as_bytes(), &mut coded)
+            .map_err(|e| anyhow::anyhow!("Huffman coding: {e:?}"))?;
+        hpack_int(out, 7, 0x80, coded.len());
+        out.extend_from_slice(&coded);
+    } else {
+        hpack_int(out, 7, 0x00, value.len());
+        out.extend_from_slice(value.as_bytes());
+    }
+    Ok(())
 }
 
 /// Appends one frame (RFC 9113 section 4.1).
@@ -660,6 +717,41 @@ mod tests {
         assert!(leaf_serial("not PEM").is_err());
         assert!(
             leaf_serial("-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n").is_err()
+        );
+    }
+
+    /// Both header styles decode (with an independent HPACK decoder, Huffman included) to the
+    /// same request on the first and on every later request of a connection; grpc-go's style
+    /// sends the token once, h2's sends it Huffman-coded every time.
+    #[test]
+    fn header_styles_decode_to_the_same_request() {
+        let token = format!("Bearer {}", "eyJhbGciOiJSUzI1NiJ9.".repeat(30));
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", PATH),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("authorization", token.as_str()),
+            ("clusterid", "Kubernetes"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        let mut later_len = Vec::new();
+        for style in [HeaderStyle::GrpcGo, HeaderStyle::H2] {
+            let headers = RequestHeaders::new("localhost", &token, "Kubernetes", style).unwrap();
+            let mut decoder = hpack::Decoder::new();
+            for block in [&headers.first, &headers.later, &headers.later] {
+                assert_eq!(decoder.decode(block).unwrap(), expected, "{style:?}");
+            }
+            later_len.push(headers.later.len());
+        }
+        assert!(later_len[0] < 16, "grpc-go: indexes only, {later_len:?}");
+        assert!(
+            later_len[1] > token.len() / 2 && later_len[1] < token.len(),
+            "h2: the Huffman-coded token on every request, {later_len:?}"
         );
     }
 }

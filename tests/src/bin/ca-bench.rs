@@ -687,15 +687,22 @@ enum Conn {
 }
 
 impl Conn {
-    async fn connect(kind: ClientKind, target: &Target, token: &str) -> anyhow::Result<Conn> {
+    /// A connection; the `h2` client encodes its headers in `style`.
+    async fn connect(
+        kind: ClientKind,
+        target: &Target,
+        token: &str,
+        style: ca_tests::h2load::HeaderStyle,
+    ) -> anyhow::Result<Conn> {
         Ok(match kind {
             ClientKind::H2 => Conn::H2(
-                ca_tests::h2load::H2Client::connect(
+                ca_tests::h2load::H2Client::connect_with(
                     target.address,
-                    &target.ca_pem,
+                    &ca_tests::h2load::client_config(&target.ca_pem)?,
                     SERVER_NAME,
                     token,
                     "Kubernetes",
+                    style,
                 )
                 .await?,
             ),
@@ -824,6 +831,7 @@ async fn drive_reconnecting(
             SERVER_NAME,
             &token,
             "Kubernetes",
+            ca_tests::h2load::HeaderStyle::GrpcGo,
         )
         .await
         {
@@ -879,6 +887,11 @@ async fn run_grpc(
     );
     let target = server.target();
     let threads = load.threads.clamp(1, clients.max(1));
+    // A ztunnel encodes its headers as its HTTP/2 stack (the `h2` crate) does.
+    let style = match load.ztunnel {
+        true => ca_tests::h2load::HeaderStyle::H2,
+        false => ca_tests::h2load::HeaderStyle::GrpcGo,
+    };
     let ready = Arc::new(std::sync::Barrier::new(threads + 1));
     // Every (connection, stream) pair is one closed or open loop; loop `i + k * clients` is
     // stream `k` of connection `i`.
@@ -926,7 +939,8 @@ async fn run_grpc(
                         }
                         let mut connections = Vec::new();
                         for (i, token) in specs {
-                            connections.push((i, Conn::connect(kind, &target, &token).await));
+                            connections
+                                .push((i, Conn::connect(kind, &target, &token, style).await));
                         }
                         ready.wait();
                         // This thread's CPU time; it is gone from /proc once the thread ends.

@@ -817,19 +817,21 @@ async fn lean_client_and_workload_audit(backend: Backend) {
 both_backends!(lean_client_on, lean_client_and_workload_audit);
 
 /// `ca-bench --ztunnel --streams N`'s shape: one connection authenticated as a node's ztunnel
-/// keeps many requests in flight, each asking for another workload's identity. Every one is
+/// (headers encoded as its h2 stack does) keeps many requests in flight, each asking for another workload's identity. Every one is
 /// issued for the impersonated identity (not the ztunnel's own) and recorded so; a workload
 /// token asking the same is refused, so the bench's requests do take the impersonation path.
 #[tokio::test]
 async fn lean_client_multiplexes_ztunnel_impersonation() {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
-    let ztunnel = ca_tests::h2load::H2Client::connect(
+    // Headers as ztunnel's h2 sends them: the token Huffman-coded, never indexed.
+    let ztunnel = ca_tests::h2load::H2Client::connect_with(
         server.server.grpc_addr,
-        &server.serving_root_pem(),
+        &ca_tests::h2load::client_config(&server.serving_root_pem()).unwrap(),
         "localhost",
         &kube.token("istio-system", "ztunnel"),
         "Kubernetes",
+        ca_tests::h2load::HeaderStyle::H2,
     )
     .await
     .unwrap();
@@ -902,6 +904,7 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
                 "localhost",
                 &token,
                 "Kubernetes",
+                ca_tests::h2load::HeaderStyle::GrpcGo,
             )
             .await
             .unwrap()
