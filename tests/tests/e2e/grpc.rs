@@ -1002,13 +1002,22 @@ async fn overload_is_shed_with_resource_exhausted() {
         config.max_in_flight = 2;
     })
     .await;
-    let before = server.server.ca.store.count_certificates().await.unwrap();
     let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
     let auth = token_auth(&kube.token("default", "web"));
     let mut connections = Vec::new();
     for _ in 0..4 {
-        connections.push(server.grpc_client(None).await);
+        let client = server.grpc_client(None).await;
+        // One request first, so the client has the server's SETTINGS (at most 64 streams per
+        // connection) before the burst. Otherwise the burst can open more streams than that,
+        // and the server refuses the extra ones (REFUSED_STREAM, which tonic reports as
+        // UNAVAILABLE) before admission ever sees them.
+        client
+            .create_certificate(&csr.csr_pem, 0, &auth, &BTreeMap::new())
+            .await
+            .unwrap();
+        connections.push(client);
     }
+    let before = server.server.ca.store.count_certificates().await.unwrap();
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..300 {
         let client = connections[i % connections.len()].clone();
