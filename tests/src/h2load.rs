@@ -63,6 +63,9 @@ pub struct H2Client {
     calls: mpsc::UnboundedSender<(Bytes, Reply)>,
     resumed: bool,
     cipher_suite: Option<rustls::CipherSuite>,
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS once its SETTINGS arrived (`usize::MAX`
+    /// until then, or if it announces no limit).
+    max_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl H2Client {
@@ -134,8 +137,10 @@ impl H2Client {
         let headers =
             RequestHeaders::new(server_name, &format!("Bearer {token}"), cluster_id, style)?;
         let (calls, receiver) = mpsc::unbounded_channel();
+        let max_streams = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let announced = max_streams.clone();
         tokio::spawn(async move {
-            let mut connection = Connection::new(headers);
+            let mut connection = Connection::new(headers, announced);
             if let Err(e) = connection.run(tls, receiver).await {
                 connection.fail_all(&e);
             }
@@ -144,12 +149,19 @@ impl H2Client {
             calls,
             resumed,
             cipher_suite,
+            max_streams,
         })
     }
 
     /// Whether the TLS handshake resumed an earlier session.
     pub fn resumed(&self) -> bool {
         self.resumed
+    }
+
+    /// The server's limit on concurrent streams per connection, as its SETTINGS announced it
+    /// (`usize::MAX` before they arrived or without a limit).
+    pub fn server_max_concurrent_streams(&self) -> usize {
+        self.max_streams.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The TLS cipher suite the server chose.
@@ -326,6 +338,8 @@ struct Connection {
     /// The server's SETTINGS have arrived (nothing is sent before).
     settled: bool,
     max_streams: usize,
+    /// Where [`H2Client::server_max_concurrent_streams`] reads `max_streams`.
+    announced_max_streams: Arc<std::sync::atomic::AtomicUsize>,
     max_frame: usize,
     stream_window: i64,
     send_window: i64,
@@ -335,7 +349,10 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(headers: RequestHeaders) -> Connection {
+    fn new(
+        headers: RequestHeaders,
+        announced_max_streams: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Connection {
         Connection {
             headers,
             decoder: hpack::Decoder::new(),
@@ -344,6 +361,7 @@ impl Connection {
             next_stream: 1,
             settled: false,
             max_streams: usize::MAX,
+            announced_max_streams,
             max_frame: 16_384,
             stream_window: 65_535,
             send_window: 65_535,
@@ -494,6 +512,8 @@ impl Connection {
                     }
                     frame(&mut self.out, SETTINGS, ACK, 0, &[]);
                     self.settled = true;
+                    self.announced_max_streams
+                        .store(self.max_streams, std::sync::atomic::Ordering::Release);
                 }
                 PING if flags & ACK == 0 => frame(&mut self.out, PING, ACK, 0, &payload),
                 GOAWAY => anyhow::bail!("GOAWAY"),

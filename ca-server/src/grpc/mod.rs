@@ -29,7 +29,12 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests (HTTP/2 streams) one connection may have open.
-const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+///
+/// Not below 100: grpc-go (istio-agent) and hyper (ztunnel, tonic) assume 100 until the
+/// server's SETTINGS arrive, so a lower limit lets the first burst on a new connection (a node
+/// restarting, asking for all its pods' certificates) be refused with REFUSED_STREAM, which
+/// clients report as UNAVAILABLE.
+const MAX_STREAMS_PER_CONNECTION: u32 = 100;
 /// Connections waiting to be handed to the gRPC server.
 const ACCEPT_QUEUE: usize = 256;
 
@@ -91,7 +96,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .timeout(Duration::from_secs(30))
         // Per-client fairness: one connection (one istio-agent, or one ztunnel speaking for a
-        // node's pods) holds at most a quarter of the default 256 issuance slots; its further
+        // node's pods) holds at most 100 of the default 256 issuance slots; its further
         // requests wait in the client, not in a server queue. Admission
         // (`enrollment::Admission`) sheds what the server as a whole cannot take in time.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))

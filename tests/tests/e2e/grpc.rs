@@ -958,15 +958,42 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
     server.stop().await;
 }
 
-/// The lean client multiplexes: 100 requests at once on one connection, beyond the server's
-/// 64 concurrent streams, all answered, each with its own recorded certificate.
+/// The server's stream limit per connection is at least the 100 that grpc-go (istio-agent) and
+/// hyper (ztunnel, tonic) assume until the server's SETTINGS arrive: a lower one lets a client's
+/// first burst on a new connection be refused (REFUSED_STREAM, seen as UNAVAILABLE), which is
+/// exactly when a restarting node asks for all its pods' certificates. A fresh tonic connection
+/// gets 100 requests at once, all answered. And the lean client multiplexes 150 requests at
+/// once on one connection, beyond the limit, all answered, each with its own recorded
+/// certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lean_client_multiplexes_past_the_stream_limit() {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(Backend::Postgres, &kube).await;
-    let client = lean_client(&server, &kube).await;
-    let mut calls = tokio::task::JoinSet::new();
+    let fresh = server.grpc_client(None).await;
+    let auth = token_auth(&kube.token("default", "web"));
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let mut burst = tokio::task::JoinSet::new();
     for _ in 0..100 {
+        let (client, csr, auth) = (fresh.clone(), csr.csr_pem.clone(), auth.clone());
+        burst.spawn(async move {
+            client
+                .create_certificate(&csr, 0, &auth, &BTreeMap::new())
+                .await
+        });
+    }
+    for answer in burst.join_all().await {
+        answer.unwrap();
+    }
+
+    let client = lean_client(&server, &kube).await;
+    client
+        .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
+        .await
+        .unwrap();
+    let limit = client.server_max_concurrent_streams();
+    assert!((100..=150).contains(&limit), "{limit}");
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..150 {
         let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
         let client = client.clone();
         calls.spawn(async move {
@@ -978,7 +1005,7 @@ async fn lean_client_multiplexes_past_the_stream_limit() {
         });
     }
     let serials: std::collections::HashSet<String> = calls.join_all().await.into_iter().collect();
-    assert_eq!(serials.len(), 100);
+    assert_eq!(serials.len(), 150);
     for serial in &serials {
         let records = server
             .server
@@ -1007,7 +1034,7 @@ async fn overload_is_shed_with_resource_exhausted() {
     let mut connections = Vec::new();
     for _ in 0..4 {
         let client = server.grpc_client(None).await;
-        // One request first, so the client has the server's SETTINGS (at most 64 streams per
+        // One request first, so the client has the server's SETTINGS (at most 100 streams per
         // connection) before the burst. Otherwise the burst can open more streams than that,
         // and the server refuses the extra ones (REFUSED_STREAM, which tonic reports as
         // UNAVAILABLE) before admission ever sees them.
