@@ -582,15 +582,7 @@ async fn ca_v1_issue_and_bundles() {
     assert_eq!(answer.chain.len(), 2);
     assert_eq!(answer.trust_bundle.len(), 1);
     assert_svid_profile(&answer.chain[0], WEB, false);
-    let records = server
-        .server
-        .ca
-        .store
-        .certificates_by_serial(&answer.serial)
-        .await
-        .unwrap();
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].api, "ca.v1");
+    assert_eq!(the_record(&server, &answer.serial).await.api, "ca.v1");
     let err = client
         .issue(&csr.csr_der, 0, &TokenAuth::default())
         .await
@@ -732,6 +724,19 @@ async fn reflection_lists_the_services() {
     server.stop().await;
 }
 
+/// The one issuance record of `serial` (there must be exactly one).
+async fn the_record(server: &TestServer, serial: &str) -> ca_server::store::CertificateRecord {
+    let mut records = server
+        .server
+        .ca
+        .store
+        .certificates_by_serial(serial)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{serial}");
+    records.remove(0)
+}
+
 /// `ca-bench`'s lean HTTP/2 client on `server`'s gRPC port, with the token of default/web.
 async fn lean_client(server: &TestServer, kube: &FakeKube) -> ca_tests::h2load::H2Client {
     ca_tests::h2load::H2Client::connect(
@@ -759,16 +764,9 @@ async fn lean_client_and_workload_audit(backend: Backend) {
         .unwrap();
     check_istio_chain(server.dir.path(), &chain, WEB, false);
     let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
-    let records = server
-        .server
-        .ca
-        .store
-        .certificates_by_serial(&serial)
-        .await
-        .unwrap();
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].spiffe_id, WEB);
-    assert_eq!(records[0].api, "istio");
+    let record = the_record(&server, &serial).await;
+    assert_eq!(record.spiffe_id, WEB);
+    assert_eq!(record.api, "istio");
 
     // The second request names its headers (the token too) by HPACK index only.
     let again = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
@@ -802,7 +800,7 @@ async fn lean_client_and_workload_audit(backend: Backend) {
         .expect("the issuance is audited");
     assert_eq!(issued.action, "certificate.issue");
     assert_eq!(issued.target, WEB);
-    assert_eq!(issued.request_id, records[0].request_id);
+    assert_eq!(issued.request_id, record.request_id);
     assert!(
         events
             .iter()
@@ -855,15 +853,7 @@ async fn lean_client_multiplexes_ztunnel_impersonation() {
     for (k, chain) in answers {
         check_istio_chain(server.dir.path(), &chain, &target(k), false);
         let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
-        let records = server
-            .server
-            .ca
-            .store
-            .certificates_by_serial(&serial)
-            .await
-            .unwrap();
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].spiffe_id, target(k));
+        assert_eq!(the_record(&server, &serial).await.spiffe_id, target(k));
         assert!(serials.insert(serial));
     }
     assert_eq!(serials.len(), 24);
@@ -1007,14 +997,7 @@ async fn lean_client_multiplexes_past_the_stream_limit() {
     let serials: std::collections::HashSet<String> = calls.join_all().await.into_iter().collect();
     assert_eq!(serials.len(), 150);
     for serial in &serials {
-        let records = server
-            .server
-            .ca
-            .store
-            .certificates_by_serial(serial)
-            .await
-            .unwrap();
-        assert_eq!(records.len(), 1, "{serial}");
+        the_record(&server, serial).await;
     }
     server.stop().await;
 }
