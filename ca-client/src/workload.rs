@@ -84,22 +84,7 @@ impl WorkloadClient {
         auth: &TokenAuth,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Vec<String>, Error> {
-        let fields = metadata
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    Value {
-                        kind: Some(Kind::StringValue(v.clone())),
-                    },
-                )
-            })
-            .collect();
-        let mut request = tonic::Request::new(IstioCertificateRequest {
-            csr: csr_pem.to_owned(),
-            validity_duration: validity_seconds,
-            metadata: Some(Struct { fields }),
-        });
+        let mut request = tonic::Request::new(istio_request(csr_pem, validity_seconds, metadata));
         add_auth(&mut request, auth)?;
         let response = IstioCertificateServiceClient::new(self.channel.clone())
             .create_certificate(request)
@@ -177,4 +162,30 @@ fn source_chain(error: &dyn std::error::Error) -> String {
         current = e.source();
     }
     out.join(": ")
+}
+
+/// Istio's `IstioCertificateRequest`: the CSR, the requested lifetime (`<= 0` for the server's
+/// default) and `metadata` as string values of the request's `Struct` (for instance
+/// `ImpersonatedIdentity`, which a node agent sends; none when empty).
+pub fn istio_request(
+    csr_pem: &str,
+    validity_seconds: i64,
+    metadata: &BTreeMap<String, String>,
+) -> IstioCertificateRequest {
+    let fields = metadata
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value {
+                    kind: Some(Kind::StringValue(v.clone())),
+                },
+            )
+        })
+        .collect();
+    IstioCertificateRequest {
+        csr: csr_pem.to_owned(),
+        validity_duration: validity_seconds,
+        metadata: (!metadata.is_empty()).then_some(Struct { fields }),
+    }
 }

@@ -28,7 +28,7 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use ca_proto::istio::{IstioCertificateRequest, IstioCertificateResponse};
+use ca_proto::istio::IstioCertificateResponse;
 
 const PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
 /// Largest response accepted (a chain is a few KiB).
@@ -627,31 +627,17 @@ pub fn client_config(ca_pem: &[u8]) -> anyhow::Result<Arc<rustls::ClientConfig>>
 
 /// A `CreateCertificate` request body: one uncompressed gRPC message (flag, length, protobuf).
 pub fn encode_request(csr_pem: &str, validity_seconds: i64) -> Bytes {
-    encode_request_for(csr_pem, validity_seconds, None)
+    encode_request_for(csr_pem, validity_seconds, &Default::default())
 }
 
-/// [`encode_request`] with `ImpersonatedIdentity` metadata when `impersonated` is given, as
-/// ztunnel asks for the identities of its node's workloads.
+/// [`encode_request`] with request `metadata` (`ImpersonatedIdentity`, as ztunnel asks for
+/// the identities of its node's workloads), built as our client library builds it.
 pub fn encode_request_for(
     csr_pem: &str,
     validity_seconds: i64,
-    impersonated: Option<&str>,
+    metadata: &std::collections::BTreeMap<String, String>,
 ) -> Bytes {
-    use prost_types::{Struct, Value, value::Kind};
-    let metadata = impersonated.map(|identity| Struct {
-        fields: [(
-            "ImpersonatedIdentity".to_owned(),
-            Value {
-                kind: Some(Kind::StringValue(identity.to_owned())),
-            },
-        )]
-        .into(),
-    });
-    let message = IstioCertificateRequest {
-        csr: csr_pem.to_owned(),
-        validity_duration: validity_seconds,
-        metadata,
-    };
+    let message = ca_client::workload::istio_request(csr_pem, validity_seconds, metadata);
     let encoded = message.encode_to_vec();
     let mut body = BytesMut::with_capacity(5 + encoded.len());
     body.put_u8(0);

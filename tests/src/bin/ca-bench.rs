@@ -873,14 +873,17 @@ async fn run_grpc(
         csrs.iter()
             .enumerate()
             .map(|(k, pem)| {
-                let identity = format!("spiffe://cluster.local/ns/bench/sa/pod{k}");
-                let impersonated = load.ztunnel.then_some(identity.as_str());
+                let mut metadata = std::collections::BTreeMap::new();
+                if load.ztunnel {
+                    metadata.insert(
+                        "ImpersonatedIdentity".to_owned(),
+                        format!("spiffe://cluster.local/ns/bench/sa/pod{k}"),
+                    );
+                }
                 BenchRequest {
+                    body: ca_tests::h2load::encode_request_for(pem, 0, &metadata),
                     csr_pem: pem.clone(),
-                    metadata: impersonated
-                        .map(|id| [("ImpersonatedIdentity".to_owned(), id.to_owned())].into())
-                        .unwrap_or_default(),
-                    body: ca_tests::h2load::encode_request_for(pem, 0, impersonated),
+                    metadata,
                 }
             })
             .collect(),

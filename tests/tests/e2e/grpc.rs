@@ -834,13 +834,14 @@ async fn lean_client_multiplexes_ztunnel_impersonation() {
     .await
     .unwrap();
     let target = |k: usize| format!("spiffe://cluster.local/ns/bench/sa/pod{k}");
+    let impersonate = |k: usize| BTreeMap::from([("ImpersonatedIdentity".to_owned(), target(k))]);
     // All 24 are spawned at once: they share the one HTTP/2 connection as concurrent streams.
     let calls: Vec<_> = (0..24)
         .map(|k| {
-            let (ztunnel, identity) = (ztunnel.clone(), target(k));
+            let (ztunnel, metadata) = (ztunnel.clone(), impersonate(k));
             tokio::spawn(async move {
                 let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-                let body = ca_tests::h2load::encode_request_for(&csr.csr_pem, 0, Some(&identity));
+                let body = ca_tests::h2load::encode_request_for(&csr.csr_pem, 0, &metadata);
                 ztunnel.create_certificate(body).await.unwrap()
             })
         })
@@ -864,7 +865,7 @@ async fn lean_client_multiplexes_ztunnel_impersonation() {
         .create_certificate(ca_tests::h2load::encode_request_for(
             &csr.csr_pem,
             0,
-            Some(&target(0)),
+            &impersonate(0),
         ))
         .await
         .unwrap_err();
