@@ -1,6 +1,14 @@
-//! The admin HTTP API client (bearer token).
+//! The admin HTTP API client (bearer token), with a typed request and answer for every endpoint.
+//!
+//! Every answer comes back as an [`Answer`]: the typed body, and the JSON the server sent. The
+//! typed body is for programs and for `cactl`'s human output; the JSON is what `cactl --output
+//! json` prints, so scripts see exactly what the server said (fields this client does not know
+//! included). Answers are tolerant: unknown fields are ignored, fields the server may leave out
+//! are `Option`s.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::Error;
 
@@ -12,6 +20,55 @@ pub struct AdminClient {
     http: reqwest::Client,
 }
 
+/// An answer of the admin API: `body` decoded from `json`, which is kept as the server sent it.
+///
+/// Indexing an answer (`answer["serial"]`) reads the JSON, like indexing a [`Value`].
+#[derive(Debug, Clone)]
+pub struct Answer<T> {
+    /// The server's JSON (`null` for an empty body).
+    pub json: Value,
+    /// The typed body.
+    pub body: T,
+}
+
+impl<T> Answer<T> {
+    /// The typed body alone.
+    pub fn into_body(self) -> T {
+        self.body
+    }
+}
+
+impl<T> Answer<Page<T>> {
+    /// The page's items, typed and as JSON (an array); the cursor is dropped.
+    pub fn into_items(mut self) -> Answer<Vec<T>> {
+        let json = self
+            .json
+            .get_mut("items")
+            .map(Value::take)
+            .unwrap_or_default();
+        Answer {
+            json,
+            body: self.body.items,
+        }
+    }
+}
+
+impl<T> std::ops::Index<&str> for Answer<T> {
+    type Output = Value;
+
+    fn index(&self, key: &str) -> &Value {
+        &self.json[key]
+    }
+}
+
+/// One page of a list: `items`, and `next_cursor` unless this is the last page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// `POST /admin/v1/issue` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Issued {
@@ -19,8 +76,182 @@ pub struct Issued {
     pub spiffe_id: String,
     pub not_after: String,
     pub certificate_pem: String,
+    /// Leaf, then intermediate.
     pub chain_pem: String,
     pub root_pem: String,
+}
+
+/// An item of `GET /admin/v1/trust-domains`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrustDomain {
+    pub name: String,
+    pub bundle_sequence: u64,
+    #[serde(default)]
+    pub federates_with: Vec<String>,
+    pub generations: Vec<Generation>,
+}
+
+/// A CA generation of a trust domain: its root and intermediate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Generation {
+    pub generation: i64,
+    /// `prepared`, `active` or `retired`.
+    pub state: String,
+    pub key_algorithm: String,
+    pub issuer_key_id: String,
+    pub root: CaCertificate,
+    pub intermediate: CaCertificate,
+}
+
+/// A CA certificate as the trust-domain listing shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaCertificate {
+    pub subject: String,
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    pub pem: String,
+}
+
+/// A certificate in the issuance record (`GET /admin/v1/certificates[/{serial}]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Certificate {
+    /// Lower-case hex.
+    pub serial: String,
+    pub spiffe_id: String,
+    pub trust_domain: String,
+    /// `valid`, `revoked` or `expired`.
+    pub status: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub issuer_key_id: String,
+    pub requested_by: String,
+    pub api: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    #[serde(default)]
+    pub revocation_reason: Option<String>,
+    /// Only when showing one certificate.
+    #[serde(default)]
+    pub certificate_pem: Option<String>,
+}
+
+/// Search filters of `GET /admin/v1/certificates`; `None` is no filter.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateFilter {
+    pub trust_domain: Option<String>,
+    pub spiffe_id: Option<String>,
+    /// `valid`, `revoked` or `expired`.
+    pub status: Option<String>,
+    /// RFC 3339 or unix seconds.
+    pub expiring_before: Option<String>,
+}
+
+impl CertificateFilter {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("trust_domain", &self.trust_domain),
+            ("spiffe_id", &self.spiffe_id),
+            ("status", &self.status),
+            ("expiring_before", &self.expiring_before),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+        .collect()
+    }
+}
+
+/// `POST /admin/v1/certificates/{serial}/revoke` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub serial: String,
+    pub spiffe_id: String,
+    pub revoked_at: String,
+    /// The reason on record (the first revocation's, if it was already revoked).
+    pub reason: String,
+    /// False when the certificate was already revoked (nothing changed).
+    pub newly_revoked: bool,
+}
+
+/// A denied identity (`/admin/v1/denied-identities`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeniedIdentity {
+    pub id: String,
+    pub spiffe_id: String,
+    pub reason: String,
+    pub created_at: String,
+    pub created_by: String,
+    /// How many live certificates the deny revoked (only in the answer to adding it).
+    #[serde(default)]
+    pub revoked_certificates: Option<u64>,
+}
+
+/// `POST /admin/v1/tokens` answer: the secret, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: String,
+    pub token: String,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// An admin token as listed (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Token {
+    pub name: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// An event of the hash-chained audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Serialize)]
+struct IssueRequest<'a> {
+    csr: &'a str,
+    spiffe_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct RevokeRequest<'a> {
+    reason: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct DenyRequest<'a> {
+    spiffe_id: &'a str,
+    reason: &'a str,
+    revoke_existing: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct CreateTokenRequest<'a> {
+    name: &'a str,
+    role: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +264,9 @@ struct ErrorDetail {
     code: String,
     message: String,
 }
+
+/// Page size when following every page.
+const ALL_PAGE_SIZE: i64 = 500;
 
 impl AdminClient {
     pub fn new(base_url: &str, token: &str) -> Result<AdminClient, Error> {
@@ -47,27 +281,57 @@ impl AdminClient {
         })
     }
 
-    /// Asks for a certificate for `spiffe_id` over the CSR's public key.
+    /// Asks for a certificate for `spiffe_id` over the CSR's public key; `ttl` like `"1h"`.
     pub async fn issue(
         &self,
         csr_pem: &str,
         spiffe_id: &str,
         ttl: Option<&str>,
     ) -> Result<Issued, Error> {
-        let mut body = serde_json::json!({"csr": csr_pem, "spiffe_id": spiffe_id});
-        if let Some(ttl) = ttl {
-            body["ttl"] = serde_json::Value::String(ttl.to_owned());
-        }
-        self.post("/admin/v1/issue", &body).await
+        let body = IssueRequest {
+            csr: csr_pem,
+            spiffe_id,
+            ttl,
+        };
+        self.post("/admin/v1/issue", &body)
+            .await
+            .map(Answer::into_body)
+    }
+
+    /// The trust domains: CA generations, states, expiries, bundle sequence.
+    pub async fn trust_domains(&self) -> Result<Answer<Page<TrustDomain>>, Error> {
+        self.get("/admin/v1/trust-domains", &[]).await
+    }
+
+    /// One page of certificates matching `filter`, newest first.
+    pub async fn certificates(
+        &self,
+        filter: &CertificateFilter,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Answer<Page<Certificate>>, Error> {
+        self.page("/admin/v1/certificates", filter.query(), limit, cursor)
+            .await
+    }
+
+    /// Every certificate matching `filter`, newest first (follows the pages).
+    pub async fn all_certificates(
+        &self,
+        filter: &CertificateFilter,
+    ) -> Result<Answer<Vec<Certificate>>, Error> {
+        self.all("/admin/v1/certificates", filter.query()).await
+    }
+
+    /// One certificate by serial (hex), with its PEM.
+    pub async fn certificate(&self, serial: &str) -> Result<Answer<Certificate>, Error> {
+        let path = format!("/admin/v1/certificates/{}", path_segment(serial));
+        self.get(&path, &[]).await
     }
 
     /// Revokes a certificate by serial with an RFC 5280 reason name.
-    pub async fn revoke(&self, serial: &str, reason: &str) -> Result<serde_json::Value, Error> {
-        self.post(
-            &format!("/admin/v1/certificates/{serial}/revoke"),
-            &serde_json::json!({"reason": reason}),
-        )
-        .await
+    pub async fn revoke(&self, serial: &str, reason: &str) -> Result<Answer<Revoked>, Error> {
+        let path = format!("/admin/v1/certificates/{serial}/revoke");
+        self.post(&path, &RevokeRequest { reason }).await
     }
 
     /// Denies an identity (optionally revoking its live certificates).
@@ -76,94 +340,137 @@ impl AdminClient {
         spiffe_id: &str,
         reason: &str,
         revoke_existing: bool,
-    ) -> Result<serde_json::Value, Error> {
-        self.post(
-            "/admin/v1/denied-identities",
-            &serde_json::json!({"spiffe_id": spiffe_id, "reason": reason, "revoke_existing": revoke_existing}),
-        )
-        .await
+    ) -> Result<Answer<DeniedIdentity>, Error> {
+        let body = DenyRequest {
+            spiffe_id,
+            reason,
+            revoke_existing,
+        };
+        self.post("/admin/v1/denied-identities", &body).await
     }
 
     /// Lists denied identities.
-    pub async fn denied(&self) -> Result<serde_json::Value, Error> {
-        self.send(self.http.get(self.url("/admin/v1/denied-identities")))
-            .await
+    pub async fn denied(&self) -> Result<Answer<Page<DeniedIdentity>>, Error> {
+        self.get("/admin/v1/denied-identities", &[]).await
     }
 
     /// Lifts a deny by its id.
     pub async fn lift_deny(&self, id: &str) -> Result<(), Error> {
-        let _: serde_json::Value = self
-            .send(
-                self.http
-                    .delete(self.url(&format!("/admin/v1/denied-identities/{id}"))),
-            )
-            .await?;
-        Ok(())
+        self.delete(&format!("/admin/v1/denied-identities/{id}"))
+            .await
     }
 
-    /// GET a path (with query) and return the JSON answer.
-    pub async fn get(&self, path_and_query: &str) -> Result<serde_json::Value, Error> {
-        self.send(self.http.get(self.url(path_and_query))).await
-    }
-
-    /// DELETE a path.
-    pub async fn delete(&self, path: &str) -> Result<(), Error> {
-        let _: serde_json::Value = self.send(self.http.delete(self.url(path))).await?;
-        Ok(())
-    }
-
-    /// POST a JSON body and return the JSON answer.
-    pub async fn post_json(
+    /// Creates an admin token with `role`; `expires_in` like `"30d"`, `None` for no expiry.
+    pub async fn create_token(
         &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<serde_json::Value, Error> {
-        self.post(path, body).await
+        name: &str,
+        role: &str,
+        expires_in: Option<&str>,
+    ) -> Result<Answer<CreatedToken>, Error> {
+        let body = CreateTokenRequest {
+            name,
+            role,
+            expires_in,
+        };
+        self.post("/admin/v1/tokens", &body).await
     }
 
-    /// Every item of a paginated list, following `next_cursor`.
-    pub async fn get_all(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> Result<Vec<serde_json::Value>, Error> {
-        let mut items = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut pairs: Vec<(&str, String)> = query.to_vec();
-            pairs.push(("limit", "500".to_owned()));
-            if let Some(c) = &cursor {
-                pairs.push(("cursor", c.clone()));
-            }
-            let page = self
-                .send(self.http.get(self.url(path)).query(&pairs))
-                .await?;
-            let page: serde_json::Value = page;
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => return Ok(items),
-            }
-        }
+    /// Lists admin tokens (names, roles, expiries; never secrets).
+    pub async fn tokens(&self) -> Result<Answer<Page<Token>>, Error> {
+        self.get("/admin/v1/tokens", &[]).await
+    }
+
+    /// Deletes an admin token; it stops working at once.
+    pub async fn delete_token(&self, name: &str) -> Result<(), Error> {
+        self.delete(&format!("/admin/v1/tokens/{}", path_segment(name)))
+            .await
+    }
+
+    /// The newest `limit` audit events.
+    pub async fn audit(&self, limit: i64) -> Result<Answer<Page<AuditEvent>>, Error> {
+        self.get("/admin/v1/audit", &[("limit", limit.to_string())])
+            .await
+    }
+
+    /// The whole audit log, newest first (follows the pages).
+    pub async fn all_audit_events(&self) -> Result<Answer<Vec<AuditEvent>>, Error> {
+        self.all("/admin/v1/audit", Vec::new()).await
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
 
-    async fn post<T: for<'de> Deserialize<'de>>(
+    async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &serde_json::Value,
-    ) -> Result<T, Error> {
-        self.send(self.http.post(self.url(path)).json(body)).await
+        query: &[(&str, String)],
+    ) -> Result<Answer<T>, Error> {
+        let mut request = self.http.get(self.url(path));
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        decode(self.send(request).await?)
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Answer<T>, Error> {
+        decode(self.send(self.http.post(self.url(path)).json(body)).await?)
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), Error> {
+        self.send(self.http.delete(self.url(path))).await?;
+        Ok(())
+    }
+
+    /// One page: `query`, then `limit`, then `cursor` if any.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        mut query: Vec<(&str, String)>,
+        limit: i64,
+        cursor: Option<&str>,
+    ) -> Result<Answer<Page<T>>, Error> {
+        query.push(("limit", limit.to_string()));
+        if let Some(cursor) = cursor {
+            query.push(("cursor", cursor.to_owned()));
+        }
+        self.get(path, &query).await
+    }
+
+    /// Every item of a paginated list, following `next_cursor`.
+    async fn all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: Vec<(&str, String)>,
+    ) -> Result<Answer<Vec<T>>, Error> {
+        let mut json = Vec::new();
+        let mut body = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page: Answer<Page<T>> = self
+                .page(path, query.clone(), ALL_PAGE_SIZE, cursor.as_deref())
+                .await?;
+            cursor = page.body.next_cursor.clone();
+            let items = page.into_items();
+            if let Value::Array(values) = items.json {
+                json.extend(values);
+            }
+            body.extend(items.body);
+            if cursor.is_none() {
+                return Ok(Answer {
+                    json: Value::Array(json),
+                    body,
+                });
+            }
+        }
     }
 
     /// Sends a request with the bearer token; maps error bodies; an empty 2xx body is `null`.
-    async fn send<T: for<'de> Deserialize<'de>>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<T, Error> {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Error> {
         let request = request
             .bearer_auth(&self.token)
             .build()
@@ -196,11 +503,83 @@ impl AdminClient {
                 },
             });
         }
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(e.to_string()))
+    }
+}
+
+/// Decodes `json` into `T`, keeping `json`.
+fn decode<T: DeserializeOwned>(json: Value) -> Result<Answer<T>, Error> {
+    let body = T::deserialize(&json).map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(Answer { json, body })
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for one path segment.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_keep_the_json_and_ignore_unknown_fields() {
+        let json = serde_json::json!({
+            "items": [{"id": "7", "spiffe_id": "spiffe://td/x", "reason": "", "created_at": "t",
+                       "created_by": "bootstrap", "new_field": [1, 2]}],
+            "next_cursor": "abc",
+        });
+        let answer: Answer<Page<DeniedIdentity>> = decode(json.clone()).unwrap();
+        assert_eq!(answer.json, json);
+        assert_eq!(answer["next_cursor"], "abc");
+        assert_eq!(answer.body.next_cursor.as_deref(), Some("abc"));
+        assert_eq!(answer.body.items[0].revoked_certificates, None);
+        let items = answer.into_items();
+        assert_eq!(items.json, json["items"]);
+        assert_eq!(items.body[0].id, "7");
+    }
+
+    #[test]
+    fn a_missing_field_is_a_protocol_error() {
+        let result: Result<Answer<Revoked>, Error> = decode(serde_json::json!({"serial": "01"}));
+        assert!(matches!(result, Err(Error::Protocol(_))), "{result:?}");
+    }
+
+    #[test]
+    fn empty_answers_decode_as_null() {
+        let answer: Answer<()> = decode(Value::Null).unwrap();
+        assert_eq!(answer.json, Value::Null);
+    }
+
+    #[test]
+    fn filters_keep_their_order_and_skip_absent_ones() {
+        let filter = CertificateFilter {
+            spiffe_id: Some("spiffe://td/a b".to_owned()),
+            expiring_before: Some("0".to_owned()),
+            ..Default::default()
         };
-        serde_json::from_slice(bytes).map_err(|e| Error::Protocol(e.to_string()))
+        assert_eq!(
+            filter.query(),
+            [
+                ("spiffe_id", "spiffe://td/a b".to_owned()),
+                ("expiring_before", "0".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(path_segment("ab-09_.~"), "ab-09_.~");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
     }
 }

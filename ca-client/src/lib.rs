@@ -15,7 +15,11 @@
 //!
 //! Layout:
 //! - `csr`: key pair and CSR generation (the private key never leaves this process).
-//! - `admin`: the admin HTTP API.
+//! - `admin`: the admin HTTP API, typed answers that keep the server's JSON.
+//! - `workload`: the gRPC API as a workload calls it (Istio's and ours).
+//! - `token`: the SPIFFE ID a service-account token names (read, not verified).
+//! - `audit`: checking the admin audit log's hash chain.
+//! - `inspect`, `verify`: reading and verifying certificates, CSRs, CRLs and bundles.
 //! - `files`: writing key (0600), chain and root files atomically.
 //! - `error`: the one error type.
 
@@ -25,10 +29,11 @@ pub mod csr;
 pub mod error;
 pub mod files;
 pub mod inspect;
+pub mod token;
 pub mod verify;
 pub mod workload;
 
-pub use admin::AdminClient;
+pub use admin::{AdminClient, Answer};
 pub use csr::KeyType;
 pub use error::Error;
 pub use workload::{ConnectOptions, TokenAuth, WorkloadClient};
