@@ -549,6 +549,31 @@ mod tests {
         assert_eq!(items.body[0].id, "7");
     }
 
+    /// The shapes the e2e suite reads answers with (`tests/tests/e2e/revocation.rs`).
+    #[test]
+    fn answers_index_like_json() {
+        let revoked: Answer<Revoked> = decode(serde_json::json!({
+            "serial": "01", "spiffe_id": "s", "revoked_at": "t", "reason": "keyCompromise",
+            "newly_revoked": true,
+        }))
+        .unwrap();
+        assert_eq!(revoked["newly_revoked"], true);
+        assert_eq!(revoked["reason"], "keyCompromise");
+        assert_eq!(revoked["revoked_at"], revoked.clone()["revoked_at"]);
+        assert!(revoked.body.newly_revoked);
+        let denied: Answer<DeniedIdentity> = decode(serde_json::json!({
+            "id": "7", "spiffe_id": "s", "reason": "", "created_at": "t", "created_by": "b",
+            "revoked_certificates": 1,
+        }))
+        .unwrap();
+        assert_eq!(denied["revoked_certificates"], 1);
+        assert_eq!(denied["id"].as_str(), Some("7"));
+        let list: Answer<Page<DeniedIdentity>> =
+            decode(serde_json::json!({"items": [denied.json]})).unwrap();
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(list["items"][0]["spiffe_id"], "s");
+    }
+
     #[test]
     fn a_missing_field_is_a_protocol_error() {
         let result: Result<Answer<Revoked>, Error> = decode(serde_json::json!({"serial": "01"}));
