@@ -4,7 +4,32 @@
 
 use ring::digest::{SHA256, digest};
 
-use crate::store::{AuditEvent, AuditRecord};
+/// An audit event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub detail: String,
+}
+
+/// One stored audit event, with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub request_id: String,
+    pub detail: String,
+}
 
 /// The hash of `event` chained after `prev_hash`.
 pub fn chain_hash(prev_hash: &str, event: &AuditEvent) -> String {

@@ -18,12 +18,11 @@ use crate::config::TrustDomainConfig;
 use crate::keys::{self, CaKey, Kek, KeyAlgorithm};
 use crate::serial::Serial;
 use crate::spiffe::TrustDomain;
-use crate::store::{self, CaGenerationRecord, Store};
 
 /// Why a trust domain's CA could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("trust domain {trust_domain}: {source}")]
+    #[error("trust domain {trust_domain}: CA key")]
     Key {
         trust_domain: String,
         source: keys::Error,
@@ -33,13 +32,33 @@ pub enum Error {
         trust_domain: String,
         message: String,
     },
-    #[error("trust domain {trust_domain}: cannot build CA certificate: {message}")]
+    #[error("trust domain {trust_domain}: cannot build CA certificate")]
     Build {
         trust_domain: String,
-        message: String,
+        source: rcgen::Error,
     },
-    #[error(transparent)]
-    Store(#[from] store::Error),
+    #[error("trust domain {trust_domain}: no random serial")]
+    Serial {
+        trust_domain: String,
+        source: crate::serial::RngError,
+    },
+}
+
+/// A CA generation of one trust domain as it is stored: certificates, and keys sealed under
+/// the KEK (open it with [`open_generation`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedGeneration {
+    pub trust_domain: String,
+    pub generation: i32,
+    pub state: String,
+    pub key_algorithm: String,
+    pub root_cert: Vec<u8>,
+    pub root_key: Vec<u8>,
+    pub intermediate_cert: Vec<u8>,
+    pub intermediate_key: Vec<u8>,
+    pub issuer_key_id: String,
+    pub not_after: i64,
+    pub created_at: i64,
 }
 
 /// The issuing CA of one trust domain, ready to sign.
@@ -94,67 +113,20 @@ impl Authorities {
         self.by_name.values()
     }
 
-    /// Loads each configured trust domain's active generation, creating the first one when the
-    /// trust domain has none. Concurrent starts agree on one generation: the loser of the insert
-    /// race discards its keys and loads the winner's.
-    pub async fn load_or_create(
-        store: &Store,
-        kek: &Kek,
-        trust_domains: &[TrustDomainConfig],
-        public_url: Option<&str>,
-        now: OffsetDateTime,
-    ) -> Result<Authorities, Error> {
-        let mut by_name = BTreeMap::new();
-        for config in trust_domains {
-            let name = config.name.as_str();
-            store
-                .ensure_trust_domain(name, now.unix_timestamp())
-                .await?;
-            let record = match store.active_generation(name).await? {
-                Some(record) => record,
-                None => {
-                    // Another process may have created it since we looked.
-                    let existing = store.generations(name).await?;
-                    if let Some(active) = existing.iter().find(|g| g.state == "active") {
-                        active.clone()
-                    } else if !existing.is_empty() {
-                        return Err(Error::Inconsistent {
-                            trust_domain: name.to_owned(),
-                            message: "generations exist but none is active; refusing to create a new root"
-                                .to_owned(),
-                        });
-                    } else {
-                        let created = create_generation(config, kek, 1, now)?;
-                        match store.insert_generation(&created).await {
-                            Ok(()) => {
-                                tracing::info!(
-                                    trust_domain = name,
-                                    "created root and intermediate CA"
-                                );
-                                created
-                            }
-                            Err(store::Error::Conflict(_)) => store
-                                .active_generation(name)
-                                .await?
-                                .ok_or_else(|| Error::Inconsistent {
-                                    trust_domain: name.to_owned(),
-                                    message:
-                                        "lost the creation race but found no active generation"
-                                            .to_owned(),
-                                })?,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-            };
-            let mut authority = open_generation(&record, kek)?;
-            if let Some(base) = public_url {
-                authority.crl_url = Some(format!("{base}/v1/crl/{name}"));
-                authority.ocsp_url = Some(format!("{base}/v1/ocsp/{name}"));
-            }
-            by_name.insert(config.name.clone(), Arc::new(authority));
-        }
-        Ok(Authorities { by_name })
+    /// Adds a trust domain's loaded authority (a later one of the same name replaces it).
+    pub fn insert(&mut self, authority: Authority) {
+        self.by_name
+            .insert(authority.trust_domain.clone(), Arc::new(authority));
+    }
+}
+
+impl Authority {
+    /// Names `public_url`'s CRL and OCSP endpoints of this trust domain in the certificates it
+    /// issues.
+    pub fn publish_at(&mut self, public_url: &str) {
+        let name = &self.trust_domain;
+        self.crl_url = Some(format!("{public_url}/v1/crl/{name}"));
+        self.ocsp_url = Some(format!("{public_url}/v1/ocsp/{name}"));
     }
 }
 
@@ -170,15 +142,15 @@ pub fn create_generation(
     kek: &Kek,
     generation: i32,
     now: OffsetDateTime,
-) -> Result<CaGenerationRecord, Error> {
+) -> Result<SealedGeneration, Error> {
     let name = config.name.as_str();
     let key_err = |source| Error::Key {
         trust_domain: name.to_owned(),
         source,
     };
-    let build_err = |e: rcgen::Error| Error::Build {
+    let build_err = |source: rcgen::Error| Error::Build {
         trust_domain: name.to_owned(),
-        message: e.to_string(),
+        source,
     };
     let root_key = CaKey::generate(config.key_algorithm).map_err(key_err)?;
     let intermediate_key = CaKey::generate(config.key_algorithm).map_err(key_err)?;
@@ -201,7 +173,7 @@ pub fn create_generation(
         .map_err(build_err)?;
     let issuer_key_id = hex::encode(intermediate_params.key_identifier(&intermediate_key));
 
-    Ok(CaGenerationRecord {
+    Ok(SealedGeneration {
         trust_domain: name.to_owned(),
         generation,
         state: "active".to_owned(),
@@ -221,7 +193,7 @@ pub fn create_generation(
 }
 
 /// Decrypts a stored generation and checks every key against its certificate.
-pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authority, Error> {
+pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority, Error> {
     let name = record.trust_domain.as_str();
     let inconsistent = |message: String| Error::Inconsistent {
         trust_domain: name.to_owned(),
@@ -289,8 +261,8 @@ pub fn open_generation(record: &CaGenerationRecord, kek: &Kek) -> Result<Authori
         generation: record.generation,
         root_der: record.root_cert.clone(),
         intermediate_der: record.intermediate_cert.clone(),
-        intermediate_pem: crate::enrollment::to_pem(&record.intermediate_cert),
-        root_pem: crate::enrollment::to_pem(&record.root_cert),
+        intermediate_pem: crate::pem::certificate(&record.intermediate_cert),
+        root_pem: crate::pem::certificate(&record.root_cert),
         issuer_key_id: record.issuer_key_id.clone(),
         intermediate_not_after,
         intermediate_not_before,
@@ -313,9 +285,9 @@ fn ca_params(
     name.push(DnType::OrganizationName, trust_domain);
     name.push(DnType::CommonName, common_name);
     params.distinguished_name = name;
-    let serial = Serial::random().map_err(|e| Error::Build {
+    let serial = Serial::random().map_err(|source| Error::Serial {
         trust_domain: trust_domain.to_owned(),
-        message: e.to_string(),
+        source,
     })?;
     params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));

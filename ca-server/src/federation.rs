@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::ca::Ca;
 use crate::config::{FederationConfig, FederationProfile};
-use crate::enrollment::{Ca, to_pem};
 use crate::spiffe::SpiffeId;
 use crate::store::BundleRecord;
 use crate::trust::bundle::{self, BundleError};
@@ -95,11 +95,11 @@ async fn fetch_with_hint(
                     *sequence
                 }
             };
-            ca.metrics.federation_success(td, sequence, now);
+            ca.metrics().federation_success(td, sequence, now);
         }
         Err(e) => {
-            tracing::warn!(trust_domain = td, reason = e.reason(), error = %e, "federated bundle refused; keeping the last good one");
-            ca.metrics.federation_error(td);
+            tracing::warn!(trust_domain = td, reason = e.reason(), error = %crate::report::Chain(e), "federated bundle refused; keeping the last good one");
+            ca.metrics().federation_error(td);
         }
     }
     result
@@ -141,7 +141,7 @@ async fn fetch_and_apply(
     let hint = parsed.refresh_hint;
     let sequence = parsed.sequence.unwrap_or(0);
     let content = bundle::content_hash(&parsed.roots);
-    if let Some(current) = ca.bundles.get(&entry.trust_domain) {
+    if let Some(current) = ca.bundles().get(&entry.trust_domain) {
         if current.content_sha256 == content && sequence <= current.sequence {
             return Ok((
                 FetchOutcome::Unchanged {
@@ -161,19 +161,23 @@ async fn fetch_and_apply(
         trust_domain: entry.trust_domain.to_string(),
         sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
         content_sha256: content.clone(),
-        roots_pem: parsed.roots.iter().map(|der| to_pem(der)).collect(),
+        roots_pem: parsed
+            .roots
+            .iter()
+            .map(|der| crate::pem::certificate(der))
+            .collect(),
         source: "federated".to_owned(),
         updated_at: now,
     };
-    ca.store.put_federated_bundle(&record).await?;
+    ca.store().put_federated_bundle(&record).await?;
     // Another replica may have stored a newer one; take whatever the store now holds.
     ca.reload_federated_bundles().await?;
     if ca
-        .bundles
+        .bundles()
         .get(&entry.trust_domain)
         .is_none_or(|b| b.sequence < sequence)
     {
-        ca.bundles.set(
+        ca.bundles().set(
             entry.trust_domain.clone(),
             Bundle::new(sequence, parsed.roots, Source::Federated, content),
         );
@@ -191,7 +195,7 @@ fn http_client(ca: &Ca, entry: &FederationConfig) -> Result<reqwest::Client, Fet
             endpoint_spiffe_id,
             bootstrap_bundle_file,
         } => {
-            let roots = match ca.bundles.get(&entry.trust_domain) {
+            let roots = match ca.bundles().get(&entry.trust_domain) {
                 Some(bundle) if !bundle.roots.is_empty() => bundle.roots.clone(),
                 _ => read_pem_certs(bootstrap_bundle_file)?,
             };

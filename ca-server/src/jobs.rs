@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::enrollment::Ca;
+use crate::ca::Ca;
 use crate::metrics::TrustDomainLabels;
 use crate::tls::ServingIdentity;
 
@@ -28,14 +28,14 @@ pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch
         }
         ticks = ticks.wrapping_add(1);
         if let Err(e) = ca.reload_deny_list().await {
-            tracing::warn!(error = %e, "deny list reload failed; keeping the previous list");
+            tracing::warn!(error = %crate::report::Chain(&e), "deny list reload failed; keeping the previous list");
         }
         if let Err(e) = ca.reload_federated_bundles().await {
-            tracing::warn!(error = %e, "federated bundle reload failed");
+            tracing::warn!(error = %crate::report::Chain(&e), "federated bundle reload failed");
         }
-        for authority in ca.authorities.iter() {
+        for authority in ca.authorities().iter() {
             if let Err(e) = ca.refresh_crl_if_changed(&authority.trust_domain).await {
-                tracing::warn!(error = %e, "CRL freshness check failed");
+                tracing::warn!(error = %crate::report::Chain(&e), "CRL freshness check failed");
             }
         }
         if ticks.is_multiple_of(SLOW_EVERY_TICKS) {
@@ -48,36 +48,36 @@ pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch
                     ),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(error = %e, "serving certificate renewal failed; will retry")
+                        tracing::warn!(error = %crate::report::Chain(&e), "serving certificate renewal failed; will retry")
                     }
                 }
             }
             refresh_gauges(&ca, now).await;
         }
         if ticks.is_multiple_of(JWKS_EVERY_TICKS) {
-            ca.clusters.load_all().await;
+            ca.clusters().load_all().await;
         }
     }
 }
 
 /// Sets the revocation gauges and keeps each CRL built (run every 30 s by the loop).
 pub async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
-    let denied = ca.deny_list.counts();
-    for authority in ca.authorities.iter() {
+    let denied = ca.deny_list().counts();
+    for authority in ca.authorities().iter() {
         let td = authority.trust_domain.to_string();
         if let Ok(count) = ca
-            .store
+            .store()
             .count_revoked_unexpired(&td, now.unix_timestamp())
             .await
         {
-            ca.metrics
+            ca.metrics()
                 .revoked
                 .get_or_create(&TrustDomainLabels {
                     trust_domain: td.clone(),
                 })
                 .set(count);
         }
-        ca.metrics
+        ca.metrics()
             .denied
             .get_or_create(&TrustDomainLabels {
                 trust_domain: td.clone(),
@@ -85,7 +85,7 @@ pub async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
             .set(denied.get(&td).copied().unwrap_or(0));
         // Keep the CRL (and its nextUpdate gauge) built even when nobody fetches it.
         if let Err(e) = ca.crl(&authority.trust_domain, now).await {
-            tracing::warn!(trust_domain = %td, error = %e, "CRL rebuild failed");
+            tracing::warn!(trust_domain = %td, error = %crate::report::Chain(&e), "CRL rebuild failed");
         }
     }
 }

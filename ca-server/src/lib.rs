@@ -1,33 +1,37 @@
 //! The mesh CA service: issues short-lived SPIFFE X.509 workload certificates per trust domain.
 //!
-//! Layout (see ARCHITECTURE.md for the invariants):
-//! - `config`: TOML to a validated [`config::Config`]; the embedded default.
-//! - `spiffe`: trust domain and SPIFFE ID parsing.
-//! - `keys`: CA key algorithms, generation, the KEK and sealing of keys at rest.
-//! - `serial`: random positive 128-bit serials.
-//! - `authority`: each trust domain's root and intermediate, created once, loaded and checked.
-//! - `issuance`: the engine (no I/O): CSR checks, the SVID profile, the self-check.
-//! - `enrollment`: the one path from an authorised request to a recorded certificate.
-//! - `store`: Postgres and SQLite persistence.
-//! - `http`: the public and admin HTTP listeners.
-//! - `server`: start everything on its listeners; shut it down.
+//! Layers, each importing only from the ones below it (`tests/tests/e2e/tidy.rs` holds this):
+//! - leaves: `spiffe` (trust domain and SPIFFE ID parsing), `serial`, `keys` (CA key algorithms,
+//!   the KEK, sealing), `pem`, `config` (TOML to a validated [`config::Config`]), `metrics`,
+//!   `request_id`.
+//! - domain (no I/O): `issuance` (CSR checks, certificate templates, the writer and the
+//!   self-check), `authority` (a trust domain's loaded CA generation), `audit` (events and the
+//!   hash chain), `revocation` (reasons, deny list, CRL and OCSP artefacts), `trust` (bundles).
+//! - persistence: `store` (Postgres and SQLite).
+//! - authentication: `authn` (tokens, client certificates), `authz` (who may be which identity).
+//! - service: `ca` ([`ca::Ca`] and its verbs: enroll, revoke, deny, bundles, CRL, OCSP).
+//! - around the service: `federation` (fetching peers' bundles), `jobs` (periodic work), `tls`
+//!   (serving certificates and TLS configs).
+//! - front doors: `grpc`, `http`; and `server`, which starts everything.
 
 pub mod audit;
-pub mod authn;
+mod authn;
 pub mod authority;
-pub mod authz;
+mod authz;
+pub mod ca;
 pub mod config;
-pub mod enrollment;
 pub mod federation;
-pub mod grpc;
+mod grpc;
 pub mod http;
-pub mod issuance;
+mod issuance;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
-pub mod request_id;
+mod pem;
+mod report;
+mod request_id;
 pub mod revocation;
-pub mod serial;
+mod serial;
 pub mod server;
 pub mod spiffe;
 pub mod store;

@@ -12,37 +12,35 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::authn::jwt::Clusters;
-use crate::authority::{self, Authorities};
+use crate::ca::{self, Ca};
 use crate::config::Config;
-use crate::enrollment::Ca;
 use crate::grpc;
 use crate::http::{self, HttpState};
 use crate::jobs;
 use crate::keys::{self, Kek};
 use crate::metrics::Metrics;
-use crate::revocation::{CrlCache, DenyList};
 use crate::store::{self, Store, StoreOptions};
 use crate::tls::{self, ServingIdentity};
-use crate::trust::Bundles;
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Keys(#[from] keys::Error),
-    #[error("cannot read or create the bootstrap token file {path}: {source}")]
+    #[error("cannot read or create the bootstrap token file {path}")]
     TokenFile {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] store::Error),
-    #[error("cannot load the CA: {0}")]
-    Authority(#[from] authority::Error),
-    #[error("cannot set up TLS: {0}")]
+    #[error("cannot load the CA")]
+    Authority(#[from] ca::LoadError),
+    #[error("cannot load the deny list")]
+    DenyList(#[source] crate::revocation::Error),
+    #[error("cannot set up TLS")]
     Tls(#[from] tls::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -61,6 +59,13 @@ pub struct Server {
 }
 
 impl Server {
+    /// Fault injection for tests: closes the store's connections, as a lost database would
+    /// (SQLite cannot be unplugged). Every later store call fails `Unavailable`.
+    #[doc(hidden)]
+    pub async fn close_store_for_tests(&self) {
+        self.ca.store().close().await;
+    }
+
     /// Starts everything. Creates the KEK and bootstrap token files (mode 0600) when missing.
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let (kek, created) = Kek::load_or_create(&config.kek_file)?;
@@ -72,7 +77,7 @@ impl Server {
         let store = Store::open(&options).await?;
         tracing::info!(backend = store.backend(), "store open, migrations applied");
 
-        let authorities = Authorities::load_or_create(
+        let authorities = ca::load_or_create_authorities(
             &store,
             &kek,
             &config.trust_domains,
@@ -105,57 +110,44 @@ impl Server {
                 authority.root_not_after,
             );
         }
-        let clusters = Clusters::new(&config.clusters);
-        let max_in_flight = config.max_in_flight;
-        clusters.load_all().await;
-        let ca = Ca {
-            config: Arc::new(config),
-            store,
-            authorities,
-            clusters,
-            metrics,
-            deny_list: Arc::new(DenyList::default()),
-            crls: Arc::new(CrlCache::default()),
-            bundles: Arc::new(Bundles::default()),
-            admission: Arc::new(crate::enrollment::Admission::new(max_in_flight)),
-        };
+        let ca = Ca::new(config, store, authorities, metrics);
+        ca.load_jwks().await;
         ca.load_bundles(OffsetDateTime::now_utc().unix_timestamp())
             .await?;
-        ca.reload_deny_list().await.map_err(|e| match e {
-            crate::revocation::Error::Store(e) => StartError::Store(e),
-            other => StartError::Store(store::Error::Other(other.to_string())),
-        })?;
+        ca.reload_deny_list().await.map_err(StartError::DenyList)?;
         let serving = ServingIdentity::new(&ca, OffsetDateTime::now_utc()).await?;
         let tls_config = tls::server_config(&ca, serving.clone())?;
         let state = HttpState {
             ca: ca.clone(),
             bootstrap_token_sha256: Arc::new(token_sha256),
         };
-        let grpc_listener = bind(ca.config.listen.grpc).await?;
-        let grpc_addr = local_addr(&grpc_listener, ca.config.listen.grpc)?;
-        let http_listener = bind(ca.config.listen.http).await?;
-        let admin_listener = bind(ca.config.listen.admin).await?;
-        let http_addr = local_addr(&http_listener, ca.config.listen.http)?;
-        let admin_addr = local_addr(&admin_listener, ca.config.listen.admin)?;
+        let grpc_listener = bind(ca.config().listen.grpc).await?;
+        let grpc_addr = local_addr(&grpc_listener, ca.config().listen.grpc)?;
+        let http_listener = bind(ca.config().listen.http).await?;
+        let admin_listener = bind(ca.config().listen.admin).await?;
+        let http_addr = local_addr(&http_listener, ca.config().listen.http)?;
+        let admin_addr = local_addr(&admin_listener, ca.config().listen.admin)?;
 
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut serving_identities = vec![serving];
         // The public listener: plain HTTP, or TLS with operator files (https_web) or our own
         // certificate carrying spiffe://<serving td>/ca (https_spiffe).
-        let public_tls = if ca.config.tls.http_tls {
-            let resolver: Arc<dyn rustls::server::ResolvesServerCert> =
-                match (&ca.config.tls.http_cert_file, &ca.config.tls.http_key_file) {
-                    (Some(cert), Some(key)) => tls::certified_key_from_files(cert, key)?,
-                    _ => {
-                        let uri = format!("spiffe://{}/ca", ca.config.tls.serving_trust_domain);
-                        let identity =
-                            ServingIdentity::with_uri(&ca, OffsetDateTime::now_utc(), Some(uri))
-                                .await?;
-                        serving_identities.push(identity.clone());
-                        identity
-                    }
-                };
+        let public_tls = if ca.config().tls.http_tls {
+            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match (
+                &ca.config().tls.http_cert_file,
+                &ca.config().tls.http_key_file,
+            ) {
+                (Some(cert), Some(key)) => tls::certified_key_from_files(cert, key)?,
+                _ => {
+                    let uri = format!("spiffe://{}/ca", ca.config().tls.serving_trust_domain);
+                    let identity =
+                        ServingIdentity::with_uri(&ca, OffsetDateTime::now_utc(), Some(uri))
+                            .await?;
+                    serving_identities.push(identity.clone());
+                    identity
+                }
+            };
             Some(tls::public_config(resolver)?)
         } else {
             None
@@ -178,7 +170,7 @@ impl Server {
                 "admin http",
             ));
         }
-        for entry in ca.config.federation.clone() {
+        for entry in ca.config().federation.clone() {
             tasks.spawn(crate::federation::run(
                 ca.clone(),
                 entry,
@@ -194,7 +186,7 @@ impl Server {
                 })
                 .await;
                 if let Err(e) = served {
-                    tracing::error!(error = %e, "gRPC listener failed");
+                    tracing::error!(error = %crate::report::Chain(&e), "gRPC listener failed");
                 }
             });
         }
@@ -219,8 +211,8 @@ impl Server {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         // The listeners are closed: no new audit events; write those still queued.
-        self.ca.store.flush_audit().await;
-        self.ca.store.close().await;
+        self.ca.store().flush_audit().await;
+        self.ca.store().close().await;
     }
 }
 
@@ -236,7 +228,7 @@ async fn serve_plain(
         })
         .await;
     if let Err(e) = served {
-        tracing::error!(listener = name, error = %e, "listener failed");
+        tracing::error!(listener = name, error = %crate::report::Chain(&e), "listener failed");
     }
 }
 

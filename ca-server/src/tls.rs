@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use crate::enrollment::Ca;
+use crate::ca::Ca;
 use crate::issuance::serving;
 use crate::store::CertificateRecord;
 
@@ -20,13 +20,13 @@ use crate::store::CertificateRecord;
 pub enum Error {
     #[error("serving trust domain {0} has no CA")]
     NoServingAuthority(String),
-    #[error("serving certificate: {0}")]
+    #[error("serving certificate")]
     Issue(#[from] crate::issuance::Error),
     #[error("serving key: {0}")]
     Key(String),
-    #[error("recording the serving certificate: {0}")]
+    #[error("recording the serving certificate")]
     Store(#[from] crate::store::Error),
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(String),
@@ -93,13 +93,13 @@ async fn issue_serving(
     now: OffsetDateTime,
     uri: Option<&str>,
 ) -> Result<(Arc<CertifiedKey>, i64, i64), Error> {
-    let td = &ca.config.tls.serving_trust_domain;
+    let td = &ca.config().tls.serving_trust_domain;
     let authority = ca
-        .authorities
+        .authorities()
         .get(td)
         .ok_or_else(|| Error::NoServingAuthority(td.to_string()))?;
     let td_config = ca
-        .config
+        .config()
         .trust_domain(td)
         .ok_or_else(|| Error::NoServingAuthority(td.to_string()))?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -107,21 +107,21 @@ async fn issue_serving(
     let ttl = i64::try_from(td_config.max_ttl.as_secs()).unwrap_or(86_400);
     let cert = serving::issue(
         authority,
-        &ca.config.tls.serving_dns_names,
+        &ca.config().tls.serving_dns_names,
         uri,
         &rcgen::PublicKeyData::subject_public_key_info(&key),
         ttl,
         now,
     )?;
     // The serving certificate leaves the server in every handshake: record it first.
-    ca.store
+    ca.store()
         .record_issued(&CertificateRecord {
             issuer_key_id: authority.issuer_key_id.clone(),
             serial: cert.serial.to_hex(),
             trust_domain: td.to_string(),
             spiffe_id: uri
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("dns:{}", ca.config.tls.serving_dns_names.join(","))),
+                .unwrap_or_else(|| format!("dns:{}", ca.config().tls.serving_dns_names.join(","))),
             not_before: cert.not_before,
             not_after: cert.not_after,
             spki_sha256: String::new(),
@@ -140,8 +140,8 @@ async fn issue_serving(
         CertificateDer::from(cert.der),
         CertificateDer::from(authority.intermediate_der.clone()),
     ];
-    tracing::info!(not_after = cert.not_after, names = ?ca.config.tls.serving_dns_names, "serving certificate issued");
-    ca.metrics.cert_expiry(
+    tracing::info!(not_after = cert.not_after, names = ?ca.config().tls.serving_dns_names, "serving certificate issued");
+    ca.metrics().cert_expiry(
         td.as_str(),
         "serving",
         &cert.serial.to_hex(),
@@ -216,7 +216,7 @@ pub fn server_config(
     serving: Arc<ServingIdentity>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
     let mut roots = RootCertStore::empty();
-    for authority in ca.authorities.iter() {
+    for authority in ca.authorities().iter() {
         roots
             .add(CertificateDer::from(authority.root_der.clone()))
             .map_err(|e| Error::Verifier(e.to_string()))?;

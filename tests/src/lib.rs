@@ -16,6 +16,26 @@ use std::process::Command;
 use ca_server::config::Config;
 use ca_server::server::Server;
 
+/// PEM of one DER certificate (LF line ends), as the server writes it.
+pub fn cert_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// An error and all its causes, `outer: cause: root`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// The two store backends every storage-touching test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -169,8 +189,18 @@ impl TestServer {
     /// The root of the serving trust domain (what verifies the gRPC port), PEM.
     pub fn serving_root_pem(&self) -> Vec<u8> {
         let td = &self.config.tls.serving_trust_domain;
-        let authority = self.server.ca.authorities.get(td).unwrap();
-        ca_server::enrollment::to_pem(&authority.root_der).into_bytes()
+        let authority = self.server.ca.authorities().get(td).unwrap();
+        cert_pem(&authority.root_der).into_bytes()
+    }
+
+    /// The server's database, opened separately (its own pool): what a test reads to check what
+    /// was recorded.
+    pub async fn store(&self) -> ca_server::store::Store {
+        let mut options = ca_server::store::StoreOptions::new(&self.config.database_url);
+        options.max_connections = 2;
+        ca_server::store::Store::open(&options)
+            .await
+            .expect("open the test server's store")
     }
 
     /// A gRPC client of this server, optionally with a client identity (chain PEM, key PEM).

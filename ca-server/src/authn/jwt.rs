@@ -457,10 +457,6 @@ impl Clusters {
         self.by_name.get(name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ClusterTokens>> {
-        self.by_name.values()
-    }
-
     /// Loads every cluster's JWKS; failures are logged (tokens of that cluster fail until a
     /// later reload works), not fatal.
     pub async fn load_all(&self) {

@@ -1,22 +1,17 @@
 //! Enrollment: the one path from an authorised request to a recorded certificate, shared by every
-//! front door (admin HTTP now, gRPC next). Order: parse and check the CSR, sign, self-check,
+//! front door (Istio gRPC, `ca.v1` gRPC, admin HTTP). Order: parse and check the CSR, sign, self-check,
 //! **commit the record**, and only then hand the certificate out. If the store fails, the
 //! certificate is dropped and the caller gets `Unavailable` (SPEC invariant 1).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::authn::jwt::Clusters;
-use crate::authority::{Authorities, Authority};
-use crate::config::Config;
+use crate::ca::Ca;
 use crate::issuance::{self, IssuedCert, TtlPolicy};
-use crate::metrics::{IssuedLabels, Metrics, OpLabels, TrustDomainLabels};
-use crate::revocation::{CrlCache, DenyList};
+use crate::metrics::{IssuedLabels, OpLabels, TrustDomainLabels};
 use crate::spiffe::SpiffeId;
-use crate::store::{self, AuditEvent, CertificateRecord, Store};
-use crate::trust::Bundles;
+use crate::store::{self, CertificateRecord};
 
 /// Why an enrollment failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,102 +89,7 @@ pub struct Enrolled {
     pub issuer_key_id: String,
 }
 
-/// The CA's core state: configuration, store and the loaded authorities.
-#[derive(Debug, Clone)]
-pub struct Ca {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub authorities: Authorities,
-    /// Kubernetes clusters whose tokens we accept, with their cached JWKS.
-    pub clusters: Clusters,
-    pub metrics: Arc<Metrics>,
-    pub deny_list: Arc<DenyList>,
-    pub crls: Arc<CrlCache>,
-    pub bundles: Arc<Bundles>,
-    pub admission: Arc<Admission>,
-}
-
-/// Bounds the issuances in flight and the queue in front of them.
-///
-/// A request takes a free slot at once if there is one. Otherwise it may wait, at most
-/// [`Admission::WAIT`], and only if fewer than `max` others are already waiting; beyond that it
-/// is shed at once. So under overload the server answers `RESOURCE_EXHAUSTED` quickly instead
-/// of queueing without limit, an accepted request waits at most 100 ms for its slot, and no
-/// single burst can build a backlog the server would still be working through seconds later.
-#[derive(Debug)]
-pub struct Admission {
-    slots: tokio::sync::Semaphore,
-    max: usize,
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-impl Admission {
-    pub const WAIT: Duration = Duration::from_millis(100);
-
-    pub fn new(max: usize) -> Admission {
-        Admission {
-            slots: tokio::sync::Semaphore::new(max),
-            max,
-            waiting: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// Issuances currently admitted.
-    pub fn in_flight(&self) -> usize {
-        self.max - self.slots.available_permits()
-    }
-
-    /// Requests waiting for a slot.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// A slot, or `None` when the request is to be shed.
-    async fn admit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        if let Ok(permit) = self.slots.try_acquire() {
-            return Some(permit);
-        }
-        let queued = Queued::join(&self.waiting, self.max)?;
-        let permit = tokio::time::timeout(Admission::WAIT, self.slots.acquire()).await;
-        drop(queued);
-        permit.ok()?.ok()
-    }
-}
-
-/// A place in the admission queue, given back when dropped (also when the request is cancelled).
-struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Queued<'a> {
-    fn join(waiting: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Queued<'a>> {
-        use std::sync::atomic::Ordering;
-        waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Queued(waiting))
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Admission::new(256)
-    }
-}
-
 impl Ca {
-    pub fn authority_for(&self, spiffe_id: &SpiffeId) -> Result<&Arc<Authority>, Error> {
-        self.authorities
-            .get(spiffe_id.trust_domain())
-            .ok_or_else(|| Error::UnknownTrustDomain(spiffe_id.trust_domain().to_string()))
-    }
-
     /// Issues and records a certificate for an already authorised identity, and counts it.
     pub async fn enroll(
         &self,
@@ -310,111 +210,5 @@ impl Ca {
             roots_pem: self.roots_pem_for(authority),
             issuer_key_id: authority.issuer_key_id.clone(),
         })
-    }
-
-    /// Appends an audit event to the chain. A failure to audit is logged (and counted), never
-    /// silently dropped; it does not undo the action it records.
-    pub async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self.store.append_audit(&event).await {
-            tracing::error!(error = %e, action = %event.action, "could not write audit event");
-            self.metrics
-                .store_errors
-                .get_or_create(&OpLabels {
-                    op: "append_audit".to_owned(),
-                })
-                .inc();
-        }
-    }
-
-    /// Queues an audit event from a workload path (never waits; a full queue drops the event
-    /// and counts it in `ca_store_errors_total{op="audit_queue_full"}`).
-    pub fn audit_soon(&self, event: AuditEvent) {
-        if !self.store.append_audit_soon(event) {
-            self.metrics
-                .store_errors
-                .get_or_create(&OpLabels {
-                    op: "audit_queue_full".to_owned(),
-                })
-                .inc();
-        }
-    }
-
-    /// The `spiffe_sequence` of a trust domain's bundle.
-    pub fn bundle_sequence(&self, trust_domain: &crate::spiffe::TrustDomain) -> u64 {
-        self.bundles
-            .get(trust_domain)
-            .map(|b| b.sequence)
-            .unwrap_or(0)
-    }
-
-    /// The roots a workload of this authority's trust domain must trust.
-    ///
-    /// Its own roots, then the last good roots of every trust domain in its `federates_with`.
-    pub fn roots_for(&self, authority: &Authority) -> Vec<Vec<u8>> {
-        let mut roots = vec![authority.root_der.clone()];
-        for bundle in self.federated_bundles(authority) {
-            roots.extend(bundle.roots.iter().cloned());
-        }
-        roots
-    }
-
-    /// [`Ca::roots_for`] as concatenated PEM; every root is encoded once (the trust domain's own
-    /// at load, a bundle's when it is taken in).
-    pub fn roots_pem_for(&self, authority: &Authority) -> String {
-        let mut pem = authority.root_pem.clone();
-        for bundle in self.federated_bundles(authority) {
-            pem.push_str(bundle.roots_pem());
-        }
-        pem
-    }
-
-    /// The last good bundle of every trust domain this authority's trust domain federates with.
-    fn federated_bundles(
-        &self,
-        authority: &Authority,
-    ) -> impl Iterator<Item = Arc<crate::trust::Bundle>> + '_ {
-        self.config
-            .trust_domain(&authority.trust_domain)
-            .into_iter()
-            .flat_map(|config| config.federates_with.iter())
-            .filter_map(|peer| self.bundles.get(peer))
-    }
-}
-
-/// PEM of one DER certificate (RFC 7468: base64 in lines of 64, LF line ends), newline-
-/// terminated. Written in one pass into one buffer: it is on every issuance's answer.
-pub fn to_pem(der: &[u8]) -> String {
-    use base64::Engine;
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----\n";
-    const END: &str = "-----END CERTIFICATE-----\n";
-    const LINE: usize = 64;
-    let encoded_len = der.len().div_ceil(3) * 4;
-    let mut out =
-        String::with_capacity(BEGIN.len() + encoded_len + encoded_len.div_ceil(LINE) + END.len());
-    out.push_str(BEGIN);
-    // 48 input bytes are exactly one 64-character line.
-    for chunk in der.chunks(LINE / 4 * 3) {
-        base64::engine::general_purpose::STANDARD.encode_string(chunk, &mut out);
-        out.push('\n');
-    }
-    out.push_str(END);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::to_pem;
-
-    #[test]
-    fn to_pem_matches_the_pem_crate_for_every_line_remainder() {
-        for len in [1, 2, 3, 47, 48, 49, 95, 96, 97, 500, 1023] {
-            let der: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-            let expected = pem::encode_config(
-                &pem::Pem::new("CERTIFICATE", der.clone()),
-                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-            );
-            assert_eq!(to_pem(&der), expected, "length {len}");
-            assert_eq!(pem::parse(to_pem(&der)).unwrap().contents(), der.as_slice());
-        }
     }
 }

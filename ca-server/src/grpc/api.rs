@@ -14,7 +14,7 @@ use ca_proto::ca_v1::{
     WatchBundlesRequest,
 };
 
-use crate::enrollment::{Api, Ca};
+use crate::ca::{Api, Ca};
 use crate::grpc::{audit_issuance, authenticate, refusal, request_id, requested_ttl};
 
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ impl CertificateAuthority for ApiService {
         let result = self
             .ca
             .enroll(
-                &crate::enrollment::Request {
+                &crate::ca::Request {
                     csr: &message.csr,
                     spiffe_id: principal.spiffe_id(),
                     ttl,
@@ -86,7 +86,7 @@ impl CertificateAuthority for ApiService {
         _request: Request<WatchBundlesRequest>,
     ) -> Result<Response<Self::WatchBundlesStream>, Status> {
         let ca = self.ca.clone();
-        let changes = tokio_stream::wrappers::WatchStream::new(ca.bundles.subscribe());
+        let changes = tokio_stream::wrappers::WatchStream::new(ca.bundles().subscribe());
         let stream = changes.map(move |_| Ok(current_bundles(&ca)));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -96,7 +96,7 @@ impl CertificateAuthority for ApiService {
 fn current_bundles(ca: &Ca) -> GetBundlesResponse {
     GetBundlesResponse {
         bundles: ca
-            .bundles
+            .bundles()
             .all()
             .into_iter()
             .map(|(trust_domain, bundle)| TrustDomainBundle {

@@ -11,7 +11,7 @@ use ca_proto::istio::istio_certificate_service_server::IstioCertificateService;
 use ca_proto::istio::{IstioCertificateRequest, IstioCertificateResponse};
 
 use crate::authz;
-use crate::enrollment::{Api, Ca, Enrolled, to_pem};
+use crate::ca::{Api, Ca, Enrolled};
 use crate::grpc::{
     audit_issuance, authenticate, refusal, request_id, requested_ttl, status, workload_event,
 };
@@ -33,8 +33,8 @@ impl IstioCertificateService for IstioService {
         let message = request.into_inner();
         let impersonated = metadata_string(&message, "ImpersonatedIdentity");
         let cert_signer = metadata_string(&message, "CertSigner");
-        let identity = authz::decide(&principal, impersonated, cert_signer, &self.ca.clusters).map_err(|e| {
-            tracing::info!(caller = %principal.describe(), reason = e.reason(), error = %e, "request refused");
+        let identity = authz::decide(&principal, impersonated, cert_signer, self.ca.clusters()).map_err(|e| {
+            tracing::info!(caller = %principal.describe(), reason = e.reason(), error = %crate::report::Chain(&e), "request refused");
             self.ca.audit_soon(workload_event(
                 &principal.describe(),
                 "certificate.issue",
@@ -45,7 +45,7 @@ impl IstioCertificateService for IstioService {
                 now,
             ));
             if !matches!(e, authz::Error::UnknownSigner(_)) {
-                self.ca.metrics.authn_failure(e.reason());
+                self.ca.metrics().authn_failure(e.reason());
             }
             status::from_authz(&e)
         })?;
@@ -54,7 +54,7 @@ impl IstioCertificateService for IstioService {
         let result = self
             .ca
             .enroll(
-                &crate::enrollment::Request {
+                &crate::ca::Request {
                     csr: message.csr.as_bytes(),
                     spiffe_id: &identity,
                     ttl,
@@ -85,7 +85,7 @@ impl IstioCertificateService for IstioService {
 /// root the workload must trust concatenated into the last element.
 pub fn istio_chain(enrolled: Enrolled) -> Vec<String> {
     vec![
-        to_pem(&enrolled.cert.der),
+        crate::pem::certificate(&enrolled.cert.der),
         enrolled.intermediate_pem,
         enrolled.roots_pem,
     ]

@@ -22,7 +22,7 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::Server;
 
 use crate::authn::{self, Credentials, Principal};
-use crate::enrollment::Ca;
+use crate::ca::Ca;
 
 /// Largest gRPC message accepted (a CSR is capped at 64 KiB on its own).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -62,7 +62,9 @@ pub async fn serve(
                     Ok(Ok(tls)) => {
                         let _ = sender.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %crate::report::Chain(&e), "TLS handshake failed")
+                    }
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
@@ -80,7 +82,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(ca_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| tracing::error!(error = %e, "reflection service"))
+        .map_err(|e| tracing::error!(error = %crate::report::Chain(&e), "reflection service"))
         .ok();
 
     let istio =
@@ -98,7 +100,7 @@ pub async fn serve(
         // Per-client fairness: one connection (one istio-agent, or one ztunnel speaking for a
         // node's pods) holds at most 100 of the default 256 issuance slots; its further
         // requests wait in the client, not in a server queue. Admission
-        // (`enrollment::Admission`) sheds what the server as a whole cannot take in time.
+        // (`ca::Admission`) sheds what the server as a whole cannot take in time.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health_service)
         .add_optional_service(reflection)
@@ -126,15 +128,15 @@ pub(crate) async fn authenticate<T>(
     };
     authn::authenticate(
         &credentials,
-        &ca.clusters,
-        &ca.authorities,
-        &ca.store,
+        ca.clusters(),
+        ca.authorities(),
+        ca.store(),
         now.unix_timestamp(),
     )
     .await
     .map_err(|e| {
-        tracing::info!(reason = e.reason(), error = %e, "authentication failed");
-        ca.metrics.authn_failure(e.reason());
+        tracing::info!(reason = e.reason(), error = %crate::report::Chain(&e), "authentication failed");
+        ca.metrics().authn_failure(e.reason());
         status::from_authn(&e)
     })
 }
@@ -163,8 +165,8 @@ pub(crate) fn workload_event(
     request_id: &str,
     detail: String,
     now: OffsetDateTime,
-) -> crate::store::AuditEvent {
-    crate::store::AuditEvent {
+) -> crate::audit::AuditEvent {
+    crate::audit::AuditEvent {
         at: now.unix_timestamp(),
         actor: actor.to_owned(),
         action: action.to_owned(),
@@ -177,11 +179,11 @@ pub(crate) fn workload_event(
 
 /// Logs a refused issuance and maps it to its status. Overload sheds are logged at debug only:
 /// they are counted (`ca_issuance_shed_total`), and a renewal storm must not become a log storm.
-pub(crate) fn refusal(caller: &str, e: &crate::enrollment::Error) -> tonic::Status {
-    if matches!(e, crate::enrollment::Error::Overloaded) {
+pub(crate) fn refusal(caller: &str, e: &crate::ca::Error) -> tonic::Status {
+    if matches!(e, crate::ca::Error::Overloaded) {
         tracing::debug!(caller, "issuance shed: overloaded");
     } else {
-        tracing::info!(caller, error = %e, "issuance refused");
+        tracing::info!(caller, error = %crate::report::Chain(e), "issuance refused");
     }
     status::from_enrollment(e)
 }
@@ -197,11 +199,11 @@ pub(crate) fn audit_issuance(
     identity: &str,
     request_id: &str,
     api: &str,
-    result: &Result<crate::enrollment::Enrolled, crate::enrollment::Error>,
+    result: &Result<crate::ca::Enrolled, crate::ca::Error>,
     now: OffsetDateTime,
 ) {
     let (outcome, detail) = match result {
-        Err(crate::enrollment::Error::Overloaded) => return,
+        Err(crate::ca::Error::Overloaded) => return,
         Ok(enrolled) => (
             "success",
             format!("{api} serial {}", enrolled.cert.serial.to_hex()),

@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{authn, authz, enrollment};
+use crate::{authn, authz, ca};
 
 /// Istio's own text for a failed authentication; the real reason is only logged.
 pub const UNAUTHENTICATED: &str = "request authenticate failure";
@@ -27,18 +27,18 @@ pub fn from_authz(error: &authz::Error) -> Status {
     }
 }
 
-pub fn from_enrollment(error: &enrollment::Error) -> Status {
+pub fn from_enrollment(error: &ca::Error) -> Status {
     match error {
-        enrollment::Error::Issuance(e) if e.is_bad_request() => {
+        ca::Error::Issuance(e) if e.is_bad_request() => {
             Status::new(Code::InvalidArgument, format!("{}: {e}", e.reason()))
         }
-        enrollment::Error::Issuance(_) => Status::internal("the CA failed to sign"),
-        enrollment::Error::UnknownTrustDomain(td) => {
+        ca::Error::Issuance(_) => Status::internal("the CA failed to sign"),
+        ca::Error::UnknownTrustDomain(td) => {
             Status::permission_denied(format!("this CA does not issue for trust domain {td}"))
         }
-        enrollment::Error::Denied(_) => Status::permission_denied("this identity is denied"),
-        enrollment::Error::Overloaded => Status::resource_exhausted("the CA is overloaded; retry"),
-        enrollment::Error::Store(_) => {
+        ca::Error::Denied(_) => Status::permission_denied("this identity is denied"),
+        ca::Error::Overloaded => Status::resource_exhausted("the CA is overloaded; retry"),
+        ca::Error::Store(_) => {
             Status::unavailable("the CA cannot record certificates right now; retry")
         }
     }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::enrollment;
+use crate::ca;
 use crate::issuance;
 use crate::store;
 
@@ -69,8 +69,8 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    fn unavailable(cause: &dyn std::fmt::Display) -> ApiError {
-        tracing::warn!(%cause, "store unavailable");
+    fn unavailable(cause: &dyn std::error::Error) -> ApiError {
+        tracing::warn!(cause = %crate::report::Chain(cause), "store unavailable");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -105,25 +105,25 @@ impl From<issuance::Error> for ApiError {
     }
 }
 
-impl From<enrollment::Error> for ApiError {
-    fn from(error: enrollment::Error) -> Self {
+impl From<ca::Error> for ApiError {
+    fn from(error: ca::Error) -> Self {
         match error {
-            enrollment::Error::Issuance(e) => e.into(),
-            enrollment::Error::UnknownTrustDomain(td) => ApiError::bad_request(
+            ca::Error::Issuance(e) => e.into(),
+            ca::Error::UnknownTrustDomain(td) => ApiError::bad_request(
                 "unknown_trust_domain",
                 format!("this CA does not issue for trust domain {td}"),
             ),
-            enrollment::Error::Denied(id) => ApiError::new(
+            ca::Error::Denied(id) => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "identity_denied",
                 format!("{id} is on the deny list"),
             ),
-            enrollment::Error::Overloaded => ApiError::new(
+            ca::Error::Overloaded => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 "the CA is overloaded; retry",
             ),
-            enrollment::Error::Store(e) => e.into(),
+            ca::Error::Store(e) => e.into(),
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod tls_serve;
 
 use std::sync::Arc;
 
-use crate::enrollment::Ca;
+use crate::ca::Ca;
 
 /// Shared state of the HTTP handlers.
 #[derive(Debug, Clone)]

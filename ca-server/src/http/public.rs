@@ -31,19 +31,19 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.ca.metrics.render(),
+        state.ca.metrics().render(),
     )
         .into_response()
 }
 
 /// Ready when the store answers and every trust domain's CA is loaded.
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let loaded = state.ca.authorities.iter().count() == state.ca.config.trust_domains.len();
-    match state.ca.store.ping().await {
+    let loaded = state.ca.authorities().iter().count() == state.ca.config().trust_domains.len();
+    match state.ca.store().ping().await {
         Ok(()) if loaded => (StatusCode::OK, "ready\n").into_response(),
         Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, "CA keys not loaded\n").into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "readiness: store unreachable");
+            tracing::warn!(error = %crate::report::Chain(&e), "readiness: store unreachable");
             (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
         }
     }
@@ -64,7 +64,7 @@ async fn bundle(
         TrustDomain::parse(name).map_err(|_| ApiError::not_found("unknown trust domain"))?;
     let bundle = state
         .ca
-        .bundles
+        .bundles()
         .get(&trust_domain)
         .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
     let (content_type, body) = if as_pem {
@@ -80,7 +80,7 @@ async fn bundle(
 /// `GET /v1/bundles`: the SPIFFE bundle map of every trust domain we know.
 async fn bundle_map(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let mut map = serde_json::Map::new();
-    for (trust_domain, bundle) in state.ca.bundles.all() {
+    for (trust_domain, bundle) in state.ca.bundles().all() {
         map.insert(
             trust_domain.to_string(),
             crate::trust::bundle::render(&bundle.roots, bundle.sequence, None),

@@ -24,15 +24,6 @@ impl KeyKind {
     pub fn is_rsa(self) -> bool {
         matches!(self, KeyKind::Rsa { .. })
     }
-
-    /// Short name for logs and the bench, e.g. `rsa-2048`, `ecdsa-p256`.
-    pub fn name(self) -> String {
-        match self {
-            KeyKind::Rsa { bits } => format!("rsa-{bits}"),
-            KeyKind::EcdsaP256 => "ecdsa-p256".to_owned(),
-            KeyKind::EcdsaP384 => "ecdsa-p384".to_owned(),
-        }
-    }
 }
 
 /// A CSR whose signature verified and whose key passed policy.

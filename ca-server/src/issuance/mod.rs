@@ -47,8 +47,8 @@ pub enum Error {
     TtlOutOfRange,
     #[error("the issuing CA is not valid at this time")]
     IssuerNotValid,
-    #[error("signing failed: {0}")]
-    Signing(String),
+    #[error("signing failed")]
+    Signing(#[source] rcgen::Error),
     #[error("issued certificate failed its self-check: {0}")]
     SelfCheck(String),
     #[error(transparent)]

@@ -148,9 +148,7 @@ pub fn sign(
     );
     let tbs = wrap(SEQUENCE, &tbs);
 
-    let signature = signing_key
-        .sign(&tbs)
-        .map_err(|e| Error::Signing(e.to_string()))?;
+    let signature = signing_key.sign(&tbs).map_err(Error::Signing)?;
     let mut certificate = Vec::with_capacity(tbs.len() + signature.len() + 32);
     certificate.extend_from_slice(&tbs);
     certificate.extend_from_slice(signature_algorithm);

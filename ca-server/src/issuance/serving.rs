@@ -34,7 +34,7 @@ pub fn issue(
     ttl_seconds: i64,
     now: OffsetDateTime,
 ) -> Result<ServingCert, Error> {
-    let signing = |e: rcgen::Error| Error::Signing(e.to_string());
+    let signing = Error::Signing;
     let now_s = now.unix_timestamp();
     if now_s < authority.intermediate_not_before || now_s >= authority.intermediate_not_after {
         return Err(Error::IssuerNotValid);

@@ -14,7 +14,7 @@ pub use kek::{Kek, write_secret_file};
 /// What went wrong with a key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read or create the KEK file {path}: {source}")]
+    #[error("cannot read or create the KEK file {path}")]
     KekFile {
         path: String,
         source: std::io::Error,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{AuditEvent, CERTIFICATE_COLUMNS, CertificateRecord, Error, Pool};
+use crate::audit::AuditEvent;
+use crate::store::{CERTIFICATE_COLUMNS, CertificateRecord, Error, Pool};
 
 /// Most rows in one INSERT (14 parameters each, well under both backends' limits).
 pub const MAX_BATCH: usize = 256;
@@ -47,10 +48,15 @@ impl Batcher {
         self.sender
             .send((record, done))
             .await
-            .map_err(|_| Error::Unavailable("the record writer stopped".to_owned()))?;
-        wait.await
-            .map_err(|_| Error::Unavailable("the record writer stopped".to_owned()))?
+            .map_err(|_| writer_stopped())?;
+        wait.await.map_err(|_| writer_stopped())?
     }
+}
+
+fn writer_stopped() -> Error {
+    Error::Unavailable(super::cause(std::io::Error::other(
+        "the record writer stopped",
+    )))
 }
 
 async fn write_loop(pool: Pool, receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>) {
@@ -281,7 +287,7 @@ async fn write_audit(pool: &Pool, events: &mut Vec<AuditEvent>) {
         return;
     }
     if let Err(e) = append_chained(pool, events).await {
-        tracing::error!(error = %e, lost = events.len(), "could not write audit events");
+        tracing::error!(error = %crate::report::Chain(&e), lost = events.len(), "could not write audit events");
     }
     events.clear();
 }

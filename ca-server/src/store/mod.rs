@@ -12,25 +12,39 @@ mod batch;
 mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{PgPool, SqlitePool};
 
-/// A store failure, already given its domain meaning.
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::authority::SealedGeneration;
+
+/// A store failure, already given its domain meaning; the database's own error is its
+/// `source()`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The database cannot be reached or answered with an I/O or pool error: transient.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable")]
+    Unavailable(#[source] Cause),
     /// A unique constraint said no (duplicate serial, second CA generation, ...).
     #[error("conflict: {0}")]
     Conflict(String),
-    #[error("invalid database URL: {0}")]
-    Url(String),
-    #[error("migration failed: {0}")]
-    Migrate(String),
-    #[error("store error: {0}")]
-    Other(String),
+    #[error("invalid database URL")]
+    Url(#[source] Cause),
+    #[error("migration failed")]
+    Migrate(#[source] Cause),
+    #[error("store error")]
+    Other(#[source] Cause),
+}
+
+/// The cause of a store error. Shared (`Arc`): one failed group commit fails every request in
+/// it with the same cause.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A cause from any error, or from a message of ours (`std::io::Error::other`).
+pub(crate) fn cause(error: impl std::error::Error + Send + Sync + 'static) -> Cause {
+    Arc::new(error)
 }
 
 impl From<sqlx::Error> for Error {
@@ -44,14 +58,14 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_) => Error::Unavailable(error.to_string()),
+            | sqlx::Error::Protocol(_) => Error::Unavailable(cause(error)),
             sqlx::Error::Database(db) if postgres::is_transient(db.code().as_deref()) => {
-                Error::Unavailable(error.to_string())
+                Error::Unavailable(cause(error))
             }
             sqlx::Error::Database(db) if sqlite::is_transient(db.code().as_deref()) => {
-                Error::Unavailable(error.to_string())
+                Error::Unavailable(cause(error))
             }
-            _ => Error::Other(error.to_string()),
+            _ => Error::Other(cause(error)),
         }
     }
 }
@@ -101,22 +115,6 @@ impl StoreOptions {
     }
 }
 
-/// A CA generation of one trust domain, as stored (keys still sealed).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct CaGenerationRecord {
-    pub trust_domain: String,
-    pub generation: i32,
-    pub state: String,
-    pub key_algorithm: String,
-    pub root_cert: Vec<u8>,
-    pub root_key: Vec<u8>,
-    pub intermediate_cert: Vec<u8>,
-    pub intermediate_key: Vec<u8>,
-    pub issuer_key_id: String,
-    pub not_after: i64,
-    pub created_at: i64,
-}
-
 /// One issued certificate.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct CertificateRecord {
@@ -135,33 +133,6 @@ pub struct CertificateRecord {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub revocation_reason: Option<String>,
-}
-
-/// An audit event to append.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEvent {
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    pub request_id: String,
-    pub detail: String,
-}
-
-/// One stored audit event, with its place in the hash chain.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct AuditRecord {
-    pub id: i64,
-    pub prev_hash: String,
-    pub hash: String,
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    pub request_id: String,
-    pub detail: String,
 }
 
 /// A revoked certificate, as a CRL lists it.
@@ -248,9 +219,9 @@ impl Store {
             } else if options.url.starts_with("sqlite:") {
                 Pool::Sqlite(sqlite::open(options).await?)
             } else {
-                return Err(Error::Url(
-                    "expected postgres://... or sqlite://...".to_owned(),
-                ));
+                return Err(Error::Url(cause(std::io::Error::other(
+                    "expected postgres://... or sqlite://...",
+                ))));
             };
         let batcher = batch::Batcher::start(pool.clone());
         let audit_batcher = batch::AuditBatcher::start(pool.clone());
@@ -291,7 +262,7 @@ impl Store {
     pub async fn active_generation(
         &self,
         trust_domain: &str,
-    ) -> Result<Option<CaGenerationRecord>, Error> {
+    ) -> Result<Option<SealedGeneration>, Error> {
         let sql = format!(
             "SELECT {GENERATION_COLUMNS} FROM ca_generations \
              WHERE trust_domain = $1 AND state = 'active'"
@@ -301,7 +272,7 @@ impl Store {
     }
 
     /// Every generation of a trust domain, oldest first.
-    pub async fn generations(&self, trust_domain: &str) -> Result<Vec<CaGenerationRecord>, Error> {
+    pub async fn generations(&self, trust_domain: &str) -> Result<Vec<SealedGeneration>, Error> {
         let sql = format!(
             "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 \
              ORDER BY generation"
@@ -312,7 +283,7 @@ impl Store {
     }
 
     /// Inserts a generation; `Conflict` when another process inserted the same one first.
-    pub async fn insert_generation(&self, record: &CaGenerationRecord) -> Result<(), Error> {
+    pub async fn insert_generation(&self, record: &SealedGeneration) -> Result<(), Error> {
         let sql = format!(
             "INSERT INTO ca_generations ({GENERATION_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -619,9 +590,9 @@ impl Store {
             .execute(pool)
             .await
             .map(|_| ()))?;
-        self.bundle(trust_domain)
-            .await?
-            .ok_or_else(|| Error::Other("bundle vanished after upsert".to_owned()))
+        self.bundle(trust_domain).await?.ok_or_else(|| {
+            Error::Other(cause(std::io::Error::other("bundle vanished after upsert")))
+        })
     }
 
     /// Records a federated bundle if its sequence is higher than the stored one (or none is

@@ -31,7 +31,7 @@ pub(super) async fn open(options: &StoreOptions) -> Result<PgPool, Error> {
     sqlx::migrate!("../migrations/postgres")
         .run(&pool)
         .await
-        .map_err(|e| Error::Migrate(e.to_string()))?;
+        .map_err(|e| Error::Migrate(super::cause(e)))?;
     Ok(pool)
 }
 

@@ -11,7 +11,7 @@ use crate::store::{Error, StoreOptions};
 
 pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
     let connect = SqliteConnectOptions::from_str(&options.url)
-        .map_err(|e| Error::Url(e.to_string()))?
+        .map_err(|e| Error::Url(super::cause(e)))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
@@ -27,7 +27,7 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent).map_err(|e| Error::Url(e.to_string()))?;
+        std::fs::create_dir_all(parent).map_err(|e| Error::Url(super::cause(e)))?;
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
@@ -39,7 +39,7 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
     sqlx::migrate!("../migrations/sqlite")
         .run(&pool)
         .await
-        .map_err(|e| Error::Migrate(e.to_string()))?;
+        .map_err(|e| Error::Migrate(super::cause(e)))?;
     Ok(pool)
 }
 

@@ -12,9 +12,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use crate::enrollment::{Ca, to_pem};
 use crate::spiffe::TrustDomain;
-use crate::store::{self, BundleRecord};
+use crate::store::BundleRecord;
 
 /// Whose bundle it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +37,10 @@ pub struct Bundle {
 
 impl Bundle {
     pub fn new(sequence: u64, roots: Vec<Vec<u8>>, source: Source, content_sha256: String) -> Self {
-        let roots_pem = roots.iter().map(|der| to_pem(der)).collect();
+        let roots_pem = roots
+            .iter()
+            .map(|der| crate::pem::certificate(der))
+            .collect();
         Bundle {
             sequence,
             roots,
@@ -105,7 +107,8 @@ impl Bundles {
     }
 }
 
-fn from_record(record: &BundleRecord) -> Bundle {
+/// A stored bundle as served (roots re-read from its PEM).
+pub fn from_record(record: &BundleRecord) -> Bundle {
     let roots = pem::parse_many(&record.roots_pem)
         .map(|blocks| blocks.into_iter().map(pem::Pem::into_contents).collect())
         .unwrap_or_default();
@@ -119,62 +122,4 @@ fn from_record(record: &BundleRecord) -> Bundle {
         },
         record.content_sha256.clone(),
     )
-}
-
-impl Ca {
-    /// Publishes our own trust domains' roots (bumping the stored sequence when they changed) and
-    /// loads the last good federated bundles.
-    pub async fn load_bundles(&self, now: i64) -> Result<(), store::Error> {
-        for authority in self.authorities.iter() {
-            let roots = vec![authority.root_der.clone()];
-            let pem_text: String = roots.iter().map(|der| to_pem(der)).collect();
-            let record = self
-                .store
-                .put_local_bundle(
-                    authority.trust_domain.as_str(),
-                    &pem_text,
-                    &bundle::content_hash(&roots),
-                    now,
-                )
-                .await?;
-            self.bundles
-                .set(authority.trust_domain.clone(), from_record(&record));
-        }
-        self.reload_federated_bundles().await
-    }
-
-    /// Loads federated bundles another replica (or an earlier run) stored.
-    pub async fn reload_federated_bundles(&self) -> Result<(), store::Error> {
-        for record in self.store.bundles().await? {
-            if record.source != "federated" {
-                continue;
-            }
-            let Ok(trust_domain) = TrustDomain::parse(&record.trust_domain) else {
-                continue;
-            };
-            if !self
-                .config
-                .federation
-                .iter()
-                .any(|f| f.trust_domain == trust_domain)
-            {
-                continue;
-            }
-            let newer = self
-                .bundles
-                .get(&trust_domain)
-                .is_none_or(|b| b.sequence < u64::try_from(record.sequence).unwrap_or(0));
-            if newer {
-                self.bundles.set(trust_domain, from_record(&record));
-            }
-        }
-        Ok(())
-    }
-
-    /// The `spiffe_refresh_hint` we publish for a trust domain (seconds).
-    pub fn refresh_hint(&self, trust_domain: &TrustDomain) -> Option<u64> {
-        self.config
-            .trust_domain(trust_domain)
-            .map(|td| td.refresh_hint.as_secs())
-    }
 }

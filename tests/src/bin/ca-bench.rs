@@ -15,10 +15,8 @@ use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
 
 use ca_client::KeyType;
-use ca_server::authn::jwt::Clusters;
-use ca_server::authority::Authorities;
+use ca_server::ca::{Api, Ca, Request};
 use ca_server::config::Config;
-use ca_server::enrollment::{Api, Ca, Request};
 use ca_server::keys::Kek;
 use ca_server::metrics::Metrics;
 use ca_server::spiffe::SpiffeId;
@@ -254,12 +252,18 @@ async fn main() -> anyhow::Result<()> {
                             "postgres" => fresh_pg(&postgres).await?,
                             other => anyhow::bail!("unknown backend {other}"),
                         };
-                        let ca = open_ca(dir.path(), &url, concurrency as u32 + 2).await?;
+                        let (ca, store) = open_ca(dir.path(), &url, concurrency as u32 + 2).await?;
                         results.push(
-                            run_engine(&ca, &csrs, concurrency, Duration::from_secs(seconds))
-                                .await?,
+                            run_engine(
+                                &ca,
+                                &store,
+                                &csrs,
+                                concurrency,
+                                Duration::from_secs(seconds),
+                            )
+                            .await?,
                         );
-                        ca.store.close().await;
+                        store.close().await;
                         if backend == "postgres" {
                             ca_tests::drop_postgres_database(&url).await?;
                         }
@@ -1067,13 +1071,18 @@ async fn fresh_pg(base: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::Result<Ca> {
+/// The CA engine over its own store (no listeners), and that store to check and close it.
+async fn open_ca(
+    dir: &std::path::Path,
+    url: &str,
+    connections: u32,
+) -> anyhow::Result<(Ca, Store)> {
     let config = Config::ephemeral(dir, url);
     let mut options = StoreOptions::new(url);
     options.max_connections = connections;
     let store = Store::open(&options).await?;
     let kek = Kek::from_bytes([9; 32]);
-    let authorities = Authorities::load_or_create(
+    let authorities = ca_server::ca::load_or_create_authorities(
         &store,
         &kek,
         &config.trust_domains,
@@ -1081,21 +1090,13 @@ async fn open_ca(dir: &std::path::Path, url: &str, connections: u32) -> anyhow::
         OffsetDateTime::now_utc(),
     )
     .await?;
-    Ok(Ca {
-        clusters: Clusters::new(&config.clusters),
-        config: Arc::new(config),
-        store,
-        authorities,
-        metrics: Metrics::new(),
-        deny_list: Default::default(),
-        crls: Default::default(),
-        bundles: Default::default(),
-        admission: Default::default(),
-    })
+    let ca = Ca::new(config, store.clone(), authorities, Metrics::new());
+    Ok((ca, store))
 }
 
 async fn run_engine(
     ca: &Ca,
+    store: &Store,
     csrs: &[Vec<u8>],
     concurrency: usize,
     duration: Duration,
@@ -1134,7 +1135,7 @@ async fn run_engine(
         latencies.extend(task.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let recorded = ca.store.count_certificates().await?;
+    let recorded = store.count_certificates().await?;
     anyhow::ensure!(
         recorded as usize == latencies.len(),
         "recorded {recorded} != issued {}",
@@ -1147,7 +1148,7 @@ async fn bench_crl(entries: i64, runs: usize) -> anyhow::Result<()> {
     let server = ca_tests::TestServer::start(ca_tests::Backend::Postgres).await;
     let ca = &server.server.ca;
     let td = ca_server::spiffe::TrustDomain::parse("cluster.local")?;
-    let authority = ca.authorities.get(&td).context("no authority")?;
+    let authority = ca.authorities().get(&td).context("no authority")?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut db = {
         use sqlx::Connection;
@@ -1251,7 +1252,7 @@ async fn bench_ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyh
     let authority = server
         .server
         .ca
-        .authorities
+        .authorities()
         .get(&td)
         .context("no authority")?;
     let request = Arc::new(ca_tests::ocsp::request(

@@ -72,9 +72,8 @@ async fn role_matrix(backend: Backend) {
     assert_eq!(status, 204);
     // An expired token, written straight to the store.
     server
-        .server
-        .ca
-        .store
+        .store()
+        .await
         .create_token(&ca_server::store::TokenRecord {
             name: "expired".to_owned(),
             role: "admin".to_owned(),

@@ -192,9 +192,8 @@ async fn cactl_workload_issue_and_renew() {
     assert_eq!(second["spiffe_id"], first["spiffe_id"]);
     assert_ne!(second["serial"], first["serial"]);
     let records = server
-        .server
-        .ca
-        .store
+        .store()
+        .await
         .certificates_by_serial(second["serial"].as_str().unwrap())
         .await
         .unwrap();

@@ -685,7 +685,7 @@ async fn bundle_endpoint() {
     assert_eq!(first.bundles.len(), 1);
     assert_eq!(first.bundles[0].sequence, sequence);
     // A change (a federated bundle arriving) is pushed.
-    server.server.ca.bundles.set(
+    server.server.ca.bundles().set(
         ca_server::spiffe::TrustDomain::parse("peer.example").unwrap(),
         ca_server::trust::Bundle::new(
             3,

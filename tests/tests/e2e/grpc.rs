@@ -123,7 +123,7 @@ async fn istio_agent_and_ztunnel_requests(backend: Backend) {
         .unwrap();
     check_istio_chain(dir, &chain, WEB, false);
 
-    let records = server.server.ca.store.count_certificates().await.unwrap();
+    let records = server.store().await.count_certificates().await.unwrap();
     assert_eq!(
         records, 6,
         "five workload certificates and the serving certificate, all recorded"
@@ -389,7 +389,7 @@ async fn refusals_have_the_right_codes() {
         assert_eq!(code_of(result), expected, "{name}");
     }
     assert_eq!(
-        server.server.ca.store.count_certificates().await.unwrap(),
+        server.store().await.count_certificates().await.unwrap(),
         1,
         "only the serving certificate"
     );
@@ -509,7 +509,7 @@ async fn renewal_refusals() {
     let issuer = server
         .server
         .ca
-        .authorities
+        .authorities()
         .iter()
         .find(|a| a.trust_domain.as_str() == "cluster.local")
         .unwrap()
@@ -517,9 +517,8 @@ async fn renewal_refusals() {
         .clone();
     assert!(
         server
-            .server
-            .ca
-            .store
+            .store()
+            .await
             .revoke(&issuer, &serial, "keyCompromise", 1)
             .await
             .unwrap()
@@ -668,7 +667,7 @@ async fn serving_certificate_renews() {
     assert!(serving.renew_if_due(ca, later).await.unwrap());
     assert!(serving.not_after() > first);
     assert_eq!(
-        ca.store.count_certificates().await.unwrap(),
+        server.store().await.count_certificates().await.unwrap(),
         3,
         "start, new(), renewal"
     );
@@ -727,9 +726,8 @@ async fn reflection_lists_the_services() {
 /// The one issuance record of `serial` (there must be exactly one).
 async fn the_record(server: &TestServer, serial: &str) -> ca_server::store::CertificateRecord {
     let mut records = server
-        .server
-        .ca
-        .store
+        .store()
+        .await
         .certificates_by_serial(serial)
         .await
         .unwrap();
@@ -788,7 +786,7 @@ async fn lean_client_and_workload_audit(backend: Backend) {
 
     let mut events = Vec::new();
     for _ in 0..100 {
-        events = server.server.ca.store.recent_audit(10).await.unwrap();
+        events = server.store().await.recent_audit(10).await.unwrap();
         if events.len() >= 3 {
             break;
         }
@@ -807,7 +805,7 @@ async fn lean_client_and_workload_audit(backend: Backend) {
             .any(|e| e.outcome == "rejected" && e.detail.contains("csr")),
         "{events:?}"
     );
-    let mut all = server.server.ca.store.audit_page(None, 100).await.unwrap();
+    let mut all = server.store().await.audit_page(None, 100).await.unwrap();
     all.reverse();
     assert_eq!(ca_server::audit::verify(&all).unwrap(), all.len());
     server.stop().await;
@@ -1028,7 +1026,7 @@ async fn overload_is_shed_with_resource_exhausted() {
             .unwrap();
         connections.push(client);
     }
-    let before = server.server.ca.store.count_certificates().await.unwrap();
+    let before = server.store().await.count_certificates().await.unwrap();
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..300 {
         let client = connections[i % connections.len()].clone();
@@ -1051,7 +1049,7 @@ async fn overload_is_shed_with_resource_exhausted() {
     }
     assert!(issued > 0, "some requests are served");
     assert!(shed > 0, "a burst far over capacity is shed");
-    let after = server.server.ca.store.count_certificates().await.unwrap();
+    let after = server.store().await.count_certificates().await.unwrap();
     assert_eq!(
         after - before,
         issued,

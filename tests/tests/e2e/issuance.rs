@@ -62,9 +62,8 @@ async fn issues_a_correct_svid(backend: Backend) {
 
         // Recorded before it was returned.
         let records = server
-            .server
-            .ca
-            .store
+            .store()
+            .await
             .certificates_by_serial(&issued.serial)
             .await
             .unwrap();
@@ -96,7 +95,7 @@ async fn same_key_gets_different_serials(backend: Backend) {
     assert_ne!(a.serial, b.serial);
     assert_eq!(a.serial.len(), 32, "128-bit serial in hex");
     assert_eq!(
-        server.server.ca.store.count_certificates().await.unwrap(),
+        server.store().await.count_certificates().await.unwrap(),
         2 + SERVING,
     );
     server.stop().await;
@@ -182,11 +181,11 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         }
     }
     assert_eq!(
-        server.server.ca.store.count_certificates().await.unwrap(),
+        server.store().await.count_certificates().await.unwrap(),
         SERVING,
         "no row written"
     );
-    let audit = server.server.ca.store.recent_audit(100).await.unwrap();
+    let audit = server.store().await.recent_audit(100).await.unwrap();
     assert_eq!(audit.len(), 10);
     assert!(
         audit
@@ -215,7 +214,7 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         assert!(matches!(err, Error::Server { status: 401, .. }), "{err:?}");
     }
     assert_eq!(
-        server.server.ca.store.count_certificates().await.unwrap(),
+        server.store().await.count_certificates().await.unwrap(),
         SERVING,
     );
     server.stop().await;

@@ -32,9 +32,8 @@ async fn restart_keeps_the_root(backend: Backend) {
     let server = TestServer::start_with(config, dir).await;
     assert_eq!(root_pem(&server).await, before);
     let generations = server
-        .server
-        .ca
-        .store
+        .store()
+        .await
         .generations("cluster.local")
         .await
         .unwrap();
@@ -62,7 +61,8 @@ async fn wrong_kek_refuses_to_start(backend: Backend) {
     std::fs::write(&config.kek_file, [0x42u8; 32]).unwrap();
     let err = Server::start(config.clone()).await.unwrap_err();
     assert!(matches!(err, StartError::Authority(_)), "{err}");
-    assert!(err.to_string().contains("cannot be decrypted"), "{err}");
+    let chain = ca_tests::error_chain(&err);
+    assert!(chain.contains("cannot be decrypted"), "{chain}");
 
     // A KEK file of the wrong size is refused too.
     std::fs::write(&config.kek_file, [0x42u8; 16]).unwrap();
@@ -125,7 +125,7 @@ async fn store_closed_sqlite_fails_closed() {
     let server = TestServer::start(Backend::Sqlite).await;
     let admin = server.admin_client();
     let generated = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-    server.server.ca.store.close().await;
+    server.server.close_store_for_tests().await;
     let err = admin.issue(&generated.csr_pem, ID, None).await.unwrap_err();
     assert!(matches!(&err, Error::Server { status: 503, .. }), "{err:?}");
     let url = server.config.database_url.clone();
@@ -146,18 +146,11 @@ async fn concurrent_first_starts_agree_on_one_root() {
     let a = Config::ephemeral(dir.path(), &url);
     let (sa, sb) = tokio::join!(Server::start(a.clone()), Server::start(a.clone()));
     let (sa, sb) = (sa.unwrap(), sb.unwrap());
-    let ra = sa.ca.authorities.iter().next().unwrap().root_der.clone();
-    let rb = sb.ca.authorities.iter().next().unwrap().root_der.clone();
+    let ra = sa.ca.authorities().iter().next().unwrap().root_der.clone();
+    let rb = sb.ca.authorities().iter().next().unwrap().root_der.clone();
     assert_eq!(ra, rb);
-    assert_eq!(
-        sa.ca
-            .store
-            .generations("cluster.local")
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    let store = Store::open(&StoreOptions::new(&url)).await.unwrap();
+    assert_eq!(store.generations("cluster.local").await.unwrap().len(), 1);
     sa.shutdown().await;
     sb.shutdown().await;
 }

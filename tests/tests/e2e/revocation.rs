@@ -259,7 +259,7 @@ async fn ocsp_refusals() {
     );
 
     // Store down: tryLater, never "good".
-    server.server.ca.store.close().await;
+    server.server.close_store_for_tests().await;
     let body = post(der).await.bytes().await.unwrap();
     assert_eq!(body.as_ref(), [0x30, 0x03, 0x0a, 0x01, 0x03]);
     server.stop().await;
@@ -331,9 +331,8 @@ async fn denied_identity_everywhere(backend: Backend) {
     );
     // Its certificate is revoked.
     let record = server
-        .server
-        .ca
-        .store
+        .store()
+        .await
         .certificates_by_serial(&live_serial)
         .await
         .unwrap();
@@ -357,7 +356,7 @@ async fn denied_identity_everywhere(backend: Backend) {
         .create_certificate(&csr.csr_pem, 0, &auth, &BTreeMap::new())
         .await
         .unwrap();
-    let audit = server.server.ca.store.recent_audit(50).await.unwrap();
+    let audit = server.store().await.recent_audit(50).await.unwrap();
     assert!(
         audit
             .iter()
@@ -407,13 +406,13 @@ async fn crl_numbers_across_replicas() {
 /// revoked / unknown OCSP responses (with a nonce echoed on one of them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crls_and_ocsp_responses_pass_pkilint() {
-    use ca_server::enrollment::{Api, Request};
+    use ca_server::ca::{Api, Request};
     use ca_server::revocation::Reason;
     let server = TestServer::start(Backend::Sqlite).await;
     let ca = server.server.ca.clone();
     let dir = server.dir.path().to_owned();
     let td = ca_server::spiffe::TrustDomain::parse("cluster.local").unwrap();
-    let authority = ca.authorities.get(&td).unwrap().clone();
+    let authority = ca.authorities().get(&td).unwrap().clone();
     let far = time::OffsetDateTime::now_utc();
     let mut files = Vec::new();
 
@@ -495,7 +494,7 @@ async fn crls_and_ocsp_responses_pass_pkilint() {
     let int = write(
         &dir,
         "int.pem",
-        &ca_server::enrollment::to_pem(&authority.intermediate_der),
+        &ca_tests::cert_pem(&authority.intermediate_der),
     );
     let (ok, _, err) = run(Command::new("openssl")
         .args(["ocsp", "-issuer"])

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use ca_client::KeyType;
-use ca_server::enrollment::{Api, Request};
+use ca_server::ca::{Api, Request};
 use ca_server::revocation::Reason;
 use ca_server::spiffe::{SpiffeId, TrustDomain};
 use ca_tests::ocsp::{Answer, answer, request};
@@ -46,7 +46,7 @@ async fn check_sequence(ops: Vec<Op>) {
     let server = TestServer::start(Backend::Sqlite).await;
     let ca = &server.server.ca;
     let td = TrustDomain::parse("cluster.local").unwrap();
-    let authority = ca.authorities.get(&td).unwrap().clone();
+    let authority = ca.authorities().get(&td).unwrap().clone();
     let id = SpiffeId::parse("spiffe://cluster.local/ns/prop/sa/test").unwrap();
     let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
     let mut now = OffsetDateTime::now_utc();

@@ -1,8 +1,8 @@
 //! The store conformance suite: the same verbs and constraints on Postgres and SQLite.
 
-use ca_server::store::{
-    AuditEvent, CaGenerationRecord, CertificateRecord, Error, Store, StoreOptions,
-};
+use ca_server::audit::AuditEvent;
+use ca_server::authority::SealedGeneration;
+use ca_server::store::{CertificateRecord, Error, Store, StoreOptions};
 use ca_tests::{Backend, both_backends, fresh_database};
 
 async fn open(backend: Backend, dir: &std::path::Path) -> (Store, String) {
@@ -29,8 +29,8 @@ fn certificate(issuer: &str, serial: &str) -> CertificateRecord {
     }
 }
 
-fn generation(td: &str, number: i32, key_id: &str) -> CaGenerationRecord {
-    CaGenerationRecord {
+fn generation(td: &str, number: i32, key_id: &str) -> SealedGeneration {
+    SealedGeneration {
         trust_domain: td.to_owned(),
         generation: number,
         state: "active".to_owned(),

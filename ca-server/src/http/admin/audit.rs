@@ -42,7 +42,7 @@ pub async fn list(
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = page_limit(query.limit)?;
     let before = decode_cursor(query.cursor.as_deref())?;
-    let rows = state.ca.store.audit_page(before, limit + 1).await?;
+    let rows = state.ca.store().audit_page(before, limit + 1).await?;
     Ok(Json(paginate(
         rows,
         limit,

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::enrollment::to_pem;
 use crate::http::HttpState;
 use crate::http::admin::{
     ErrorBody, Page, Role, audit, caller_with, decode_cursor, json_body, page_limit, paginate,
@@ -76,7 +75,7 @@ fn view(record: &CertificateRecord, now: i64, with_pem: bool) -> CertificateView
         created_at: rfc3339(record.created_at),
         revoked_at: record.revoked_at.map(rfc3339),
         revocation_reason: record.revocation_reason.clone(),
-        certificate_pem: with_pem.then(|| to_pem(&record.der)),
+        certificate_pem: with_pem.then(|| crate::pem::certificate(&record.der)),
     }
 }
 
@@ -139,7 +138,7 @@ pub async fn list(
     };
     let rows = state
         .ca
-        .store
+        .store()
         .search_certificates(&filter, before, limit + 1)
         .await?;
     Ok(Json(paginate(
@@ -161,7 +160,7 @@ pub async fn show(
 ) -> Result<Json<CertificateView>, ApiError> {
     caller_with(&state, &headers, Role::Viewer).await?;
     let serial = valid_serial(&serial)?;
-    let records = state.ca.store.certificates_by_serial(&serial).await?;
+    let records = state.ca.store().certificates_by_serial(&serial).await?;
     let record = records
         .first()
         .ok_or_else(|| ApiError::not_found(format!("no certificate with serial {serial}")))?;

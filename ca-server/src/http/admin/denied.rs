@@ -109,7 +109,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Page<DeniedView>>, ApiError> {
     caller_with(&state, &headers, Role::Viewer).await?;
-    let records = state.ca.store.denied().await?;
+    let records = state.ca.store().denied().await?;
     Ok(Json(Page {
         items: records.iter().map(|r| view(r, None)).collect(),
         next_cursor: None,

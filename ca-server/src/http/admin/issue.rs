@@ -10,8 +10,8 @@ use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::ca::{Api, Request};
 use crate::config::parse_duration;
-use crate::enrollment::{Api, Request, to_pem};
 use crate::http::HttpState;
 use crate::http::admin::{
     ErrorBody, Role, audit, caller_with, json_body, outcome, request_id, rfc3339,
@@ -88,7 +88,7 @@ pub async fn issue(
                 OffsetDateTime::now_utc(),
             )
             .await?;
-        let certificate_pem = to_pem(&enrolled.cert.der);
+        let certificate_pem = crate::pem::certificate(&enrolled.cert.der);
         Ok(IssueResponse {
             serial: enrolled.cert.serial.to_hex(),
             spiffe_id: spiffe_id.to_string(),

@@ -32,9 +32,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::audit::AuditEvent;
 use crate::http::HttpState;
 use crate::http::error::ApiError;
-use crate::store::AuditEvent;
 
 /// Largest admin request body; a CSR is capped at 64 KiB on its own.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -198,7 +198,7 @@ pub async fn authenticate(state: &HttpState, headers: &HeaderMap) -> Result<Admi
     let presented_hex = hex::encode(presented.as_ref());
     let record = state
         .ca
-        .store
+        .store()
         .token_by_hash(&presented_hex)
         .await?
         .filter(|r| constant_time_eq(r.token_sha256.as_bytes(), presented_hex.as_bytes()))

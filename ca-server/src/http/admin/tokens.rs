@@ -104,7 +104,7 @@ pub async fn create(
         };
         state
             .ca
-            .store
+            .store()
             .create_token(&record)
             .await
             .map_err(|e| match e {
@@ -142,7 +142,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Page<TokenView>>, ApiError> {
     caller_with(&state, &headers, Role::Admin).await?;
-    let records = state.ca.store.tokens().await?;
+    let records = state.ca.store().tokens().await?;
     Ok(Json(Page {
         items: records
             .into_iter()
@@ -168,7 +168,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let caller = caller_with(&state, &headers, Role::Admin).await?;
     let request_id = request_id(&headers);
-    let result = if state.ca.store.delete_token(&name).await? {
+    let result = if state.ca.store().delete_token(&name).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no token named {name}")))

@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::enrollment::to_pem;
 use crate::http::HttpState;
 use crate::http::admin::{ErrorBody, Page, Role, caller_with, rfc3339};
 use crate::http::error::ApiError;
@@ -47,14 +46,14 @@ fn summary(der: &[u8]) -> CertificateSummary {
             serial: hex::encode(cert.raw_serial()),
             not_before: rfc3339(cert.validity().not_before.timestamp()),
             not_after: rfc3339(cert.validity().not_after.timestamp()),
-            pem: to_pem(der),
+            pem: crate::pem::certificate(der),
         },
         Err(_) => CertificateSummary {
             subject: String::new(),
             serial: String::new(),
             not_before: String::new(),
             not_after: String::new(),
-            pem: to_pem(der),
+            pem: crate::pem::certificate(der),
         },
     }
 }
@@ -67,8 +66,8 @@ pub async fn list(
 ) -> Result<Json<Page<TrustDomainView>>, ApiError> {
     caller_with(&state, &headers, Role::Viewer).await?;
     let mut items = Vec::new();
-    for td in &state.ca.config.trust_domains {
-        let generations = state.ca.store.generations(td.name.as_str()).await?;
+    for td in &state.ca.config().trust_domains {
+        let generations = state.ca.store().generations(td.name.as_str()).await?;
         items.push(TrustDomainView {
             name: td.name.to_string(),
             bundle_sequence: state.ca.bundle_sequence(&td.name),

@@ -1,0 +1,138 @@
+//! Certificate status verbs: OCSP answers and the cached CRL of each trust domain.
+
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::authority::Authority;
+use crate::ca::Ca;
+use crate::revocation::ocsp::{self, IssuerHashes, Refusal, Status};
+use crate::revocation::{CachedCrl, Error, Reason, crl};
+use crate::spiffe::TrustDomain;
+
+impl Ca {
+    /// Answers a DER OCSP request for a trust domain: a signed response, or the refusal to send.
+    pub async fn ocsp_answer(
+        &self,
+        td: &str,
+        der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Vec<u8>, Refusal> {
+        let request = ocsp::parse_request(der)?;
+        let trust_domain = TrustDomain::parse(td).map_err(|_| Refusal::Unauthorized)?;
+        let authority = self
+            .authorities
+            .get(&trust_domain)
+            .ok_or(Refusal::Unauthorized)?;
+        let hashes = IssuerHashes::of(authority).map_err(|_| Refusal::Internal)?;
+        let mut items = Vec::with_capacity(request.items.len());
+        for cert_id in request.items {
+            // Another CA's certificate: not ours to answer for.
+            if !hashes.matches(&cert_id) {
+                return Err(Refusal::Unauthorized);
+            }
+            let serial = ocsp::serial_hex(&cert_id);
+            let record = self
+                .store
+                .certificate(&authority.issuer_key_id, &serial)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %crate::report::Chain(&e), "OCSP: store unavailable");
+                    Refusal::TryLater
+                })?;
+            // Never "good" for a serial we did not issue.
+            let status = match record {
+                None => Status::Unknown,
+                Some(r) => match r.revoked_at {
+                    None => Status::Good,
+                    Some(at) => Status::Revoked {
+                        at,
+                        reason: r.revocation_reason.as_deref().and_then(Reason::parse),
+                    },
+                },
+            };
+            items.push((cert_id, status));
+        }
+        ocsp::sign_response(
+            authority,
+            &hashes,
+            &items,
+            request.nonce,
+            now.unix_timestamp(),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "OCSP: signing failed");
+            Refusal::Internal
+        })
+    }
+
+    /// The current CRL of a trust domain: cached, rebuilt when half its validity has passed or
+    /// when it was marked stale.
+    pub async fn crl(
+        &self,
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+    ) -> Result<CachedCrl, Error> {
+        if let Some(cached) = self.crls.fresh(trust_domain, now.unix_timestamp()) {
+            return Ok(cached);
+        }
+        let _building = self.crls.building().await;
+        if let Some(cached) = self.crls.fresh(trust_domain, now.unix_timestamp()) {
+            return Ok(cached);
+        }
+        let authority = self
+            .authorities
+            .get(trust_domain)
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        let built = self.build_crl(authority, now).await?;
+        self.crls.insert(trust_domain.clone(), built.clone());
+        self.metrics
+            .crl_next_update(trust_domain.as_str(), built.next_update);
+        Ok(built)
+    }
+
+    /// Rebuilds a trust domain's CRL if another replica revoked something since it was built.
+    pub async fn refresh_crl_if_changed(&self, trust_domain: &TrustDomain) -> Result<(), Error> {
+        let Some(authority) = self.authorities.get(trust_domain) else {
+            return Ok(());
+        };
+        let marker = self
+            .store
+            .revocation_marker(&authority.issuer_key_id)
+            .await?;
+        if self.crls.built_before(trust_domain, marker) {
+            self.crls.mark_stale(trust_domain.as_str());
+        }
+        Ok(())
+    }
+
+    async fn build_crl(
+        &self,
+        authority: &Authority,
+        now: OffsetDateTime,
+    ) -> Result<CachedCrl, Error> {
+        let validity = self
+            .config
+            .trust_domain(&authority.trust_domain)
+            .map(|c| c.crl_validity)
+            .unwrap_or(std::time::Duration::from_secs(86_400));
+        // Marker first: a revocation racing with the build makes the marker differ next time.
+        let marker = self
+            .store
+            .revocation_marker(&authority.issuer_key_id)
+            .await?;
+        let entries = self
+            .store
+            .revoked_unexpired(&authority.issuer_key_id, now.unix_timestamp())
+            .await?;
+        let number = self.store.next_crl_number(&authority.issuer_key_id).await?;
+        let built = crl::build(authority, &entries, number, now, validity).map_err(Error::Crl)?;
+        Ok(CachedCrl {
+            der: Arc::new(built.der),
+            number,
+            this_update: built.this_update,
+            next_update: built.next_update,
+            marker,
+        })
+    }
+}
