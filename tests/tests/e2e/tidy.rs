@@ -157,10 +157,10 @@ fn reachable(
         .map(|e| e.iter().map(String::as_str).collect())
         .unwrap_or_default();
     while let Some(next) = stack.pop() {
-        if seen.insert(next.to_owned()) {
-            if let Some(edges) = graph.get(next) {
-                stack.extend(edges.iter().map(String::as_str));
-            }
+        if seen.insert(next.to_owned())
+            && let Some(edges) = graph.get(next)
+        {
+            stack.extend(edges.iter().map(String::as_str));
         }
     }
     seen
