@@ -735,54 +735,44 @@ async fn the_record(server: &TestServer, serial: &str) -> ca_server::store::Cert
     records.remove(0)
 }
 
-/// `ca-bench`'s lean HTTP/2 client on `server`'s gRPC port, with the token of default/web.
-async fn lean_client(server: &TestServer, kube: &FakeKube) -> ca_tests::h2load::H2Client {
-    ca_tests::h2load::H2Client::connect(
-        server.server.grpc_addr,
-        &server.serving_root_pem(),
-        "localhost",
-        &kube.token("default", "web"),
-        "Kubernetes",
-    )
-    .await
-    .unwrap()
+/// The serial (lower-case hex) of the certificate in a PEM chain element.
+fn serial_of(pem_element: &str) -> String {
+    let der = pem::parse(pem_element).unwrap().into_contents();
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    hex::encode(cert.raw_serial())
 }
 
-/// `ca-bench`'s lean HTTP/2 client gets the same answer as istio-agent, the certificate it
-/// received is recorded, and the workload issuance and a refusal reach the audit chain (it is
-/// written in batches, so this waits for it).
-async fn lean_client_and_workload_audit(backend: Backend) {
+/// A workload gets the same answer as istio-agent, the certificate it received is recorded, a
+/// second request on the same connection is answered too, and the workload issuance and a
+/// refusal reach the audit chain (it is written in batches, so this waits for it).
+async fn workload_issuance_and_audit(backend: Backend) {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(backend, &kube).await;
-    let client = lean_client(&server, &kube).await;
+    let client = server.grpc_client(None).await;
+    let auth = token_auth(&kube.token("default", "web"));
     let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
     let chain = client
-        .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
+        .create_certificate(&csr.csr_pem, 0, &auth, &BTreeMap::new())
         .await
         .unwrap();
     check_istio_chain(server.dir.path(), &chain, WEB, false);
-    let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
+    let serial = serial_of(&chain[0]);
     let record = the_record(&server, &serial).await;
     assert_eq!(record.spiffe_id, WEB);
     assert_eq!(record.api, "istio");
 
-    // The second request names its headers (the token too) by HPACK index only.
     let again = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
     let chain = client
-        .create_certificate(ca_tests::h2load::encode_request(&again.csr_pem, 0))
+        .create_certificate(&again.csr_pem, 0, &auth, &BTreeMap::new())
         .await
         .unwrap();
     check_istio_chain(server.dir.path(), &chain, WEB, false);
 
     let refused = client
-        .create_certificate(ca_tests::h2load::encode_request("not a CSR", 0))
-        .await
-        .unwrap_err();
-    // INVALID_ARGUMENT: authenticated (the indexed token was read), then the CSR refused.
-    assert!(
-        refused.to_string().contains("grpc-status \"3\""),
-        "{refused}"
-    );
+        .create_certificate("not a CSR", 0, &auth, &BTreeMap::new())
+        .await;
+    // INVALID_ARGUMENT: authenticated, then the CSR refused.
+    assert_eq!(code_of(refused), Code::InvalidArgument);
 
     let mut events = Vec::new();
     for _ in 0..100 {
@@ -810,37 +800,32 @@ async fn lean_client_and_workload_audit(backend: Backend) {
     assert_eq!(ca_server::audit::verify(&all).unwrap(), all.len());
     server.stop().await;
 }
-both_backends!(lean_client_on, lean_client_and_workload_audit);
+both_backends!(workload_audit_on, workload_issuance_and_audit);
 
-/// `ca-bench --ztunnel --streams N`'s shape: one connection authenticated as a node's ztunnel
-/// (headers encoded as its h2 stack does) keeps many requests in flight, each asking for another workload's identity. Every one is
-/// issued for the impersonated identity (not the ztunnel's own) and recorded so; a workload
-/// token asking the same is refused, so the bench's requests do take the impersonation path.
+/// `ca-bench --ztunnel --streams N`'s shape with ztunnel's own HTTP/2 stack (tonic's `h2`: the
+/// token Huffman-coded and never indexed): one connection authenticated as a node's ztunnel keeps
+/// many requests in flight, each asking for another workload's identity. Every one is issued
+/// for the impersonated identity (not the ztunnel's own) and recorded so; a workload token
+/// asking the same is refused, so these requests do take the impersonation path.
 #[tokio::test]
-async fn lean_client_multiplexes_ztunnel_impersonation() {
+async fn ztunnel_multiplexes_impersonation() {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
-    // Headers as ztunnel's h2 sends them: the token Huffman-coded, never indexed.
-    let ztunnel = ca_tests::h2load::H2Client::connect_with(
-        server.server.grpc_addr,
-        &ca_tests::h2load::client_config(&server.serving_root_pem()).unwrap(),
-        "localhost",
-        &kube.token("istio-system", "ztunnel"),
-        "Kubernetes",
-        ca_tests::h2load::HeaderStyle::H2,
-    )
-    .await
-    .unwrap();
+    // One tonic channel: one HTTP/2 connection.
+    let ztunnel = server.grpc_client(None).await;
+    let ztunnel_auth = token_auth(&kube.token("istio-system", "ztunnel"));
     let target = |k: usize| format!("spiffe://cluster.local/ns/bench/sa/pod{k}");
     let impersonate = |k: usize| BTreeMap::from([("ImpersonatedIdentity".to_owned(), target(k))]);
     // All 24 are spawned at once: they share the one HTTP/2 connection as concurrent streams.
     let calls: Vec<_> = (0..24)
         .map(|k| {
-            let (ztunnel, metadata) = (ztunnel.clone(), impersonate(k));
+            let (ztunnel, auth, metadata) = (ztunnel.clone(), ztunnel_auth.clone(), impersonate(k));
             tokio::spawn(async move {
                 let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-                let body = ca_tests::h2load::encode_request_for(&csr.csr_pem, 0, &metadata);
-                ztunnel.create_certificate(body).await.unwrap()
+                ztunnel
+                    .create_certificate(&csr.csr_pem, 0, &auth, &metadata)
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -851,99 +836,32 @@ async fn lean_client_multiplexes_ztunnel_impersonation() {
     let mut serials = std::collections::HashSet::new();
     for (k, chain) in answers {
         check_istio_chain(server.dir.path(), &chain, &target(k), false);
-        let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
+        let serial = serial_of(&chain[0]);
         assert_eq!(the_record(&server, &serial).await.spiffe_id, target(k));
         assert!(serials.insert(serial));
     }
     assert_eq!(serials.len(), 24);
 
-    let workload = lean_client(&server, &kube).await;
+    let workload = server.grpc_client(None).await;
     let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
     let refused = workload
-        .create_certificate(ca_tests::h2load::encode_request_for(
+        .create_certificate(
             &csr.csr_pem,
             0,
+            &token_auth(&kube.token("default", "web")),
             &impersonate(0),
-        ))
-        .await
-        .unwrap_err();
-    // A workload may not impersonate: UNAUTHENTICATED with Istio's message.
-    assert!(
-        refused.to_string().contains("grpc-status \"16\"")
-            && refused.to_string().contains("impersonation"),
-        "{refused}"
-    );
-    server.stop().await;
-}
-
-/// A reconnecting workload resumes its TLS session (stateless tickets), and resuming skips no
-/// check: on a resumed connection a good token still issues and a forged one is still refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnects_resume_tls_and_are_still_authenticated() {
-    let kube = FakeKube::new();
-    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
-    let config = ca_tests::h2load::client_config(&server.serving_root_pem()).unwrap();
-    let connect = |token: String| {
-        let config = config.clone();
-        let address = server.server.grpc_addr;
-        async move {
-            ca_tests::h2load::H2Client::connect_with(
-                address,
-                &config,
-                "localhost",
-                &token,
-                "Kubernetes",
-                ca_tests::h2load::HeaderStyle::GrpcGo,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let issue = |client: ca_tests::h2load::H2Client| async move {
-        let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-        client
-            .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
-            .await
-    };
-
-    // The first connection is a full handshake; its answer carries the server's tickets.
-    let first = connect(kube.token("default", "web")).await;
-    assert!(!first.resumed());
-    // The server's suite order decides: rustls clients list AES-256-GCM first.
-    assert_eq!(
-        first.cipher_suite(),
-        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
-    );
-    let chain = issue(first).await.unwrap();
-    check_istio_chain(server.dir.path(), &chain, WEB, false);
-
-    // Many other clients connect meanwhile (more than rustls' default 256-entry server-side
-    // session cache holds): the ticket is stateless, so the first client still resumes.
-    let root = server.serving_root_pem();
-    for _ in 0..300 {
-        ca_tests::h2load::H2Client::connect(
-            server.server.grpc_addr,
-            &root,
-            "localhost",
-            "unused",
-            "Kubernetes",
         )
-        .await
-        .unwrap();
+        .await;
+    // A workload may not impersonate: UNAUTHENTICATED with Istio's message.
+    match refused {
+        Err(Error::Server {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 16, "{message}");
+            assert!(message.contains("impersonation"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
-    let again = connect(kube.token("default", "web")).await;
-    assert!(again.resumed(), "the first client's session resumes");
-    let chain = issue(again).await.unwrap();
-    check_istio_chain(server.dir.path(), &chain, WEB, false);
-
-    // Signed by a key the cluster never published.
-    let forged = connect(FakeKube::new().token("default", "web")).await;
-    assert!(forged.resumed());
-    let refused = issue(forged).await.unwrap_err();
-    assert!(
-        refused.to_string().contains("grpc-status \"16\""),
-        "UNAUTHENTICATED on a resumed session: {refused}"
-    );
     server.stop().await;
 }
 
@@ -951,11 +869,11 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
 /// hyper (ztunnel, tonic) assume until the server's SETTINGS arrive: a lower one lets a client's
 /// first burst on a new connection be refused (REFUSED_STREAM, seen as UNAVAILABLE), which is
 /// exactly when a restarting node asks for all its pods' certificates. A fresh tonic connection
-/// gets 100 requests at once, all answered. And the lean client multiplexes 150 requests at
-/// once on one connection, beyond the limit, all answered, each with its own recorded
-/// certificate.
+/// gets 100 requests at once, all answered. And the same connection, the server's SETTINGS now
+/// known, then carries 150 requests at once, beyond the limit (the client queues the rest), all
+/// answered, each with its own recorded certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lean_client_multiplexes_past_the_stream_limit() {
+async fn a_connection_multiplexes_past_the_stream_limit() {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(Backend::Postgres, &kube).await;
     let fresh = server.grpc_client(None).await;
@@ -974,23 +892,16 @@ async fn lean_client_multiplexes_past_the_stream_limit() {
         answer.unwrap();
     }
 
-    let client = lean_client(&server, &kube).await;
-    client
-        .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
-        .await
-        .unwrap();
-    let limit = client.server_max_concurrent_streams();
-    assert!((100..=150).contains(&limit), "{limit}");
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..150 {
         let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-        let client = client.clone();
+        let (client, auth) = (fresh.clone(), auth.clone());
         calls.spawn(async move {
             let chain = client
-                .create_certificate(ca_tests::h2load::encode_request(&csr.csr_pem, 0))
+                .create_certificate(&csr.csr_pem, 0, &auth, &BTreeMap::new())
                 .await
                 .unwrap();
-            ca_tests::h2load::leaf_serial(&chain[0]).unwrap()
+            serial_of(&chain[0])
         });
     }
     let serials: std::collections::HashSet<String> = calls.join_all().await.into_iter().collect();
@@ -1086,7 +997,7 @@ async fn shutdown_flushes_queued_audit_events() {
         )
         .await
         .unwrap();
-    let serial = ca_tests::h2load::leaf_serial(&chain[0]).unwrap();
+    let serial = serial_of(&chain[0]);
     drop(client);
     let (config, _dir) = server.stop().await;
     let store =
