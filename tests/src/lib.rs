@@ -5,7 +5,6 @@
 // This crate is test code: a panic here is a test failure with its message, which is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod h2load;
 pub mod kube;
 pub mod ocsp;
 pub mod proxy;
