@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::config::TrustDomainConfig;
+use crate::issuance;
 use crate::keys::{self, CaKey, Kek, KeyAlgorithm};
 use crate::serial::Serial;
 use crate::spiffe::TrustDomain;
@@ -36,6 +37,11 @@ pub enum Error {
     Build {
         trust_domain: String,
         source: rcgen::Error,
+    },
+    #[error("trust domain {trust_domain}: cannot issue the intermediate")]
+    Issue {
+        trust_domain: String,
+        source: issuance::Error,
     },
     #[error("trust domain {trust_domain}: no random serial")]
     Serial {
@@ -121,6 +127,23 @@ impl Authorities {
 }
 
 impl Authority {
+    /// The intermediate as the issuance engine sees it: what every certificate it signs is
+    /// written and checked against.
+    pub(crate) fn as_issuer(&self) -> issuance::Issuer<'_> {
+        issuance::Issuer {
+            trust_domain: &self.trust_domain,
+            subject_der: &self.intermediate_subject_der,
+            key_identifier: &self.intermediate_ski,
+            validity: issuance::Validity {
+                not_before: self.intermediate_not_before,
+                not_after: self.intermediate_not_after,
+            },
+            key: self.issuer.key(),
+            crl_url: self.crl_url.as_deref(),
+            ocsp_url: self.ocsp_url.as_deref(),
+        }
+    }
+
     /// Names `public_url`'s CRL and OCSP endpoints of this trust domain in the certificates it
     /// issues.
     pub fn publish_at(&mut self, public_url: &str) {
@@ -162,16 +185,48 @@ pub fn create_generation(
     root_params.not_after = root_not_after;
     let root_cert = root_params.self_signed(&root_key).map_err(build_err)?;
 
-    let mut intermediate_params =
-        ca_params(name, &format!("{name} Intermediate CA {generation}"), 0)?;
-    intermediate_params.not_before = not_before;
-    intermediate_params.not_after = (now + to_time(config.intermediate_ttl)).min(root_not_after);
-    intermediate_params.use_authority_key_identifier_extension = true;
-    let root_issuer = Issuer::new(root_params, &root_key);
-    let intermediate_cert = intermediate_params
-        .signed_by(&intermediate_key, &root_issuer)
-        .map_err(build_err)?;
-    let issuer_key_id = hex::encode(intermediate_params.key_identifier(&intermediate_key));
+    // The intermediate is made the way every other certificate is: its template, the writer and
+    // the self-check, under the root as issuer.
+    let (_, root) =
+        X509Certificate::from_der(root_cert.der()).map_err(|e| Error::Inconsistent {
+            trust_domain: name.to_owned(),
+            message: format!("the new root certificate does not parse: {e}"),
+        })?;
+    let root_key_identifier = root_params.key_identifier(&root_key);
+    let root_issuer = issuance::Issuer {
+        trust_domain: &config.name,
+        subject_der: root.subject().as_raw(),
+        key_identifier: &root_key_identifier,
+        validity: issuance::Validity {
+            not_before: not_before.unix_timestamp(),
+            not_after: root_not_after.unix_timestamp(),
+        },
+        key: &root_key,
+        crl_url: None,
+        ocsp_url: None,
+    };
+    let issue_err = |source| Error::Issue {
+        trust_domain: name.to_owned(),
+        source,
+    };
+    let intermediate_spki = intermediate_key.spki_der();
+    let public_key = issuance::SubjectKey::parse(&intermediate_spki).map_err(issue_err)?;
+    let intermediate_ttl = issuance::TtlPolicy {
+        default_ttl: config.intermediate_ttl,
+        max_ttl: config.intermediate_ttl,
+    };
+    let lifetime = issuance::Lifetime::new(now, None, intermediate_ttl, root_issuer.validity)
+        .map_err(issue_err)?;
+    let serial = Serial::random().map_err(|source| Error::Serial {
+        trust_domain: name.to_owned(),
+        source,
+    })?;
+    let common_name = format!("{name} Intermediate CA {generation}");
+    let template =
+        issuance::Template::intermediate(name, &common_name, &serial, &lifetime, public_key);
+    let intermediate_cert = issuance::writer::sign(&template, &root_issuer).map_err(issue_err)?;
+    issuance::check::check(&intermediate_cert, &template, &root_issuer).map_err(issue_err)?;
+    let issuer_key_id = hex::encode(issuance::template::key_identifier(&intermediate_spki));
 
     Ok(SealedGeneration {
         trust_domain: name.to_owned(),
@@ -182,12 +237,12 @@ pub fn create_generation(
         root_key: root_key
             .seal(kek, &seal_context(name, generation, "root"))
             .map_err(key_err)?,
-        intermediate_cert: intermediate_cert.der().to_vec(),
+        intermediate_cert,
         intermediate_key: intermediate_key
             .seal(kek, &seal_context(name, generation, "intermediate"))
             .map_err(key_err)?,
         issuer_key_id,
-        not_after: intermediate_params.not_after.unix_timestamp(),
+        not_after: lifetime.validity.not_after,
         created_at: now.unix_timestamp(),
     })
 }

@@ -104,13 +104,12 @@ async fn issue_serving(
         .ok_or_else(|| Error::NoServingAuthority(td.to_string()))?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| Error::Key(e.to_string()))?;
-    let ttl = i64::try_from(td_config.max_ttl.as_secs()).unwrap_or(86_400);
     let cert = serving::issue(
-        authority,
+        &authority.as_issuer(),
         &ca.config().tls.serving_dns_names,
         uri,
         &rcgen::PublicKeyData::subject_public_key_info(&key),
-        ttl,
+        td_config.max_ttl,
         now,
     )?;
     // The serving certificate leaves the server in every handshake: record it first.

@@ -136,7 +136,9 @@ fn decode_envelope(bytes: &[u8]) -> Result<Vec<u8>, Error> {
     }
 }
 
-fn key_policy(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
+/// The key policy: RSA 2048 to 8192 bits, or ECDSA on P-256 or P-384. CSR keys and our own
+/// serving and CA keys are held to it alike.
+pub fn key_policy(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKind, Error> {
     match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => {
             let bits = bit_length(rsa.modulus);

@@ -1,27 +1,51 @@
-//! The issuance engine: the only path to a workload signature. No I/O and no clock: the caller
-//! passes the authority, the authorised identity, the verified CSR and `now`.
+//! The issuance engine: the only path to a signature over a certificate. No I/O and no clock:
+//! the caller passes the [`Issuer`], the authorised identity, the verified CSR and `now`.
 //!
 //! - `csr`: untrusted bytes to a [`VerifiedCsr`] (size cap, key policy, signature).
-//! - `profile`: the X509-SVID template, built field by field from policy and identity.
-//! - `check`: the signed certificate re-parsed and held to that template before it leaves.
+//! - `lifetime`: backdate and clamp, the validity of any certificate inside its issuer's.
+//! - `template`: one template per certificate kind (leaf, serving, intermediate), built field
+//!   by field from policy and identity.
+//! - `writer`: the one DER writer and signer, for any template.
+//! - `check`: the signed certificate re-parsed and held to its template before it leaves.
+//! - `serving`: the CA's own TLS serving certificates, through the same template, writer and
+//!   check.
 
 pub mod check;
 pub mod csr;
-pub mod profile;
+pub mod lifetime;
 pub mod serving;
+pub mod template;
+pub mod writer;
 
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::authority::Authority;
+use crate::keys::CaKey;
 use crate::serial::Serial;
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{SpiffeId, TrustDomain};
 
 pub use csr::{KeyKind, VerifiedCsr};
+pub use lifetime::{Lifetime, TtlPolicy, Validity};
+pub use template::{SubjectKey, Template};
 
-/// How far `notBefore` is backdated, for relying parties with slow clocks.
-pub const BACKDATE: Duration = Duration::from_secs(60);
+/// A CA certificate and its key, as issuance needs them: borrowed from whoever holds the CA
+/// (an `Authority` for its intermediate), so the engine depends on no one above it.
+#[derive(Debug, Clone, Copy)]
+pub struct Issuer<'a> {
+    pub trust_domain: &'a TrustDomain,
+    /// The CA's subject `Name` (DER): the issuer field of everything it signs.
+    pub subject_der: &'a [u8],
+    /// The CA's subject key identifier: the authority key identifier of everything it signs.
+    pub key_identifier: &'a [u8],
+    /// The CA certificate's own validity; nothing it signs leaves it.
+    pub validity: Validity,
+    /// Signs; its algorithm decides the signature algorithm.
+    pub key: &'a CaKey,
+    /// CRL distribution point and OCSP URL to name in the leaves it signs (when published).
+    pub crl_url: Option<&'a str>,
+    pub ocsp_url: Option<&'a str>,
+}
 
 /// Why a certificate was not issued. Every variant but `Signing`, `SelfCheck` and `Rng` is the
 /// caller's fault and changes nothing.
@@ -49,6 +73,8 @@ pub enum Error {
     IssuerNotValid,
     #[error("signing failed")]
     Signing(#[source] rcgen::Error),
+    #[error("{0:?} cannot be written as an IA5String (ASCII only)")]
+    NotIa5String(String),
     #[error("issued certificate failed its self-check: {0}")]
     SelfCheck(String),
     #[error(transparent)]
@@ -70,6 +96,7 @@ impl Error {
             Error::TtlOutOfRange => "invalid_ttl",
             Error::IssuerNotValid => "issuer_not_valid",
             Error::Signing(_) => "signing_failed",
+            Error::NotIa5String(_) => "not_ia5_string",
             Error::SelfCheck(_) => "self_check_failed",
             Error::Rng(_) => "rng_failed",
         }
@@ -79,16 +106,13 @@ impl Error {
     pub fn is_bad_request(&self) -> bool {
         !matches!(
             self,
-            Error::IssuerNotValid | Error::Signing(_) | Error::SelfCheck(_) | Error::Rng(_)
+            Error::IssuerNotValid
+                | Error::Signing(_)
+                | Error::NotIa5String(_)
+                | Error::SelfCheck(_)
+                | Error::Rng(_)
         )
     }
-}
-
-/// TTL policy of a trust domain.
-#[derive(Debug, Clone, Copy)]
-pub struct TtlPolicy {
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
 }
 
 /// A signed certificate that passed its self-check (not yet recorded).
@@ -133,51 +157,32 @@ pub fn authorize_csr(csr: &VerifiedCsr, spiffe_id: &SpiffeId) -> Result<(), Erro
 /// Issues a certificate for `spiffe_id` over the public key of `csr`.
 ///
 /// `requested_ttl` of `None` or zero means the trust domain's default; longer than `max_ttl` is
-/// clamped to it (reported in `ttl_clamped`); notAfter never passes the intermediate's.
+/// clamped to it (reported in `ttl_clamped`); notAfter never passes the issuer's.
 pub fn issue(
-    authority: &Authority,
+    issuer: &Issuer<'_>,
     policy: TtlPolicy,
     csr: &VerifiedCsr,
     spiffe_id: &SpiffeId,
     requested_ttl: Option<Duration>,
     now: OffsetDateTime,
 ) -> Result<IssuedCert, Error> {
-    if spiffe_id.trust_domain() != &authority.trust_domain {
+    if spiffe_id.trust_domain() != issuer.trust_domain {
         return Err(Error::WrongTrustDomain(spiffe_id.to_string()));
     }
     authorize_csr(csr, spiffe_id)?;
-    let now_s = now.unix_timestamp();
-    if now_s < authority.intermediate_not_before || now_s >= authority.intermediate_not_after {
-        return Err(Error::IssuerNotValid);
-    }
-    let requested = requested_ttl.filter(|t| !t.is_zero());
-    let ttl = requested.unwrap_or(policy.default_ttl);
-    let ttl_clamped = ttl > policy.max_ttl;
-    let ttl = ttl.min(policy.max_ttl);
-    let ttl_s = i64::try_from(ttl.as_secs()).map_err(|_| Error::TtlOutOfRange)?;
-    let wanted_not_after = now_s.checked_add(ttl_s).ok_or(Error::TtlOutOfRange)?;
-    let not_after = wanted_not_after.min(authority.intermediate_not_after);
-    let backdate = i64::try_from(BACKDATE.as_secs()).unwrap_or(60);
-    let not_before = (now_s - backdate).max(authority.intermediate_not_before);
-
+    let lifetime = Lifetime::new(now, requested_ttl, policy, issuer.validity)?;
     let serial = Serial::random()?;
-    let template = profile::Template {
-        spiffe_id,
-        serial: &serial,
-        not_before,
-        not_after,
-        rsa_key: csr.key_kind.is_rsa(),
-    };
-    let der = profile::sign(&template, csr, authority)?;
-    check::check(&der, &template, csr, authority)?;
+    let template = Template::leaf(spiffe_id, &serial, &lifetime, SubjectKey::of(csr), issuer);
+    let der = writer::sign(&template, issuer)?;
+    check::check(&der, &template, issuer)?;
     Ok(IssuedCert {
         der,
         serial,
         spiffe_id: spiffe_id.clone(),
-        not_before,
-        not_after,
-        ttl_clamped,
-        capped_by_issuer: wanted_not_after > authority.intermediate_not_after,
+        not_before: lifetime.validity.not_before,
+        not_after: lifetime.validity.not_after,
+        ttl_clamped: lifetime.ttl_clamped,
+        capped_by_issuer: lifetime.capped_by_issuer,
     })
 }
 
