@@ -189,6 +189,20 @@ pub struct DeniedIdentity {
     pub revoked_certificates: Option<u64>,
 }
 
+/// `POST /admin/v1/federation/{td}/reset` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FederationReset {
+    pub trust_domain: String,
+    /// A stored bundle was forgotten.
+    pub removed: bool,
+    /// `updated` or `failed` (the fetch made right after the reset).
+    pub fetch: String,
+    #[serde(default)]
+    pub sequence: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// `POST /admin/v1/tokens` answer: the secret, shown once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreatedToken {
@@ -265,13 +279,40 @@ struct ErrorDetail {
     message: String,
 }
 
+fn ensure_argument(ok: bool, message: &str) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Argument(message.to_owned()))
+    }
+}
+
 /// Page size when following every page.
 const ALL_PAGE_SIZE: i64 = 500;
 
 impl AdminClient {
     pub fn new(base_url: &str, token: &str) -> Result<AdminClient, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+        AdminClient::with_roots(base_url, token, None)
+    }
+
+    /// An admin client whose `https://` server is verified against `roots_pem` (PEM
+    /// certificates, for example the CA's serving root) instead of the system's roots.
+    pub fn with_roots(
+        base_url: &str,
+        token: &str,
+        roots_pem: Option<&[u8]>,
+    ) -> Result<AdminClient, Error> {
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(pem) = roots_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Argument(format!("roots: {e}")))?;
+            ensure_argument(!roots.is_empty(), "roots: no PEM certificate")?;
+            builder = builder.tls_built_in_root_certs(false);
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Argument(e.to_string()))?;
         Ok(AdminClient {
@@ -358,6 +399,15 @@ impl AdminClient {
     pub async fn lift_deny(&self, id: &str) -> Result<(), Error> {
         self.delete(&format!("/admin/v1/denied-identities/{id}"))
             .await
+    }
+
+    /// Forgets a federated peer's stored bundle and fetches it again.
+    pub async fn reset_federation(
+        &self,
+        trust_domain: &str,
+    ) -> Result<Answer<FederationReset>, Error> {
+        let path = format!("/admin/v1/federation/{}/reset", path_segment(trust_domain));
+        self.post(&path, &serde_json::json!({})).await
     }
 
     /// Creates an admin token with `role`; `expires_in` like `"30d"`, `None` for no expiry.

@@ -44,7 +44,7 @@ pub fn decide(
     clusters: &Clusters,
 ) -> Result<SpiffeId, Error> {
     if let Some(signer) = cert_signer.filter(|s| !s.is_empty()) {
-        return Err(Error::UnknownSigner(signer.chars().take(64).collect()));
+        return Err(Error::UnknownSigner(crate::untrusted::bounded(signer, 64)));
     }
     let Some(requested) = impersonated.filter(|s| !s.is_empty()) else {
         return Ok(principal.spiffe_id().clone());
@@ -67,8 +67,12 @@ pub fn decide(
     if !trusted {
         return Err(Error::ImpersonationNotAllowed(principal.describe()));
     }
-    let target = SpiffeId::parse(requested)
-        .map_err(|_| Error::ImpersonationMalformed(requested.chars().take(128).collect()))?;
+    let target = SpiffeId::parse(requested).map_err(|_| {
+        Error::ImpersonationMalformed(crate::untrusted::bounded(
+            requested,
+            crate::untrusted::LOG_CHARS,
+        ))
+    })?;
     // Exactly spiffe://<td>/ns/<ns>/sa/<sa>, as Istio names workloads.
     let path: Vec<&str> = target
         .as_str()
@@ -76,8 +80,11 @@ pub fn decide(
         .split_once('/')
         .map(|(_, path)| path.split('/').collect())
         .unwrap_or_default();
-    if !matches!(path.as_slice(), ["ns", _, "sa", _]) {
-        return Err(Error::ImpersonationMalformed(target.to_string()));
+    match path.as_slice() {
+        ["ns", namespace, "sa", service_account]
+            if crate::spiffe::is_dns_label(namespace)
+                && crate::spiffe::is_dns_subdomain(service_account) => {}
+        _ => return Err(Error::ImpersonationMalformed(target.to_string())),
     }
     if target.trust_domain() != principal.trust_domain() {
         return Err(Error::ImpersonationCrossTrustDomain(target.to_string()));

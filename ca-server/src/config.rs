@@ -15,7 +15,7 @@ use crate::spiffe::{SpiffeId, TrustDomain};
 /// A configuration problem; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -30,6 +30,9 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
+    /// A file holding the database URL (a mounted Secret), read at start; when set it takes the
+    /// place of `database_url`, which must then be absent.
+    pub database_url_file: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub listen: Listen,
     pub tls: Tls,
@@ -42,6 +45,17 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Issuances admitted at once; more wait up to 100 ms, then get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// `text` (default) or `json`; `--log-format` overrides it.
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +76,14 @@ pub struct Tls {
     pub http_tls: bool,
     pub http_cert_file: Option<PathBuf>,
     pub http_key_file: Option<PathBuf>,
+    /// Serve the admin listener over TLS: with operator-provided files, or without them with the
+    /// gRPC port's own serving certificate (`serving_dns_names`, our serving root).
+    pub admin_tls: bool,
+    pub admin_cert_file: Option<PathBuf>,
+    pub admin_key_file: Option<PathBuf>,
+    /// The operator's explicit consent to a plain-HTTP admin listener off loopback (bearer
+    /// tokens then cross the network in clear). Without it such a config is refused.
+    pub admin_plaintext_off_loopback: bool,
 }
 
 /// One trust domain this CA issues for.
@@ -89,6 +111,12 @@ pub struct ClusterConfig {
     pub audiences: Vec<String>,
     /// `<namespace>/<service account>` entries that may send `ImpersonatedIdentity`.
     pub trusted_node_accounts: Vec<String>,
+    /// PEM roots that verify `jwks_url` (for example the API server's CA,
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`); default the web roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// The shortest time between two JWKS reloads an unknown `kid` may trigger (default 60 s;
+    /// anyone can present an unknown `kid`).
+    pub jwks_reload_min_interval: Duration,
 }
 
 /// A remote trust domain whose bundle we fetch.
@@ -136,6 +164,22 @@ impl Config {
         Config::from_raw(raw)
     }
 
+    /// The database URL: `database_url`, or the trimmed content of `database_url_file`.
+    pub fn resolve_database_url(&self) -> Result<String, Error> {
+        let Some(path) = &self.database_url_file else {
+            return Ok(self.database_url.clone());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let url = text.trim();
+        if url.is_empty() {
+            return Err(invalid("database_url_file", "the file is empty"));
+        }
+        Ok(url.to_owned())
+    }
+
     /// The embedded default: SQLite under `ca-data/`, trust domain `cluster.local`, loopback.
     pub fn embedded_default() -> Config {
         // The raw defaults are valid by construction; `from_raw` cannot fail on them.
@@ -166,16 +210,18 @@ impl Config {
             grpc: parse_addr("listen.grpc", &raw.listen.grpc)?,
             http: parse_addr("listen.http", &raw.listen.http)?,
             admin: parse_addr("listen.admin", &raw.listen.admin)?,
-            public_url: match raw.listen.public_url {
-                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                    return Err(invalid(
-                        "listen.public_url",
-                        "must start with http:// or https://",
-                    ));
-                }
-                other => other.map(|u| u.trim_end_matches('/').to_owned()),
-            },
+            public_url: raw
+                .listen
+                .public_url
+                .map(|url| public_url(&url))
+                .transpose()?,
         };
+        if raw.database_url.is_some() && raw.database_url_file.is_some() {
+            return Err(invalid(
+                "database_url_file",
+                "give database_url or database_url_file, not both",
+            ));
+        }
         if raw.trust_domains.is_empty() {
             return Err(invalid(
                 "trust_domains",
@@ -260,6 +306,15 @@ impl Config {
             if c.name.is_empty() {
                 return Err(invalid(&key("name"), "must not be empty"));
             }
+            if clusters
+                .iter()
+                .any(|known: &ClusterConfig| known.name == c.name)
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!("cluster {:?} is listed twice", c.name),
+                ));
+            }
             let trust_domain = TrustDomain::parse(&c.trust_domain)
                 .map_err(|e| invalid(&key("trust_domain"), e))?;
             if !trust_domains.iter().any(|td| td.name == trust_domain) {
@@ -270,7 +325,17 @@ impl Config {
             }
             let jwks = match (c.jwks_file, c.jwks_url) {
                 (Some(file), None) => JwksSource::File(file),
-                (None, Some(url)) => JwksSource::Url(url),
+                (None, Some(url)) => {
+                    let parsed = reqwest::Url::parse(&url)
+                        .map_err(|e| invalid(&key("jwks_url"), e.to_string()))?;
+                    if parsed.scheme() != "https" || parsed.host_str().is_none() {
+                        return Err(invalid(
+                            &key("jwks_url"),
+                            "must be an https:// URL (the JWKS decides which tokens we trust)",
+                        ));
+                    }
+                    JwksSource::Url(url)
+                }
                 _ => {
                     return Err(invalid(
                         &key("jwks_file"),
@@ -292,6 +357,16 @@ impl Config {
                     ));
                 }
             }
+            if c.jwks_ca_file.is_some() && !matches!(jwks, JwksSource::Url(_)) {
+                return Err(invalid(
+                    &key("jwks_ca_file"),
+                    "verifies jwks_url; there is no jwks_url",
+                ));
+            }
+            let jwks_reload_min_interval = match &c.jwks_reload_min_interval {
+                Some(text) => parse_duration(&key("jwks_reload_min_interval"), text)?,
+                None => Duration::from_secs(60),
+            };
             clusters.push(ClusterConfig {
                 name: c.name,
                 trust_domain,
@@ -299,6 +374,8 @@ impl Config {
                 jwks,
                 audiences: c.audiences,
                 trusted_node_accounts: c.trusted_node_accounts,
+                jwks_ca_file: c.jwks_ca_file,
+                jwks_reload_min_interval,
             });
         }
         let mut federation = Vec::new();
@@ -363,6 +440,29 @@ impl Config {
                 "http_cert_file and http_key_file go together",
             ));
         }
+        if raw.tls.admin_cert_file.is_some() != raw.tls.admin_key_file.is_some() {
+            return Err(invalid(
+                "tls.admin_cert_file",
+                "admin_cert_file and admin_key_file go together",
+            ));
+        }
+        if raw.tls.admin_cert_file.is_some() && !raw.tls.admin_tls {
+            return Err(invalid(
+                "tls.admin_cert_file",
+                "set tls.admin_tls = true to serve the admin listener with these files",
+            ));
+        }
+        if !listen.admin.ip().is_loopback()
+            && !raw.tls.admin_tls
+            && !raw.tls.admin_plaintext_off_loopback
+        {
+            return Err(invalid(
+                "listen.admin",
+                "the admin listener binds off loopback without TLS (bearer tokens would cross \
+                 the network in clear): set tls.admin_tls = true, or accept it explicitly with \
+                 tls.admin_plaintext_off_loopback = true",
+            ));
+        }
         if raw.max_in_flight == 0 {
             return Err(invalid("max_in_flight", "must be at least 1"));
         }
@@ -370,7 +470,10 @@ impl Config {
             return Err(invalid("db_max_connections", "must be at least 1"));
         }
         Ok(Config {
-            database_url: raw.database_url,
+            database_url: raw
+                .database_url
+                .unwrap_or_else(|| "sqlite://ca-data/ca.db".to_owned()),
+            database_url_file: raw.database_url_file,
             data_dir: raw.data_dir,
             listen,
             tls: Tls {
@@ -379,6 +482,10 @@ impl Config {
                 http_tls: raw.tls.http_tls,
                 http_cert_file: raw.tls.http_cert_file,
                 http_key_file: raw.tls.http_key_file,
+                admin_tls: raw.tls.admin_tls,
+                admin_cert_file: raw.tls.admin_cert_file,
+                admin_key_file: raw.tls.admin_key_file,
+                admin_plaintext_off_loopback: raw.tls.admin_plaintext_off_loopback,
             },
             kek_file: raw.keys.kek_file,
             bootstrap_token_file: raw.admin.bootstrap_token_file,
@@ -387,6 +494,7 @@ impl Config {
             federation,
             db_max_connections: raw.db_max_connections,
             max_in_flight: raw.max_in_flight,
+            log_format: raw.log_format,
         })
     }
 }
@@ -427,6 +535,24 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, Error> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// `listen.public_url`: an http(s) base URL with a host and nothing that could not go verbatim
+/// into a certificate's CRL and OCSP URLs (no userinfo, query, fragment, spaces, quotes,
+/// control characters or percent-escapes). A trailing `/` is dropped.
+fn public_url(url: &str) -> Result<String, Error> {
+    let bad = |why: &str| invalid("listen.public_url", why);
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~:/[]".contains(c);
+    if !url.chars().all(allowed) {
+        return Err(bad(
+            "only letters, digits and - . _ ~ : / [ ] (no spaces, quotes, ?, #, @ or %)",
+        ));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("must be an http:// or https:// URL with a host"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, Error> {
     text.parse().map_err(|_| {
         invalid(
@@ -446,7 +572,9 @@ fn invalid(key: &str, message: impl ToString) -> Error {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
-    database_url: String,
+    database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
+    log_format: LogFormat,
     data_dir: PathBuf,
     db_max_connections: u32,
     max_in_flight: usize,
@@ -462,7 +590,9 @@ struct RawConfig {
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
-            database_url: "sqlite://ca-data/ca.db".to_owned(),
+            database_url: None,
+            database_url_file: None,
+            log_format: LogFormat::Text,
             data_dir: PathBuf::from("ca-data"),
             db_max_connections: 16,
             max_in_flight: 256,
@@ -520,6 +650,10 @@ struct RawTls {
     http_tls: bool,
     http_cert_file: Option<PathBuf>,
     http_key_file: Option<PathBuf>,
+    admin_tls: bool,
+    admin_cert_file: Option<PathBuf>,
+    admin_key_file: Option<PathBuf>,
+    admin_plaintext_off_loopback: bool,
 }
 
 impl Default for RawTls {
@@ -530,6 +664,10 @@ impl Default for RawTls {
             http_tls: false,
             http_cert_file: None,
             http_key_file: None,
+            admin_tls: false,
+            admin_cert_file: None,
+            admin_key_file: None,
+            admin_plaintext_off_loopback: false,
         }
     }
 }
@@ -604,6 +742,8 @@ struct RawCluster {
     audiences: Vec<String>,
     #[serde(default)]
     trusted_node_accounts: Vec<String>,
+    jwks_ca_file: Option<PathBuf>,
+    jwks_reload_min_interval: Option<String>,
 }
 
 fn default_audiences() -> Vec<String> {
@@ -689,6 +829,64 @@ mod tests {
             "101y",
         ] {
             assert!(parse_duration("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn public_url_is_a_plain_base_url() {
+        let with = |url: &str| Config::from_toml(&format!("[listen]\npublic_url = {url:?}\n"));
+        assert_eq!(
+            with("https://ca.example:8080/")
+                .unwrap()
+                .listen
+                .public_url
+                .as_deref(),
+            Some("https://ca.example:8080")
+        );
+        assert_eq!(
+            with("http://ca.example/pki")
+                .unwrap()
+                .listen
+                .public_url
+                .as_deref(),
+            Some("http://ca.example/pki")
+        );
+        for bad in [
+            "ftp://ca.example",
+            "https://ca example",
+            "https://ca.example/\"x",
+            "https://ca.example/a b",
+            "https://user:pw@ca.example",
+            "https://ca.example/?q=1",
+            "https://ca.example/#f",
+            "https://",
+            "https://ca.example/\n",
+            "https://ca.example/%20",
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.contains("listen.public_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_name_is_listed_once() {
+        let one = "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"https://k\"\njwks_file = \"/x\"\n";
+        Config::from_toml(one).unwrap();
+        let err = Config::from_toml(&format!("{one}{one}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clusters[1].name"), "{err}");
+    }
+
+    #[test]
+    fn jwks_urls_are_https() {
+        let base = "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"https://k\"\n";
+        Config::from_toml(&format!("{base}jwks_url = \"https://k/openid/v1/jwks\"")).unwrap();
+        for bad in ["http://k/jwks", "file:///etc/jwks", "k/jwks", "https://"] {
+            let err = Config::from_toml(&format!("{base}jwks_url = {bad:?}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("jwks_url"), "{bad}: {err}");
         }
     }
 

@@ -89,13 +89,24 @@ async fn fetch_with_hint(
     let result = fetch_and_apply(ca, entry, now).await;
     let td = entry.trust_domain.as_str();
     match &result {
-        Ok((outcome, _)) => {
+        Ok((outcome, hint)) => {
             let sequence = match outcome {
                 FetchOutcome::Updated { sequence } | FetchOutcome::Unchanged { sequence } => {
                     *sequence
                 }
             };
             ca.metrics().federation_success(td, sequence, now);
+            // The interval the fetch loop will wait (as `run` bounds it): "stale" is 3 of them.
+            let hint = hint
+                .map(Duration::from_secs)
+                .unwrap_or(entry.refresh_hint)
+                .clamp(Duration::from_secs(10), Duration::from_secs(86_400));
+            ca.metrics()
+                .federation_refresh_hint
+                .get_or_create(&crate::metrics::TrustDomainLabels {
+                    trust_domain: td.to_owned(),
+                })
+                .set(i64::try_from(hint.as_secs()).unwrap_or(i64::MAX));
         }
         Err(e) => {
             tracing::warn!(trust_domain = td, reason = e.reason(), error = %crate::report::Chain(e), "federated bundle refused; keeping the last good one");

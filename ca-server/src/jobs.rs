@@ -27,6 +27,7 @@ pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         ticks = ticks.wrapping_add(1);
+        ca.flush_refusal_counts(OffsetDateTime::now_utc().unix_timestamp());
         if let Err(e) = ca.reload_deny_list().await {
             tracing::warn!(error = %crate::report::Chain(&e), "deny list reload failed; keeping the previous list");
         }
@@ -60,9 +61,35 @@ pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch
     }
 }
 
-/// Sets the revocation gauges and keeps each CRL built (run every 30 s by the loop).
+/// Sets the revocation and expiry gauges and keeps each CRL built (run every 30 s by the
+/// loop).
 pub async fn refresh_gauges(ca: &Ca, now: OffsetDateTime) {
     let denied = ca.deny_list().counts();
+    let now_s = now.unix_timestamp();
+    match ca
+        .store()
+        .count_identities_expiring(now_s, now_s + crate::metrics::EXPIRING_WITHIN_SECONDS)
+        .await
+    {
+        Ok(rows) => {
+            for authority in ca.authorities().iter() {
+                let td = authority.trust_domain.as_str();
+                let count = rows
+                    .iter()
+                    .find(|(name, _)| name == td)
+                    .map_or(0, |(_, n)| *n);
+                ca.metrics()
+                    .workload_expiring
+                    .get_or_create(&TrustDomainLabels {
+                        trust_domain: td.to_owned(),
+                    })
+                    .set(count);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::report::Chain(&e), "expiring identities: store query failed");
+        }
+    }
     for authority in ca.authorities().iter() {
         let td = authority.trust_domain.to_string();
         if let Ok(count) = ca

@@ -37,3 +37,4 @@ pub mod spiffe;
 pub mod store;
 pub mod tls;
 pub mod trust;
+mod untrusted;

@@ -1,12 +1,14 @@
 //! `ca-server`: reads the config (`--config PATH` or `CA_CONFIG`; none = the embedded default),
-//! starts the service, and stops it on Ctrl-C or SIGTERM.
+//! starts the service, and stops it on Ctrl-C or SIGTERM. `--check-config FILE` validates a
+//! config and exits. A start failure prints its whole chain of causes on one line and exits 1.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
-use ca_server::config::Config;
+use ca_server::config::{Config, LogFormat};
 use ca_server::server::Server;
 
 /// mimalloc: the issuance path allocates many small, short-lived buffers (DER, PEM, protobuf,
@@ -24,30 +26,96 @@ struct Args {
     /// TOML config file; without one the embedded default runs (SQLite under ca-data/).
     #[arg(long, env = "CA_CONFIG")]
     config: Option<PathBuf>,
+    /// Validate this config file and exit: 0 if it is valid, 2 with the offending key named if
+    /// not. Opens no file it names and binds nothing.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    /// Log format (overrides the config's `log_format`): `text` (ANSI colours only on a
+    /// terminal) or `json` (one object per line, for a log pipeline).
+    #[arg(long, value_enum, env = "CA_LOG_FORMAT")]
+    log_format: Option<Format>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .init();
+async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.check_config {
+        return match Config::load(path) {
+            Ok(_) => {
+                println!("{}: valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {}", path.display(), chain(&e));
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match &args.config {
-        Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
-        None => {
-            tracing::info!("no config given: running the embedded default (SQLite in ca-data/)");
-            Config::embedded_default()
+        Some(path) => match Config::load(path) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("error: config {}: {}", path.display(), chain(&e));
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let format = match (args.log_format, &config) {
+        (Some(Format::Json), _) => LogFormat::Json,
+        (Some(Format::Text), _) => LogFormat::Text,
+        (None, Some(config)) => config.log_format,
+        (None, None) => LogFormat::Text,
+    };
+    init_logs(format);
+    let config = config.unwrap_or_else(|| {
+        tracing::info!("no config given: running the embedded default (SQLite in ca-data/)");
+        Config::embedded_default()
+    });
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "start failed");
+            eprintln!("error: start failed: {}", chain(&e));
+            return ExitCode::FAILURE;
         }
     };
-    let server = Server::start(config).await.context("start failed")?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
-    Ok(())
+    ExitCode::SUCCESS
+}
+
+/// Logs to stderr: `RUST_LOG` filters (default `info,sqlx=warn`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        // Colour codes only for a person at a terminal, never into a file or a pipe.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 async fn shutdown_signal() {

@@ -50,7 +50,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub issued: Family<IssuedLabels, Counter>,
     pub issuance_failures: Family<FailureLabels, Counter>,
-    pub issuance_duration: Histogram,
+    pub issuance_duration: Family<IssuedLabels, Histogram, fn() -> Histogram>,
     pub authn_failures: Family<ReasonLabels, Counter>,
     pub ttl_clamped: Family<TrustDomainLabels, Counter>,
     pub cert_not_after: Family<CertLabels, Gauge>,
@@ -64,7 +64,23 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub waiting: Gauge,
     pub shed: Counter,
+    pub federation_refresh_hint: Family<TrustDomainLabels, Gauge>,
+    pub workload_expiring: Family<TrustDomainLabels, Gauge>,
 }
+
+/// Issuance latency buckets (seconds).
+fn issuance_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+/// The `api` label values of issuance metrics.
+pub const APIS: [&str; 3] = ["istio", "ca.v1", "admin"];
+/// The `op` label values of `ca_store_errors_total`.
+pub const STORE_OPS: [&str; 3] = ["record_issued", "append_audit", "audit_queue_full"];
+/// "Renewal is failing": an identity whose newest certificate expires within this window.
+pub const EXPIRING_WITHIN_SECONDS: i64 = 6 * 3600;
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
@@ -81,9 +97,8 @@ impl Metrics {
             "Issuance requests refused or failed, by reason",
             issuance_failures.clone(),
         );
-        let issuance_duration = Histogram::new([
-            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ]);
+        let issuance_duration: Family<IssuedLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(issuance_histogram);
         registry.register(
             "ca_issuance_duration_seconds",
             "Time from request to recorded certificate",
@@ -167,6 +182,18 @@ impl Metrics {
             "Issuances refused with RESOURCE_EXHAUSTED under overload",
             shed.clone(),
         );
+        let federation_refresh_hint = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register(
+            "ca_federation_refresh_hint_seconds",
+            "The refresh hint of a federated peer (its spiffe_refresh_hint, else ours): stale after 3",
+            federation_refresh_hint.clone(),
+        );
+        let workload_expiring = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register(
+            "ca_workload_identities_expiring",
+            "Workload identities whose newest live certificate expires within 6 h (renewal failing)",
+            workload_expiring.clone(),
+        );
         Arc::new(Metrics {
             registry,
             issued,
@@ -185,7 +212,46 @@ impl Metrics {
             in_flight,
             waiting,
             shed,
+            federation_refresh_hint,
+            workload_expiring,
         })
+    }
+
+    /// Creates every label set known from the configuration at 0, so dashboards and alerts see
+    /// zeros instead of absent series (a family is printed only once it has a sample).
+    pub fn initialise(&self, config: &crate::config::Config) {
+        for td in &config.trust_domains {
+            let trust_domain = td.name.to_string();
+            for api in APIS {
+                let labels = IssuedLabels {
+                    trust_domain: trust_domain.clone(),
+                    api: api.to_owned(),
+                };
+                let _ = self.issued.get_or_create(&labels);
+                let _ = self.issuance_duration.get_or_create(&labels);
+            }
+            let labels = TrustDomainLabels { trust_domain };
+            let _ = self.ttl_clamped.get_or_create(&labels);
+            let _ = self.revoked.get_or_create(&labels);
+            let _ = self.denied.get_or_create(&labels);
+            let _ = self.workload_expiring.get_or_create(&labels);
+        }
+        for op in STORE_OPS {
+            let _ = self
+                .store_errors
+                .get_or_create(&OpLabels { op: op.to_owned() });
+        }
+        for peer in &config.federation {
+            let labels = TrustDomainLabels {
+                trust_domain: peer.trust_domain.to_string(),
+            };
+            let _ = self.federation_errors.get_or_create(&labels);
+            let _ = self.federation_last_success.get_or_create(&labels);
+            let _ = self.federation_sequence.get_or_create(&labels);
+            self.federation_refresh_hint
+                .get_or_create(&labels)
+                .set(i64::try_from(peer.refresh_hint.as_secs()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Prometheus text exposition.

@@ -25,6 +25,8 @@ use crate::tls::{self, ServingIdentity};
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("configuration")]
+    Config(#[from] crate::config::Error),
     #[error(transparent)]
     Keys(#[from] keys::Error),
     #[error("cannot read or create the bootstrap token file {path}")]
@@ -72,7 +74,8 @@ impl Server {
         tracing::info!(path = %config.kek_file.display(), created, "key-encryption key");
         let token_sha256 = load_or_create_token(&config.bootstrap_token_file)?;
 
-        let mut options = StoreOptions::new(&config.database_url);
+        let database_url = config.resolve_database_url()?;
+        let mut options = StoreOptions::new(&database_url);
         options.max_connections = config.db_max_connections;
         let store = Store::open(&options).await?;
         tracing::info!(backend = store.backend(), "store open, migrations applied");
@@ -95,6 +98,7 @@ impl Server {
         }
 
         let metrics = Metrics::new();
+        metrics.initialise(&config);
         for authority in authorities.iter() {
             let td = authority.trust_domain.as_str();
             metrics.cert_expiry(
@@ -130,6 +134,7 @@ impl Server {
 
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let grpc_identity = serving.clone();
         let mut serving_identities = vec![serving];
         // The public listener: plain HTTP, or TLS with operator files (https_web) or our own
         // certificate carrying spiffe://<serving td>/ca (https_spiffe).
@@ -152,6 +157,19 @@ impl Server {
         } else {
             None
         };
+        // The admin listener: TLS with operator files, or with the gRPC port's certificate.
+        let admin_tls = if ca.config().tls.admin_tls {
+            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match (
+                &ca.config().tls.admin_cert_file,
+                &ca.config().tls.admin_key_file,
+            ) {
+                (Some(cert), Some(key)) => tls::certified_key_from_files(cert, key)?,
+                _ => grpc_identity,
+            };
+            Some(tls::public_config(resolver)?)
+        } else {
+            None
+        };
         {
             let router = http::public_router(state.clone());
             let stop = shutdown.subscribe();
@@ -163,12 +181,26 @@ impl Server {
                     tasks.spawn(serve_plain(http_listener, router, stop, "public http"));
                 }
             }
-            tasks.spawn(serve_plain(
-                admin_listener,
-                http::admin_router(state.clone()),
-                shutdown.subscribe(),
-                "admin http",
-            ));
+            let admin_router = http::admin_router(state.clone());
+            let stop = shutdown.subscribe();
+            match admin_tls {
+                Some(config) => {
+                    tasks.spawn(http::tls_serve::serve(
+                        admin_listener,
+                        config,
+                        admin_router,
+                        stop,
+                    ));
+                }
+                None => {
+                    tasks.spawn(serve_plain(
+                        admin_listener,
+                        admin_router,
+                        stop,
+                        "admin http",
+                    ));
+                }
+            }
         }
         for entry in ca.config().federation.clone() {
             tasks.spawn(crate::federation::run(

@@ -26,6 +26,31 @@ pub enum Error {
     PathSegment,
     #[error("SPIFFE ID needs a path")]
     MissingPath,
+    #[error("a namespace must be a Kubernetes name (DNS-1123 label: a-z, 0-9, '-', at most 63)")]
+    Namespace,
+    #[error(
+        "a service account must be a Kubernetes name (DNS-1123 subdomain: a-z, 0-9, '-', '.', at most 253)"
+    )]
+    ServiceAccount,
+}
+
+/// A DNS-1123 label, as Kubernetes names namespaces: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most
+/// 63 characters.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// A DNS-1123 subdomain, as Kubernetes names service accounts: dot-separated labels, at most
+/// 253 characters.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
 /// A SPIFFE trust domain name, e.g. `us.cluster.local`.
@@ -106,6 +131,12 @@ impl SpiffeId {
         namespace: &str,
         service_account: &str,
     ) -> Result<SpiffeId, Error> {
+        if !is_dns_label(namespace) {
+            return Err(Error::Namespace);
+        }
+        if !is_dns_subdomain(service_account) {
+            return Err(Error::ServiceAccount);
+        }
         SpiffeId::parse(&format!(
             "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
         ))
@@ -135,6 +166,36 @@ mod tests {
         let id = SpiffeId::parse("spiffe://us.cluster.local/ns/default/sa/web").unwrap();
         assert_eq!(id.trust_domain().as_str(), "us.cluster.local");
         assert!(SpiffeId::parse("spiffe://td/a.b-c_d/E9").is_ok());
+    }
+
+    #[test]
+    fn service_account_ids_take_kubernetes_names_only() {
+        let td = TrustDomain::parse("td").unwrap();
+        let ok = SpiffeId::for_service_account(&td, "kube-system", "istio.reader-1").unwrap();
+        assert_eq!(ok.as_str(), "spiffe://td/ns/kube-system/sa/istio.reader-1");
+        for (ns, sa, error) in [
+            ("a/b", "web", Error::Namespace),
+            ("default", "web/sa/admin", Error::ServiceAccount),
+            ("Default", "web", Error::Namespace),
+            ("-x", "web", Error::Namespace),
+            ("x-", "web", Error::Namespace),
+            ("", "web", Error::Namespace),
+            (&"n".repeat(64), "web", Error::Namespace),
+            ("ns.dotted", "web", Error::Namespace),
+            ("default", "", Error::ServiceAccount),
+            ("default", "a..b", Error::ServiceAccount),
+            ("default", "UPPER", Error::ServiceAccount),
+            ("default", "under_score", Error::ServiceAccount),
+            ("default", &"s".repeat(254), Error::ServiceAccount),
+            ("default", "..", Error::ServiceAccount),
+            ("default", "web%2fx", Error::ServiceAccount),
+        ] {
+            assert_eq!(
+                SpiffeId::for_service_account(&td, ns, sa),
+                Err(error),
+                "{ns} {sa}"
+            );
+        }
     }
 
     #[test]

@@ -20,8 +20,6 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Clock leeway for `exp` and `nbf`.
 pub const LEEWAY_SECONDS: i64 = 30;
-/// How often an unknown `kid` may trigger a JWKS reload.
-const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -144,7 +142,6 @@ pub struct ClusterTokens {
     jwks_fingerprint: RwLock<Vec<u8>>,
     last_load: RwLock<Option<Instant>>,
     verified: RwLock<std::collections::HashMap<[u8; 32], CachedToken>>,
-    http: reqwest::Client,
 }
 
 #[derive(Debug, Clone)]
@@ -202,11 +199,30 @@ impl ClusterTokens {
             jwks_fingerprint: RwLock::new(Vec::new()),
             last_load: RwLock::new(None),
             verified: RwLock::new(std::collections::HashMap::new()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
         }
+    }
+
+    /// The client that fetches `jwks_url`: https only (redirects included: a JWKS is what we
+    /// trust tokens with), verified with `jwks_ca_file` when given, else the web roots.
+    async fn jwks_client(&self) -> Result<reqwest::Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .https_only(true);
+        if let Some(path) = &self.config.jwks_ca_file {
+            let pem = tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("jwks_ca_file {}: {e}", path.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("jwks_ca_file {}: {e}", path.display()))?;
+            if roots.is_empty() {
+                return Err(format!("jwks_ca_file {}: no certificate", path.display()));
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        builder.build().map_err(|e| e.to_string())
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -223,7 +239,8 @@ impl ClusterTokens {
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?,
             JwksSource::Url(url) => {
-                let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+                let client = self.jwks_client().await?;
+                let response = client.get(url).send().await.map_err(|e| e.to_string())?;
                 if !response.status().is_success() {
                     return Err(format!("{url}: HTTP {}", response.status()));
                 }
@@ -233,7 +250,17 @@ impl ClusterTokens {
                 {
                     return Err(format!("{url}: JWKS too large"));
                 }
-                response.bytes().await.map_err(|e| e.to_string())?.to_vec()
+                // Chunk by chunk: a chunked body without a length is cut at the cap, never
+                // read whole first.
+                let mut body = Vec::new();
+                let mut response = response;
+                while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                    if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                        return Err(format!("{url}: JWKS too large"));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                body
             }
         };
         let jwks = Jwks::parse(&bytes)?;
@@ -266,7 +293,9 @@ impl ClusterTokens {
     fn may_reload(&self) -> bool {
         self.last_load
             .read()
-            .map(|last| last.is_none_or(|t| t.elapsed() >= MIN_RELOAD_INTERVAL))
+            // Anyone can present an unknown `kid`: at most one reload per interval (60 s by
+            // default; the periodic reload every 5 min catches a rotation anyway).
+            .map(|last| last.is_none_or(|t| t.elapsed() >= self.config.jwks_reload_min_interval))
             .unwrap_or(false)
     }
 
@@ -408,7 +437,12 @@ impl ClusterTokens {
         let parts: Vec<&str> = subject.split(':').collect();
         let (namespace, service_account) = match parts.as_slice() {
             ["system", "serviceaccount", ns, sa] if !ns.is_empty() && !sa.is_empty() => (*ns, *sa),
-            _ => return Err(TokenError::BadSubject(subject.chars().take(100).collect())),
+            _ => {
+                return Err(TokenError::BadSubject(crate::untrusted::bounded(
+                    &subject,
+                    crate::untrusted::LOG_CHARS,
+                )));
+            }
         };
         if let Some(k8s) = &claims.kubernetes {
             let ns_ok = k8s.namespace.as_deref().is_none_or(|n| n == namespace);

@@ -34,9 +34,19 @@ impl Ca {
         self.reload_federated_bundles().await
     }
 
-    /// Loads federated bundles another replica (or an earlier run) stored.
+    /// Mirrors the federated bundles the store holds (another replica's fetch, an earlier run,
+    /// an operator's reset): the store is the truth, memory follows it.
     pub async fn reload_federated_bundles(&self) -> Result<(), store::Error> {
-        for record in self.store.bundles().await? {
+        let records = self.store.bundles().await?;
+        for peer in &self.config.federation {
+            let stored = records
+                .iter()
+                .any(|r| r.source == "federated" && r.trust_domain == peer.trust_domain.as_str());
+            if !stored {
+                self.bundles.remove(&peer.trust_domain);
+            }
+        }
+        for record in records {
             if record.source != "federated" {
                 continue;
             }
@@ -51,15 +61,39 @@ impl Ca {
             {
                 continue;
             }
-            let newer = self
-                .bundles
-                .get(&trust_domain)
-                .is_none_or(|b| b.sequence < u64::try_from(record.sequence).unwrap_or(0));
-            if newer {
+            let differs = self.bundles.get(&trust_domain).is_none_or(|b| {
+                b.sequence != u64::try_from(record.sequence).unwrap_or(0)
+                    || b.content_sha256 != record.content_sha256
+            });
+            if differs {
                 self.bundles.set(trust_domain, trust::from_record(&record));
             }
         }
         Ok(())
+    }
+
+    /// Forgets a federated peer's last good bundle, in the store and here (other replicas follow
+    /// within a job tick); the next fetch takes whatever the peer serves, whatever its sequence.
+    /// The way out when a peer's sequence was pushed beyond anything real. Returns whether a
+    /// bundle was stored; `None` when the trust domain is not a federation peer.
+    pub async fn reset_federated_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<bool>, store::Error> {
+        if !self
+            .config
+            .federation
+            .iter()
+            .any(|f| f.trust_domain == *trust_domain)
+        {
+            return Ok(None);
+        }
+        let removed = self
+            .store
+            .delete_federated_bundle(trust_domain.as_str())
+            .await?;
+        self.bundles.remove(trust_domain);
+        Ok(Some(removed))
     }
 
     /// The `spiffe_refresh_hint` we publish for a trust domain (seconds).

@@ -23,6 +23,9 @@ pub enum Error {
     /// Too many issuances in flight; the caller should retry (RESOURCE_EXHAUSTED).
     #[error("overloaded")]
     Overloaded,
+    /// The identity is one the CA itself uses (`spiffe://<td>/ca`): never issued on any path.
+    #[error("identity {0} is reserved for the CA itself")]
+    Reserved(String),
     /// The identity is on the deny list.
     #[error("identity {0} is denied")]
     Denied(String),
@@ -38,6 +41,7 @@ impl Error {
             Error::Issuance(e) => e.reason(),
             Error::UnknownTrustDomain(_) => "unknown_trust_domain",
             Error::Denied(_) => "denied",
+            Error::Reserved(_) => "reserved_identity",
             Error::Overloaded => "overloaded",
             Error::Store(_) => "store_unavailable",
         }
@@ -97,17 +101,15 @@ impl Ca {
         now: OffsetDateTime,
     ) -> Result<Enrolled, Error> {
         let started = std::time::Instant::now();
-        let trust_domain = request.spiffe_id.trust_domain().as_str();
+        // Metric labels take configured values only: a request for a trust domain we do not
+        // serve counts under `other`, so callers cannot mint label series.
+        let trust_domain = self.metric_trust_domain(request.spiffe_id.trust_domain());
         let permit = self.admission.admit().await;
-        self.metrics
-            .in_flight
-            .set(i64::try_from(self.admission.in_flight()).unwrap_or(i64::MAX));
-        self.metrics
-            .waiting
-            .set(i64::try_from(self.admission.waiting()).unwrap_or(i64::MAX));
         let result = if permit.is_none() {
             self.metrics.shed.inc();
             Err(Error::Overloaded)
+        } else if self.is_reserved(request.spiffe_id) {
+            Err(Error::Reserved(request.spiffe_id.to_string()))
         } else if self.deny_list.is_denied(request.spiffe_id) {
             Err(Error::Denied(request.spiffe_id.to_string()))
         } else {
@@ -125,6 +127,10 @@ impl Ca {
                     .inc();
                 self.metrics
                     .issuance_duration
+                    .get_or_create(&IssuedLabels {
+                        trust_domain: trust_domain.to_owned(),
+                        api: request.api.as_str().to_owned(),
+                    })
                     .observe(started.elapsed().as_secs_f64());
                 if enrolled.cert.ttl_clamped {
                     self.metrics
@@ -172,8 +178,14 @@ impl Ca {
         let mut attempts = 0;
         let cert = loop {
             attempts += 1;
-            let cert =
-                issuance::issue(authority, policy, &csr, request.spiffe_id, request.ttl, now)?;
+            let cert = issuance::issue(
+                &authority.as_issuer(),
+                policy,
+                &csr,
+                request.spiffe_id,
+                request.ttl,
+                now,
+            )?;
             let record = CertificateRecord {
                 issuer_key_id: authority.issuer_key_id.clone(),
                 serial: cert.serial.to_hex(),

@@ -22,15 +22,19 @@ pub use admission::Admission;
 pub use authorities::{LoadError, load_or_create_authorities};
 pub use enroll::{Api, Enrolled, Error, Request};
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, RefusalThrottle, Throttled};
 use crate::authn::jwt::Clusters;
 use crate::authority::{Authorities, Authority};
 use crate::config::Config;
 use crate::metrics::{Metrics, OpLabels};
 use crate::revocation::{CrlCache, DenyList};
-use crate::spiffe::SpiffeId;
+use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store::Store;
 use crate::trust::Bundles;
+
+/// Repeated refusals of one caller for one reason are written once per this window, then
+/// counted (`crate::audit::RefusalThrottle`).
+const REFUSAL_WINDOW_SECONDS: i64 = 60;
 
 /// The CA's core state: configuration, store, the loaded authorities and what is cached from
 /// the store (deny list, CRLs, bundles). Cheap to clone; every clone shares the same state.
@@ -46,6 +50,7 @@ pub struct Ca {
     crls: Arc<CrlCache>,
     bundles: Arc<Bundles>,
     admission: Arc<Admission>,
+    refusals: Arc<RefusalThrottle>,
 }
 
 impl Ca {
@@ -70,6 +75,7 @@ impl Ca {
             crls: Arc::default(),
             bundles: Arc::default(),
             admission,
+            refusals: Arc::new(RefusalThrottle::new(REFUSAL_WINDOW_SECONDS, 10_000)),
         }
     }
 
@@ -108,6 +114,36 @@ impl Ca {
         &self.deny_list
     }
 
+    /// Whether `spiffe_id` is an identity the CA itself uses and no request may get: the bundle
+    /// endpoint's and serving certificate's `spiffe://<td>/ca`, in every trust domain we serve
+    /// (https_spiffe federation peers pin it). Reserved identities are configuration.
+    pub fn is_reserved(&self, spiffe_id: &SpiffeId) -> bool {
+        spiffe_id.as_str() == format!("spiffe://{}/ca", spiffe_id.trust_domain())
+            && self.config.trust_domain(spiffe_id.trust_domain()).is_some()
+    }
+
+    /// The `trust_domain` label for a request's trust domain: itself when configured, else
+    /// `other` (labels take configured values only).
+    pub(crate) fn metric_trust_domain<'a>(&self, trust_domain: &'a TrustDomain) -> &'a str {
+        if self.config.trust_domain(trust_domain).is_some() {
+            trust_domain.as_str()
+        } else {
+            "other"
+        }
+    }
+
+    /// The Prometheus exposition; the admission gauges are read at scrape time, so they say
+    /// what is in flight now (0 when idle), not what was at the last admission.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .in_flight
+            .set(i64::try_from(self.admission.in_flight()).unwrap_or(i64::MAX));
+        self.metrics
+            .waiting
+            .set(i64::try_from(self.admission.waiting()).unwrap_or(i64::MAX));
+        self.metrics.render()
+    }
+
     /// The authority that issues for `spiffe_id`'s trust domain.
     pub fn authority_for(&self, spiffe_id: &SpiffeId) -> Result<&Arc<Authority>, Error> {
         self.authorities
@@ -118,6 +154,9 @@ impl Ca {
     /// Appends an audit event to the chain. A failure to audit is logged (and counted), never
     /// silently dropped; it does not undo the action it records.
     pub async fn audit(&self, event: AuditEvent) {
+        let Some(event) = self.unless_repeated(event) else {
+            return;
+        };
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(error = %crate::report::Chain(&e), action = %event.action, "could not write audit event");
             self.metrics
@@ -132,6 +171,9 @@ impl Ca {
     /// Queues an audit event from a workload path (never waits; a full queue drops the event
     /// and counts it in `ca_store_errors_total{op="audit_queue_full"}`).
     pub fn audit_soon(&self, event: AuditEvent) {
+        let Some(event) = self.unless_repeated(event) else {
+            return;
+        };
         if !self.store.append_audit_soon(event) {
             self.metrics
                 .store_errors
@@ -139,6 +181,34 @@ impl Ca {
                     op: "audit_queue_full".to_owned(),
                 })
                 .inc();
+        }
+    }
+
+    /// The event bounded and escaped, or `None` when it repeats a refusal already written in
+    /// this window (it is counted instead).
+    fn unless_repeated(&self, event: AuditEvent) -> Option<AuditEvent> {
+        let event = event.bounded();
+        if event.outcome == "success" {
+            return Some(event);
+        }
+        match self.refusals.admit(&event, event.at) {
+            Throttled::Write => Some(event),
+            Throttled::Counted => None,
+        }
+    }
+
+    /// Writes one summary event per refusal key whose window ended with refusals left out
+    /// (run by the job tick).
+    pub fn flush_refusal_counts(&self, now: i64) {
+        for summary in self.refusals.expire(now) {
+            if !self.store.append_audit_soon(summary) {
+                self.metrics
+                    .store_errors
+                    .get_or_create(&OpLabels {
+                        op: "audit_queue_full".to_owned(),
+                    })
+                    .inc();
+            }
         }
     }
 }

@@ -37,6 +37,9 @@ pub fn from_enrollment(error: &ca::Error) -> Status {
             Status::permission_denied(format!("this CA does not issue for trust domain {td}"))
         }
         ca::Error::Denied(_) => Status::permission_denied("this identity is denied"),
+        ca::Error::Reserved(_) => {
+            Status::permission_denied("this identity is reserved for the CA itself")
+        }
         ca::Error::Overloaded => Status::resource_exhausted("the CA is overloaded; retry"),
         ca::Error::Store(_) => {
             Status::unavailable("the CA cannot record certificates right now; retry")

@@ -118,6 +118,11 @@ impl From<ca::Error> for ApiError {
                 "identity_denied",
                 format!("{id} is on the deny list"),
             ),
+            ca::Error::Reserved(id) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "reserved_identity",
+                format!("{id} is reserved for the CA itself"),
+            ),
             ca::Error::Overloaded => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",

@@ -31,7 +31,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.ca.metrics().render(),
+        state.ca.render_metrics(),
     )
         .into_response()
 }

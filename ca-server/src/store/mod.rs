@@ -531,6 +531,23 @@ impl Store {
         Ok(count)
     }
 
+    /// Per trust domain, the workload identities whose newest live (unrevoked, unexpired)
+    /// certificate expires before `before`: renewal is failing somewhere for them. The CA's own
+    /// serving certificates are not workloads.
+    pub async fn count_identities_expiring(
+        &self,
+        now: i64,
+        before: i64,
+    ) -> Result<Vec<(String, i64)>, Error> {
+        let sql = "SELECT trust_domain, COUNT(*) FROM ( \
+                     SELECT trust_domain, spiffe_id, MAX(not_after) AS newest FROM certificates \
+                     WHERE revoked_at IS NULL AND not_after > $1 AND api <> 'serving' \
+                     GROUP BY trust_domain, spiffe_id) AS live \
+                   WHERE newest < $2 GROUP BY trust_domain";
+        let rows: Vec<(String, i64)> = on_pool!(self, pool => sqlx::query_as(sql).bind(now).bind(before).fetch_all(pool).await)?;
+        Ok(rows)
+    }
+
     /// Denies an identity; if it is already denied, returns the existing entry.
     pub async fn deny(&self, record: &DeniedRecord) -> Result<DeniedRecord, Error> {
         let sql = "INSERT INTO denied_identities (spiffe_id, trust_domain, reason, created_by, created_at) \
@@ -614,6 +631,18 @@ impl Store {
             .await
             .map(|r| r.rows_affected()))?;
         Ok(changed == 1)
+    }
+
+    /// Forgets a federated peer's stored bundle (an operator's reset); our own bundles are
+    /// never removed. Returns whether one was stored.
+    pub async fn delete_federated_bundle(&self, trust_domain: &str) -> Result<bool, Error> {
+        let sql = "DELETE FROM bundles WHERE trust_domain = $1 AND source = 'federated'";
+        let deleted = on_pool!(self, pool => sqlx::query(sql)
+            .bind(trust_domain)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(deleted > 0)
     }
 
     pub async fn bundle(&self, trust_domain: &str) -> Result<Option<BundleRecord>, Error> {

@@ -7,7 +7,9 @@
 //!
 //! Parsing refuses: a body over [`MAX_BUNDLE_BYTES`], non-JSON, a bundle map that names a trust
 //! domain twice, an `x509-svid` key with a `kid`, with other than one `x5c`, or whose certificate
-//! is not a CA certificate. Keys of other uses (`jwt-svid`) are ignored.
+//! is not a CA certificate, a `spiffe_sequence` that is not an integer up to [`MAX_SEQUENCE`],
+//! a `spiffe_refresh_hint` that is not a positive integer. Keys of other uses (`jwt-svid`) are
+//! ignored.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,6 +24,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
 use crate::spiffe::TrustDomain;
+
+/// Largest `spiffe_sequence` accepted: 2^53 - 1, the largest integer every JSON reader holds
+/// exactly (RFC 7493). A bundle published every second would take 285 million years to reach
+/// it; a peer (or an attacker serving as one) cannot pin us to "2^64 - 1" for good.
+pub const MAX_SEQUENCE: u64 = (1 << 53) - 1;
 
 /// Largest bundle (or bundle map) accepted, before parsing.
 pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
@@ -41,6 +48,10 @@ pub enum BundleError {
     BadKey(String),
     #[error("an x509-svid certificate is not a CA certificate")]
     NotCa,
+    #[error("spiffe_sequence must be an integer from 0 to {MAX_SEQUENCE}")]
+    BadSequence,
+    #[error("spiffe_refresh_hint must be a positive integer number of seconds")]
+    BadRefreshHint,
 }
 
 impl BundleError {
@@ -52,6 +63,8 @@ impl BundleError {
             BundleError::MissingTrustDomain(_) => "missing_trust_domain",
             BundleError::BadKey(_) => "bad_key",
             BundleError::NotCa => "not_ca",
+            BundleError::BadSequence => "bad_sequence",
+            BundleError::BadRefreshHint => "bad_refresh_hint",
         }
     }
 }
@@ -190,9 +203,27 @@ pub fn parse(bytes: &[u8], trust_domain: &TrustDomain) -> Result<ParsedBundle, B
         }
         roots.push(der);
     }
+    let sequence = match bundle.get("spiffe_sequence") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .filter(|s| *s <= MAX_SEQUENCE)
+                .ok_or(BundleError::BadSequence)?,
+        ),
+    };
+    let refresh_hint = match bundle.get("spiffe_refresh_hint") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .filter(|s| *s > 0)
+                .ok_or(BundleError::BadRefreshHint)?,
+        ),
+    };
     Ok(ParsedBundle {
-        sequence: bundle.get("spiffe_sequence").and_then(Value::as_u64),
-        refresh_hint: bundle.get("spiffe_refresh_hint").and_then(Value::as_u64),
+        sequence,
+        refresh_hint,
         roots,
     })
 }

@@ -89,6 +89,18 @@ impl Bundles {
         self.changes.subscribe()
     }
 
+    /// Forgets a trust domain's bundle; notifies watchers if there was one.
+    pub fn remove(&self, trust_domain: &TrustDomain) {
+        let removed = self
+            .by_td
+            .write()
+            .map(|mut map| map.remove(trust_domain).is_some())
+            .unwrap_or(false);
+        if removed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Sets a bundle; notifies watchers if the content or sequence changed.
     pub fn set(&self, trust_domain: TrustDomain, bundle: Bundle) {
         let changed = match self.by_td.write() {

@@ -435,6 +435,7 @@ async fn openapi_matches_routes_and_validates() {
         ("POST", "/admin/v1/issue"),
         ("GET", "/admin/v1/trust-domains"),
         ("POST", "/admin/v1/trust-domains/{td}/rotate"),
+        ("POST", "/admin/v1/federation/{td}/reset"),
         ("GET", "/admin/v1/certificates"),
         ("GET", "/admin/v1/certificates/{serial}"),
         ("POST", "/admin/v1/certificates/{serial}/revoke"),
@@ -520,4 +521,48 @@ async fn audit_chain_detects_tampering() {
     assert!(!ok);
     assert!(stdout.contains("BROKEN"), "{stdout}");
     server.stop().await;
+}
+
+/// The admin listener over TLS with the gRPC port's own certificate: a client verifying with
+/// the serving root gets through, plain HTTP does not, and a bearer token never crosses in
+/// clear. Off loopback without TLS, the config is refused unless the operator says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_speaks_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = ca_tests::fresh_database(Backend::Sqlite, dir.path()).await;
+    let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
+    config.tls.admin_tls = true;
+    let server = TestServer::start_with(config, dir).await;
+    let https = format!("https://localhost:{}", server.server.admin_addr.port());
+    let admin = ca_client::AdminClient::with_roots(
+        &https,
+        &server.admin_token,
+        Some(&server.serving_root_pem()),
+    )
+    .unwrap();
+    let domains = admin.trust_domains().await.unwrap();
+    assert_eq!(domains.body.items[0].name, "cluster.local");
+    // Plain HTTP on the TLS port gets no answer from the API.
+    let plain = reqwest::get(format!("{}/admin/v1/trust-domains", server.admin_url())).await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "{plain:?}"
+    );
+    // A client that does not trust our root refuses the server.
+    let stranger = ca_client::AdminClient::new(&https, &server.admin_token).unwrap();
+    assert!(stranger.trust_domains().await.is_err());
+    server.stop().await;
+
+    let refused = ca_server::config::Config::from_toml("[listen]\nadmin = \"0.0.0.0:9090\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("listen.admin"), "{refused}");
+    assert!(refused.contains("admin_tls"), "{refused}");
+    for accepted in [
+        "[listen]\nadmin = \"0.0.0.0:9090\"\n[tls]\nadmin_tls = true\n",
+        "[listen]\nadmin = \"0.0.0.0:9090\"\n[tls]\nadmin_plaintext_off_loopback = true\n",
+        "[listen]\nadmin = \"[::1]:9090\"\n",
+    ] {
+        ca_server::config::Config::from_toml(accepted).unwrap();
+    }
 }

@@ -492,7 +492,7 @@ async fn refused_bundles_keep_the_last_good_one() {
     };
 
     // Wait for the server's own fetch loop to take the good bundle: its first fetch must not
-    // land among the refusals below (it would count as an eighth), and after a success it waits
+    // land among the refusals below (it would count as one more), and after a success it waits
     // about an hour (`refresh_hint`).
     let bundle_url = format!("{}/v1/bundles/peer.example", server.http_url());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -559,6 +559,38 @@ async fn refused_bundles_keep_the_last_good_one() {
         ("not JSON", 200, b"<html>".to_vec(), "not_json"),
         ("server error", 500, b"oops".to_vec(), "http_status"),
     ];
+    // The sequence and refresh-hint family: out of range or not an integer is refused, so no
+    // peer can pin us to a sequence nothing real will ever pass.
+    let with = |field: &str, raw: &str| {
+        let mut bundle: serde_json::Value =
+            serde_json::from_slice(&peer_bundle(&other, 12)).unwrap();
+        bundle[field] = serde_json::from_str(raw).unwrap();
+        bundle.to_string().into_bytes()
+    };
+    let mut cases = cases;
+    for (name, raw) in [
+        ("sequence 2^64-1", "18446744073709551615"),
+        ("sequence 2^53", "9007199254740992"),
+        ("sequence -1", "-1"),
+        ("sequence as a string", "\"13\""),
+        ("sequence 13.5", "13.5"),
+        ("sequence null", "null"),
+    ] {
+        cases.push((name, 200, with("spiffe_sequence", raw), "bad_sequence"));
+    }
+    for (name, raw) in [
+        ("hint 0", "0"),
+        ("hint -60", "-60"),
+        ("hint \"60\"", "\"60\""),
+    ] {
+        cases.push((
+            name,
+            200,
+            with("spiffe_refresh_hint", raw),
+            "bad_refresh_hint",
+        ));
+    }
+    let refusals = cases.len() as u64;
     for (name, status, body, reason) in cases {
         set(status, body);
         let err = fetch_once(ca, &entry, now()).await.unwrap_err();
@@ -581,7 +613,7 @@ async fn refused_bundles_keep_the_last_good_one() {
     );
     assert_eq!(served().await["spiffe_sequence"], 6);
     let metrics = server.metrics().await;
-    // Seven refusals, all here.
+    // Every refusal, all here.
     let errors: u64 = metrics
         .lines()
         .find_map(|l| {
@@ -589,7 +621,56 @@ async fn refused_bundles_keep_the_last_good_one() {
         })
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    assert_eq!(errors, 7, "{metrics}");
+    assert_eq!(errors, refusals, "{metrics}");
+
+    // A peer pushed to the highest sequence we accept pins us there: a real bundle after it is
+    // stale. An operator's reset (admin role only, audited) forgets it and fetches again.
+    set(
+        200,
+        peer_bundle(&other, ca_server::trust::bundle::MAX_SEQUENCE),
+    );
+    fetch_once(ca, &entry, now()).await.unwrap();
+    set(200, peer_bundle(&good, 7));
+    assert_eq!(
+        fetch_once(ca, &entry, now()).await.unwrap_err().reason(),
+        "stale_sequence"
+    );
+    let admin = server.admin_client();
+    let viewer = admin
+        .create_token("fed-viewer", "viewer", None)
+        .await
+        .unwrap();
+    let as_viewer = ca_client::AdminClient::new(&server.admin_url(), &viewer.body.token).unwrap();
+    let refused = as_viewer
+        .reset_federation("peer.example")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ca_client::Error::Server { status: 403, .. }),
+        "{refused:?}"
+    );
+    let unknown = admin.reset_federation("nobody.example").await.unwrap_err();
+    assert!(
+        matches!(unknown, ca_client::Error::Server { status: 404, .. }),
+        "{unknown:?}"
+    );
+    let reset = admin.reset_federation("peer.example").await.unwrap();
+    assert!(reset.body.removed);
+    assert_eq!(reset.body.fetch, "updated");
+    assert_eq!(reset.body.sequence, Some(7));
+    assert_eq!(served().await["spiffe_sequence"], 7);
+    let audit = admin.audit(20).await.unwrap();
+    assert!(
+        audit
+            .body
+            .items
+            .iter()
+            .any(|e| e.action == "federation.reset"
+                && e.outcome == "success"
+                && e.actor == "bootstrap"),
+        "{:?}",
+        audit.json
+    );
 
     // An endpoint whose certificate does not chain to ca_file is refused.
     let other_endpoint = fake_endpoint().await;
@@ -611,7 +692,7 @@ async fn refused_bundles_keep_the_last_good_one() {
         .unwrap();
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["spiffe_sequence"],
-        6
+        7
     );
     let _ = endpoint.stop.send(true);
     let _ = other_endpoint.stop.send(true);

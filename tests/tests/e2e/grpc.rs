@@ -590,8 +590,9 @@ async fn ca_v1_issue_and_bundles() {
     server.stop().await;
 }
 
-/// JWKS from a URL (served on loopback), and key rotation: a token signed by a key added to the
-/// JWKS after start is accepted once the unknown `kid` triggers a reload.
+/// JWKS from an https URL (served on loopback with a test CA given as `jwks_ca_file`), and key
+/// rotation: a token signed by a key added to the JWKS after start is refused within the reload
+/// interval and accepted once the interval has passed and its unknown `kid` reloads the JWKS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_url_and_key_rotation() {
     use std::sync::{Arc, Mutex};
@@ -607,16 +608,47 @@ async fn jwks_url_and_key_rotation() {
             async move { axum::Json(served.lock().unwrap().clone()) }
         }),
     );
+    // A test CA and a serving certificate for 127.0.0.1, made now.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let jwks_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(ca_server::http::tls_serve::serve(
+        listener,
+        Arc::new(tls),
+        app,
+        stop_rx,
+    ));
 
     let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("jwks-ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
     let url = ca_tests::fresh_database(Backend::Sqlite, dir.path()).await;
     let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
     config.clusters = ca_server::config::Config::from_toml(&format!(
-        "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"{}\"\njwks_url = \"http://{jwks_addr}/openid/v1/jwks\"\n",
-        ca_tests::kube::ISSUER
+        "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"{}\"\njwks_url = \"https://{jwks_addr}/openid/v1/jwks\"\njwks_ca_file = {:?}\njwks_reload_min_interval = \"2s\"\n",
+        ca_tests::kube::ISSUER,
+        ca_file.display().to_string(),
     ))
     .unwrap()
     .clusters;
@@ -629,18 +661,25 @@ async fn jwks_url_and_key_rotation() {
         .await
         .unwrap();
 
-    // The RSA key is not published yet: refused.
+    // The RSA key is not published yet: refused (after the interval, so this refusal's unknown
+    // kid reloads the JWKS, and the interval starts again now).
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     let rs = kube.keys[1].sign(&FakeKube::claims("default", "web"));
     let refused = client
         .create_certificate(&csr.csr_pem, 0, &token_auth(&rs), &BTreeMap::new())
         .await;
     assert_eq!(code_of(refused), Code::Unauthenticated);
-    // Publish it; after the reload interval the unknown kid reloads the JWKS.
+    // Publish it: within the reload interval the unknown kid does not reload (refused again);
+    // after it, the unknown kid reloads the JWKS.
     jwks.lock().unwrap()["keys"]
         .as_array_mut()
         .unwrap()
         .push(kube.keys[1].jwk.clone());
-    tokio::time::sleep(std::time::Duration::from_millis(10_100)).await;
+    let refused = client
+        .create_certificate(&csr.csr_pem, 0, &token_auth(&rs), &BTreeMap::new())
+        .await;
+    assert_eq!(code_of(refused), Code::Unauthenticated);
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     client
         .create_certificate(&csr.csr_pem, 0, &token_auth(&rs), &BTreeMap::new())
         .await

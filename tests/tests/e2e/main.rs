@@ -6,8 +6,10 @@
 
 mod admin;
 mod cli;
+mod deploy;
 mod federation;
 mod grpc;
+mod hardening;
 mod interop;
 mod issuance;
 mod lifecycle;

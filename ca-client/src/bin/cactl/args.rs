@@ -116,6 +116,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Federation with other trust domains' bundle endpoints.
+    Federation {
+        #[command(subcommand)]
+        command: FederationCommand,
+    },
     /// Denied identities: they get nothing on any path.
     Deny {
         #[command(subcommand)]
@@ -148,6 +153,13 @@ pub enum Command {
         #[arg(long, default_value = "ecdsa-p256")]
         key: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Forget a federated peer's stored bundle and fetch it again now, whatever its
+    /// spiffe_sequence (admin role; audited).
+    Reset { trust_domain: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,7 +269,19 @@ impl Cli {
                 self.admin_token_file.display()
             )
         })?;
-        Ok(AdminClient::new(&self.admin, &token)?)
+        // An https admin listener is verified with --ca-file when given (the CA's serving root).
+        let roots = match (&self.ca_file, self.admin.starts_with("https://")) {
+            (Some(file), true) => Some(
+                std::fs::read(file)
+                    .with_context(|| format!("cannot read --ca-file {}", file.display()))?,
+            ),
+            _ => None,
+        };
+        Ok(AdminClient::with_roots(
+            &self.admin,
+            &token,
+            roots.as_deref(),
+        )?)
     }
 
     /// How to reach the gRPC port: `--ca-file` (or `default_ca_file`) verifies the server.

@@ -5,7 +5,7 @@
 //! - `output`: `--output json` (the server's JSON as it came) or human lines and tables.
 //! - `workload`: `issue` and `renew` (files written like istio-agent's).
 //! - `bundle`, `verify`, `inspect`: trust bundles, and checking or decoding local files.
-//! - `trust_domains`, `certs`, `deny`, `tokens`, `audit`: the admin API.
+//! - `trust_domains`, `certs`, `deny`, `federation`, `tokens`, `audit`: the admin API.
 //!
 //! Exit codes: 0 done (or valid), 1 checked and not valid (`verify`, `audit verify`), 2 could not
 //! run (bad arguments, unreachable server, refused request).
@@ -15,6 +15,7 @@ mod audit;
 mod bundle;
 mod certs;
 mod deny;
+mod federation;
 mod inspect;
 mod output;
 mod tokens;
@@ -87,6 +88,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::TrustDomains => trust_domains::run(cli).await?,
         Command::Certs { command } => certs::run(cli, command).await?,
         Command::Deny { command } => deny::run(cli, command).await?,
+        Command::Federation { command } => federation::run(cli, command).await?,
         Command::Tokens { command } => tokens::run(cli, command).await?,
         Command::Audit { command } => return audit::run(cli, command).await,
     }

@@ -9,6 +9,7 @@
 mod audit;
 mod certificates;
 mod denied;
+mod federation;
 mod issue;
 mod tokens;
 mod trust_domains;
@@ -86,6 +87,7 @@ pub fn router_and_openapi(state: HttpState) -> (Router, utoipa::openapi::OpenApi
         .routes(routes!(tokens::create, tokens::list))
         .routes(routes!(tokens::delete))
         .routes(routes!(audit::list))
+        .routes(routes!(federation::reset))
         .split_for_parts();
     let document = openapi.clone();
     let router = router
@@ -247,7 +249,7 @@ pub async fn audit(
             at: OffsetDateTime::now_utc().unix_timestamp(),
             actor: caller.name.clone(),
             action: action.to_owned(),
-            target: target.chars().take(512).collect(),
+            target: target.to_owned(),
             outcome: outcome.to_owned(),
             request_id: request_id.to_owned(),
             detail,

@@ -1,0 +1,207 @@
+//! What an attacker tried, refused at its root: caller-controlled text bounded and escaped in
+//! the audit log and aggregated when it repeats, reserved identities never issued, Kubernetes
+//! names only in SPIFFE IDs, metric labels from configuration only, gauges that return to 0.
+
+use std::collections::BTreeMap;
+
+use ca_client::{Error, KeyType, TokenAuth};
+use ca_tests::kube::FakeKube;
+use ca_tests::{Backend, TestServer};
+use tonic::Code;
+
+fn token_auth(token: &str) -> TokenAuth {
+    TokenAuth {
+        token: Some(token.to_owned()),
+        cluster_id: Some("Kubernetes".to_owned()),
+    }
+}
+
+fn grpc_code(error: &Error) -> Code {
+    match error {
+        Error::Server { status, .. } => Code::from_i32(i32::from(*status)),
+        other => panic!("expected a gRPC error, got {other:?}"),
+    }
+}
+
+/// M1: a trusted node agent sends a quarter-megabyte `ImpersonatedIdentity` full of newlines
+/// and a forged audit line, again and again. Every request is refused; the audit log holds one
+/// bounded, escaped row for it (the rest are counted), and `cactl audit list` prints no forged
+/// line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_impersonation_text_is_bounded_escaped_and_aggregated() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let ztunnel = token_auth(&kube.token("istio-system", "ztunnel"));
+    let forged_line = "\n1700000000 bootstrap token.create admin-backdoor success role admin\n";
+    let forged = format!("x\u{1b}[2K\r{}", forged_line.repeat(3500));
+    assert!(forged.len() > 200_000);
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let before = server.store().await.recent_audit(1000).await.unwrap().len();
+    for _ in 0..40 {
+        let metadata = BTreeMap::from([("ImpersonatedIdentity".to_owned(), forged.clone())]);
+        let err = client
+            .create_certificate(&csr.csr_pem, 0, &ztunnel, &metadata)
+            .await
+            .unwrap_err();
+        assert_eq!(grpc_code(&err), Code::Unauthenticated, "{err:?}");
+    }
+    // The workload audit queue is written in batches: wait for it to settle.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let events = server.store().await.recent_audit(1000).await.unwrap();
+    let refusals: Vec<_> = events
+        .iter()
+        .filter(|e| e.actor.contains("ztunnel") && e.outcome == "rejected")
+        .collect();
+    assert_eq!(refusals.len(), 1, "one row, the rest counted: {refusals:?}");
+    assert!(
+        events.len() - before <= 2,
+        "{} new rows",
+        events.len() - before
+    );
+    let row = refusals[0];
+    assert!(row.target.chars().count() < 300, "{}", row.target.len());
+    assert!(
+        !row.target.chars().any(char::is_control),
+        "{:?}",
+        row.target
+    );
+    assert!(row.target.contains("\\u{a}") && row.target.contains("\\u{1b}"));
+    let chain = server.store().await.audit_page(None, 1000).await.unwrap();
+    let mut oldest_first = chain;
+    oldest_first.reverse();
+    ca_server::audit::verify(&oldest_first).unwrap();
+
+    let (ok, stdout, stderr) = ca_tests::run(
+        std::process::Command::new(ca_tests::bin("cactl"))
+            .args(["--admin", &server.admin_url(), "--admin-token-file"])
+            .arg(server.dir.path().join("admin.token"))
+            .args(["audit", "list", "--limit", "50"]),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("1700000000 bootstrap")),
+        "{stdout}"
+    );
+    server.stop().await;
+}
+
+/// M2 / H5: the CA's own identity (`spiffe://<td>/ca`, which https_spiffe peers pin) is never
+/// issued, whatever the role, in any trust domain we serve; nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_identities_are_never_issued() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let admin = server.admin_client();
+    let records = server.store().await.count_certificates().await.unwrap();
+    let operator = admin.create_token("op", "operator", None).await.unwrap();
+    let as_operator =
+        ca_client::AdminClient::new(&server.admin_url(), &operator.body.token).unwrap();
+    for id in ["spiffe://cluster.local/ca", "spiffe://eu.cluster.local/ca"] {
+        let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(id)).unwrap();
+        for client in [&admin, &as_operator] {
+            let err = client.issue(&csr.csr_pem, id, None).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::Server { status: 403, code, .. } if code == "reserved_identity"),
+                "{id}: {err:?}"
+            );
+        }
+    }
+    // Its neighbours are ordinary identities.
+    let near = "spiffe://cluster.local/ca/x";
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(near)).unwrap();
+    admin.issue(&csr.csr_pem, near, None).await.unwrap();
+    assert_eq!(
+        server.store().await.count_certificates().await.unwrap(),
+        records + 1
+    );
+    server.stop().await;
+}
+
+/// L7: namespace and service-account names are Kubernetes names: a token whose `sub` carries a
+/// `/` (extra SPIFFE path segments) or upper case is refused, and so is an impersonated
+/// identity that is not `ns/<label>/sa/<subdomain>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_kubernetes_names_become_identities() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    for (ns, sa) in [
+        ("default/sa/admin/ns", "web"),
+        ("default", "web/x"),
+        ("Default", "web"),
+        ("default", "Web"),
+        ("default", "under_score"),
+    ] {
+        let err = client
+            .create_certificate(
+                &csr.csr_pem,
+                0,
+                &token_auth(&kube.token(ns, sa)),
+                &BTreeMap::new(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(grpc_code(&err), Code::Unauthenticated, "{ns}/{sa}: {err:?}");
+    }
+    let ztunnel = token_auth(&kube.token("istio-system", "ztunnel"));
+    for target in [
+        "spiffe://cluster.local/ns/Kube-System/sa/admin",
+        "spiffe://cluster.local/ns/kube-system/sa/a..b",
+        "spiffe://cluster.local/ns/-x/sa/admin",
+    ] {
+        let metadata = BTreeMap::from([("ImpersonatedIdentity".to_owned(), target.to_owned())]);
+        let err = client
+            .create_certificate(&csr.csr_pem, 0, &ztunnel, &metadata)
+            .await
+            .unwrap_err();
+        assert_eq!(grpc_code(&err), Code::Unauthenticated, "{target}: {err:?}");
+    }
+    server.stop().await;
+}
+
+/// L8 and the admission gauges: a trust domain we do not serve never becomes a label value,
+/// and `ca_issuance_in_flight` / `ca_issuance_waiting` read 0 once the load is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_are_configured_values_and_gauges_settle() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let admin = server.admin_client();
+    for i in 0..20 {
+        let id = format!("spiffe://attacker-{i}.example/ns/a/sa/b");
+        let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(&id)).unwrap();
+        let err = admin.issue(&csr.csr_pem, &id, None).await.unwrap_err();
+        assert!(matches!(err, Error::Server { status: 400, .. }), "{err:?}");
+    }
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let admin = server.admin_client();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("spiffe://cluster.local/ns/load/sa/w{i}");
+            let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(&id)).unwrap();
+            admin.issue(&csr.csr_pem, &id, None).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let metrics = server.metrics().await;
+    assert!(!metrics.contains("attacker-"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "ca_issuance_failures_total{trust_domain=\"other\",reason=\"unknown_trust_domain\"} 20"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "ca_issuance_in_flight 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "ca_issuance_waiting 0"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
