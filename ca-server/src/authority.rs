@@ -180,7 +180,11 @@ pub fn create_generation(
 
     let not_before = now - time::Duration::seconds(60);
     let root_not_after = now + to_time(config.root_ttl);
-    let mut root_params = ca_params(name, &format!("{name} Root CA {generation}"), 1)?;
+    let mut root_params = ca_params(
+        &dn_value(name),
+        &dn_value(&format!("{name} Root CA {generation}")),
+        1,
+    )?;
     root_params.not_before = not_before;
     root_params.not_after = root_not_after;
     let root_cert = root_params.self_signed(&root_key).map_err(build_err)?;
@@ -221,9 +225,15 @@ pub fn create_generation(
         trust_domain: name.to_owned(),
         source,
     })?;
-    let common_name = format!("{name} Intermediate CA {generation}");
-    let template =
-        issuance::Template::intermediate(name, &common_name, &serial, &lifetime, public_key);
+    let organization = dn_value(name);
+    let common_name = dn_value(&format!("{name} Intermediate CA {generation}"));
+    let template = issuance::Template::intermediate(
+        &organization,
+        &common_name,
+        &serial,
+        &lifetime,
+        public_key,
+    );
     let intermediate_cert = issuance::writer::sign(&template, &root_issuer).map_err(issue_err)?;
     issuance::check::check(&intermediate_cert, &template, &root_issuer).map_err(issue_err)?;
     let issuer_key_id = hex::encode(issuance::template::key_identifier(&intermediate_spki));
@@ -330,6 +340,19 @@ pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority
     })
 }
 
+/// A CA name attribute within RFC 5280's upper bound (64 characters for O and CN): as it is
+/// when it fits, else its first 55 characters, `~` and 8 hex digits of its SHA-256 (still
+/// distinct per trust domain). Trust domains may be 255 characters long.
+fn dn_value(text: &str) -> String {
+    const UPPER_BOUND: usize = 64;
+    if text.chars().count() <= UPPER_BOUND {
+        return text.to_owned();
+    }
+    let hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let head: String = text.chars().take(UPPER_BOUND - 9).collect();
+    format!("{head}~{}", &hex::encode(hash.as_ref())[..8])
+}
+
 fn ca_params(
     trust_domain: &str,
     common_name: &str,
@@ -346,12 +369,9 @@ fn ca_params(
     })?;
     params.serial_number = Some(SerialNumber::from_slice(serial.as_bytes()));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-    // digitalSignature lets the CA sign OCSP responses itself.
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    // A root signs certificates and CRLs only (OCSP answers are the intermediate's, which keeps
+    // digitalSignature for them).
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.key_identifier_method = KeyIdMethod::Sha256;
     Ok(params)
 }
@@ -373,5 +393,23 @@ impl PublicKeyData for CaKey {
 impl SigningKey for CaKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         self.key_pair().sign(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dn_value;
+
+    #[test]
+    fn long_names_fit_rfc_5280_and_stay_distinct() {
+        assert_eq!(
+            dn_value("us.cluster.local Root CA 1"),
+            "us.cluster.local Root CA 1"
+        );
+        let a = dn_value(&format!("{} Root CA 1", "a".repeat(60)));
+        let b = dn_value(&format!("{} Root CA 2", "a".repeat(60)));
+        assert_eq!(a.chars().count(), 64);
+        assert_ne!(a, b);
+        assert_eq!(dn_value(&"x".repeat(64)), "x".repeat(64));
     }
 }

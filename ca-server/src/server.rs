@@ -29,6 +29,11 @@ pub enum StartError {
     Config(#[from] crate::config::Error),
     #[error(transparent)]
     Keys(#[from] keys::Error),
+    #[error("cannot create or secure the data directory {path}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read or create the bootstrap token file {path}")]
     TokenFile {
         path: String,
@@ -70,6 +75,10 @@ impl Server {
 
     /// Starts everything. Creates the KEK and bootstrap token files (mode 0600) when missing.
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        private_data_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
         let (kek, created) = Kek::load_or_create(&config.kek_file)?;
         tracing::info!(path = %config.kek_file.display(), created, "key-encryption key");
         let token_sha256 = load_or_create_token(&config.bootstrap_token_file)?;
@@ -278,6 +287,29 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, St
 
 /// Reads the bootstrap admin token, or creates one (32 random bytes, hex) with mode 0600.
 /// Returns its SHA-256; the token itself is not kept.
+/// The data directory (KEK, token, SQLite files) exists and only we can enter it: created with
+/// mode 0700, tightened to 0700 if it exists with more.
+fn private_data_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !path.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)?;
+        }
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+            tracing::info!(path = %path.display(), from = format!("{mode:04o}"), "data directory mode set to 0700");
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path)?;
+    Ok(())
+}
+
 fn load_or_create_token(path: &Path) -> Result<[u8; 32], StartError> {
     let io_err = |source| StartError::TokenFile {
         path: path.display().to_string(),
@@ -285,6 +317,7 @@ fn load_or_create_token(path: &Path) -> Result<[u8; 32], StartError> {
     };
     let token = match std::fs::read_to_string(path) {
         Ok(text) => {
+            keys::check_secret_file_mode(path).map_err(io_err)?;
             tracing::info!(path = %path.display(), "bootstrap admin token loaded");
             text.trim().to_owned()
         }

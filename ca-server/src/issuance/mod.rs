@@ -61,6 +61,16 @@ pub enum Error {
     BadCsrSignature,
     #[error("unsupported CSR key: {0}")]
     UnsupportedKey(String),
+    #[error(
+        "CSR signature algorithm {0} is not allowed (ECDSA, or RSA PKCS #1 v1.5, with SHA-256/384/512)"
+    )]
+    WeakSignature(String),
+    #[error(
+        "CSR asks for extension {0}; only subjectAltName, keyUsage, extendedKeyUsage and basicConstraints may be requested"
+    )]
+    ForbiddenExtension(String),
+    #[error("CSR carries attribute {0}; only extensionRequest is accepted")]
+    ForbiddenAttribute(String),
     #[error("CSR claims an identity other than the authorised one: {0}")]
     CsrClaimsOtherIdentity(String),
     #[error("CSR asks for CA or signing powers")]
@@ -90,6 +100,9 @@ impl Error {
             Error::NotACsr(_) => "not_a_csr",
             Error::BadCsrSignature => "bad_csr_signature",
             Error::UnsupportedKey(_) => "unsupported_key",
+            Error::WeakSignature(_) => "csr_weak_signature",
+            Error::ForbiddenExtension(_) => "csr_forbidden_extension",
+            Error::ForbiddenAttribute(_) => "csr_forbidden_attribute",
             Error::CsrClaimsOtherIdentity(_) => "csr_identity_mismatch",
             Error::CsrRequestsCaPowers => "csr_requests_ca",
             Error::WrongTrustDomain(_) => "wrong_trust_domain",

@@ -335,7 +335,6 @@ fn csr_identity_rules() {
             Err(Error::CsrClaimsOtherIdentity(String::new())),
         ),
         ("O= subject", org, Ok(())),
-        ("unknown extension", custom, Ok(())),
     ];
     for (name, params, expected) in cases {
         let verified = csr::parse(&csr_with(params, &key)).unwrap();
@@ -347,6 +346,11 @@ fn csr_identity_rules() {
             (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
         }
     }
+    // An extension outside the identity and usage set is refused at parsing (security.md D4).
+    assert_eq!(
+        csr::parse(&csr_with(custom, &key)).unwrap_err(),
+        Error::ForbiddenExtension("1.2.3.4".to_owned())
+    );
     let other_td = SpiffeId::parse("spiffe://eu.cluster.local/ns/default/sa/web").unwrap();
     let verified = csr::parse(&plain_csr(&key, None)).unwrap();
     assert!(matches!(
@@ -372,7 +376,8 @@ fn only_the_public_key_comes_from_the_csr() {
     busy.distinguished_name
         .push(DnType::OrganizationName, "Evil Corp");
     busy.subject_alt_names = vec![SanType::URI(ID.try_into().unwrap())];
-    busy.custom_extensions = vec![CustomExtension::from_oid_content(&[1, 2, 3, 4], vec![5, 0])];
+    busy.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    busy.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let busy = csr::parse(&csr_with(busy, &busy_key)).unwrap();
     let a = issue(&issuer, policy(), &plain, &id(), None, now).unwrap();
     let b = issue(&issuer, policy(), &busy, &id(), None, now).unwrap();

@@ -41,6 +41,7 @@ impl Kek {
         };
         match std::fs::read(path) {
             Ok(bytes) => {
+                check_secret_file_mode(path).map_err(io_err)?;
                 let bytes = Zeroizing::new(bytes);
                 let array: [u8; 32] =
                     bytes.as_slice().try_into().map_err(|_| Error::KekLength {
@@ -104,6 +105,29 @@ impl Kek {
             UnboundKey::new(&AES_256_GCM, self.bytes.as_slice()).map_err(|_| Error::Encrypt)?;
         Ok(LessSafeKey::new(unbound))
     }
+}
+
+/// Refuses a secret file that others may read, as ssh does for keys: any permission for
+/// "others", or group permissions unless the group is the process's own (Kubernetes mounts
+/// Secrets for a non-root container as group-readable by its `fsGroup`).
+pub fn check_secret_file_mode(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path)?;
+        let mode = metadata.mode() & 0o777;
+        let own_group = metadata.gid() == rustix::process::getegid().as_raw();
+        if mode & 0o007 != 0 || (mode & 0o070 != 0 && !own_group) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "mode {mode:04o} lets other users read it: chmod 600 {}",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Creates `path` with mode 0600 (failing if it already exists) and writes `bytes` to it.

@@ -9,7 +9,7 @@ use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use zeroize::Zeroizing;
 
-pub use kek::{Kek, write_secret_file};
+pub use kek::{Kek, check_secret_file_mode, write_secret_file};
 
 /// What went wrong with a key.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,7 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
     {
         std::fs::create_dir_all(parent).map_err(|e| Error::Url(super::cause(e)))?;
     }
+    private_database_file(connect.get_filename()).map_err(|e| Error::Url(super::cause(e)))?;
     let pool = SqlitePoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
@@ -41,6 +42,36 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
         .await
         .map_err(|e| Error::Migrate(super::cause(e)))?;
     Ok(pool)
+}
+
+/// The database file holds sealed CA keys, the audit log and token hashes: created (or
+/// tightened) to mode 0600 before SQLite opens it; SQLite gives its `-wal` and `-shm` files the
+/// database file's permissions.
+fn private_database_file(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p.starts_with(':')) {
+        return Ok(()); // in memory
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::Path::new(&file);
+            if let Ok(metadata) = std::fs::metadata(file)
+                && metadata.permissions().mode() & 0o077 != 0
+            {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SQLITE_BUSY (5) and SQLITE_LOCKED (6) clear up by themselves.

@@ -205,3 +205,162 @@ async fn metric_labels_are_configured_values_and_gauges_settle() {
     );
     server.stop().await;
 }
+
+/// M3/L2 on both front doors: CSRs openssl writes for weak or odd choices are refused before
+/// anything is signed, with their stable code over HTTP and `INVALID_ARGUMENT` over gRPC, and
+/// nothing is recorded (the "CA bug" self-check alarm never fires on caller input).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_csrs_are_refused_on_every_front_door() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let admin = server.admin_client();
+    let client = server.grpc_client(None).await;
+    let web = token_auth(&kube.token("default", "web"));
+    let records = server.store().await.count_certificates().await.unwrap();
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        (
+            "SHA-1 signature",
+            vec!["rsa:2048", "-sha1"],
+            "csr_weak_signature",
+        ),
+        ("RSA 1024", vec!["rsa:1024"], "unsupported_key"),
+        (
+            "RSA e = 3",
+            vec!["rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:3"],
+            "unsupported_key",
+        ),
+        (
+            "certificatePolicies requested",
+            vec![
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-addext",
+                "certificatePolicies=1.2.3.4",
+            ],
+            "csr_forbidden_extension",
+        ),
+    ];
+    for (name, args, code) in cases {
+        let csr = ca_tests::openssl_csr(&args);
+        let err = admin
+            .issue(&csr, "spiffe://cluster.local/ns/default/sa/web", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Server { status: 400, code: c, .. } if c == code),
+            "{name}: {err:?}"
+        );
+        let err = client
+            .create_certificate(&csr, 0, &web, &BTreeMap::new())
+            .await
+            .unwrap_err();
+        assert_eq!(grpc_code(&err), Code::InvalidArgument, "{name}: {err:?}");
+    }
+    assert_eq!(
+        server.store().await.count_certificates().await.unwrap(),
+        records
+    );
+    let metrics = server.metrics().await;
+    assert!(!metrics.contains("self_check_failed"), "{metrics}");
+    server.stop().await;
+}
+
+/// L9: the data directory is 0700 and the SQLite files 0600 (they hold sealed keys, the audit
+/// log, token hashes); a KEK or token file that others can read stops the start, naming the fix.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_the_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let url = format!("sqlite://{}", data.join("ca.db").display());
+    let config = ca_server::config::Config::ephemeral(&data, &url);
+    let server = TestServer::start_with(config, dir).await;
+    let admin = server.admin_client();
+    let id = "spiffe://cluster.local/ns/default/sa/web";
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(id)).unwrap();
+    admin.issue(&csr.csr_pem, id, None).await.unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for file in ["ca.db", "ca.db-wal", "ca.db-shm", "kek", "admin.token"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    let (config, dir) = server.stop().await;
+
+    for (file, chmod) in [("kek", 0o644), ("kek", 0o604), ("admin.token", 0o644)] {
+        let path = data.join(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(chmod)).unwrap();
+        let err = ca_server::server::Server::start(config.clone())
+            .await
+            .unwrap_err();
+        let chain = ca_tests::error_chain(&err);
+        assert!(chain.contains("chmod 600"), "{file} {chmod:o}: {chain}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // A data directory others can enter is tightened at start.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = TestServer::start_with(config, dir).await;
+    assert_eq!(mode(&data), 0o700);
+    server.stop().await;
+}
+
+/// A trust domain far longer than 64 characters still gets CA names within RFC 5280's upper
+/// bounds (CN and O at most 64), distinct per generation; the root asks for keyCertSign and
+/// cRLSign only. A leaf issued under them verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_names_fit_rfc_5280_and_the_root_only_signs_certificates() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let td = format!("{}.example", "long-trust-domain-label".repeat(5));
+    assert!(td.len() > 100);
+    let dir = tempfile::tempdir().unwrap();
+    let url = ca_tests::fresh_database(Backend::Sqlite, dir.path()).await;
+    let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
+    let parsed = ca_server::config::Config::from_toml(&format!(
+        "[[trust_domains]]\nname = \"{td}\"\n[tls]\nserving_trust_domain = \"{td}\"\n"
+    ))
+    .unwrap();
+    config.trust_domains = parsed.trust_domains;
+    config.tls.serving_trust_domain = parsed.tls.serving_trust_domain;
+    let server = TestServer::start_with(config, dir).await;
+    let admin = server.admin_client();
+    let domains = admin.trust_domains().await.unwrap();
+    let generation = &domains.body.items[0].generations[0];
+    for (kind, pem_text) in [
+        ("root", &generation.root.pem),
+        ("intermediate", &generation.intermediate.pem),
+    ] {
+        let der = pem::parse(pem_text).unwrap().into_contents();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        for attribute in cert.subject().iter_attributes() {
+            let value = attribute.as_str().unwrap();
+            assert!(value.chars().count() <= 64, "{kind}: {value}");
+        }
+        let ku = cert.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign(), "{kind}");
+        if kind == "root" {
+            assert!(
+                !ku.digital_signature(),
+                "the root needs no digitalSignature"
+            );
+        }
+    }
+    let id = format!("spiffe://{td}/ns/default/sa/web");
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(&id)).unwrap();
+    let issued = admin.issue(&csr.csr_pem, &id, None).await.unwrap();
+    let chain = issued.chain_pem.clone();
+    let dir = server.dir.path();
+    std::fs::write(dir.join("root.pem"), &issued.root_pem).unwrap();
+    std::fs::write(dir.join("chain.pem"), &chain).unwrap();
+    std::fs::write(dir.join("leaf.pem"), &issued.certificate_pem).unwrap();
+    let (ok, out, err) = ca_tests::run(
+        std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(dir.join("root.pem"))
+            .arg("-untrusted")
+            .arg(dir.join("chain.pem"))
+            .arg(dir.join("leaf.pem")),
+    );
+    assert!(ok, "{out}{err}");
+    server.stop().await;
+}
