@@ -41,6 +41,7 @@ impl Ca {
             .ok_or_else(|| Error::UnknownSerial(serial.clone()))?;
         if newly {
             self.crls.mark_stale(&first.trust_domain);
+            self.crls.ocsp().forget_serial(&serial);
         }
         Ok(Revoked {
             serial,
@@ -87,6 +88,9 @@ impl Ca {
         };
         if revoked > 0 {
             self.crls.mark_stale(spiffe_id.trust_domain().as_str());
+            self.crls
+                .ocsp()
+                .forget_trust_domain(spiffe_id.trust_domain().as_str());
         }
         Ok((record, revoked))
     }

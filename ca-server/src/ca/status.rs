@@ -1,17 +1,26 @@
-//! Certificate status verbs: OCSP answers and the cached CRL of each trust domain.
+//! Certificate status verbs: OCSP answers (signatures bounded: cached without a nonce, budgeted
+//! with one) and the cached CRL of each trust domain.
 
 use std::sync::Arc;
 
 use time::OffsetDateTime;
+use x509_ocsp::CertId;
 
 use crate::authority::Authority;
 use crate::ca::Ca;
-use crate::revocation::ocsp::{self, IssuerHashes, Refusal, Status};
+use crate::revocation::ocsp::{self, CacheKey, CachedResponse, IssuerHashes, Refusal, Status};
 use crate::revocation::{CachedCrl, Error, Reason, crl};
 use crate::spiffe::TrustDomain;
 
 impl Ca {
     /// Answers a DER OCSP request for a trust domain: a signed response, or the refusal to send.
+    ///
+    /// The status is read from the store on every request (`tryLater` when it cannot be, never
+    /// `good`). What that costs in signatures is bounded (`revocation::ocsp` module docs): a
+    /// nonce of 16 to 32 octets is echoed in a fresh signature while this second's budget
+    /// lasts; otherwise the answer about a certificate we issued is the cached one for its
+    /// current status, signed once per half validity, and an answer about a serial we never
+    /// issued takes a fresh signature from the budget or is `tryLater`.
     pub async fn ocsp_answer(
         &self,
         td: &str,
@@ -24,45 +33,85 @@ impl Ca {
             .authorities
             .get(&trust_domain)
             .ok_or(Refusal::Unauthorized)?;
-        let hashes = IssuerHashes::of(authority).map_err(|_| Refusal::Internal)?;
-        let mut items = Vec::with_capacity(request.items.len());
-        for cert_id in request.items {
-            // Another CA's certificate: not ours to answer for.
-            if !hashes.matches(&cert_id) {
-                return Err(Refusal::Unauthorized);
-            }
-            let serial = ocsp::serial_hex(&cert_id);
-            let record = self
-                .store
-                .certificate(&authority.issuer_key_id, &serial)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %crate::report::Chain(&e), "OCSP: store unavailable");
-                    Refusal::TryLater
-                })?;
-            // Never "good" for a serial we did not issue.
-            let status = match record {
-                None => Status::Unknown,
-                Some(r) => match r.revoked_at {
-                    None => Status::Good,
-                    Some(at) => Status::Revoked {
-                        at,
-                        reason: r.revocation_reason.as_deref().and_then(Reason::parse),
-                    },
-                },
-            };
-            items.push((cert_id, status));
-        }
-        ocsp::sign_response(
-            authority,
-            &hashes,
-            &items,
-            request.nonce,
-            now.unix_timestamp(),
-        )
-        .map_err(|e| {
-            tracing::error!(error = %e, "OCSP: signing failed");
+        let hashes = IssuerHashes::of(authority).map_err(|e| {
+            tracing::error!(error = %e, "OCSP: issuer certificate unreadable");
             Refusal::Internal
+        })?;
+        // One CertID per request (`ocsp::MAX_ITEMS`).
+        let [cert_id] = <[CertId; 1]>::try_from(request.items).map_err(|_| Refusal::Malformed)?;
+        // Another CA's certificate: not ours to answer for.
+        if !hashes.matches(&cert_id) {
+            return Err(Refusal::Unauthorized);
+        }
+        let serial = ocsp::serial_hex(&cert_id);
+        let status = self.certificate_status(authority, &serial).await?;
+        let now = now.unix_timestamp();
+        let responses = self.crls.ocsp();
+        let sign = |nonce: Option<&[u8]>| {
+            ocsp::sign_response(authority, &hashes, &[(cert_id.clone(), status)], nonce, now)
+                .map_err(|e| {
+                    tracing::error!(error = %crate::report::Chain(&e), "OCSP: signing failed");
+                    Refusal::Internal
+                })
+        };
+        if let Some(nonce) = request.nonce.as_deref()
+            && responses.take_fresh_signature(now)
+        {
+            return Ok(sign(Some(nonce))?.der);
+        }
+        if status == Status::Unknown {
+            // Requesters choose unknown serials at will: never cached, always budgeted.
+            if !responses.take_fresh_signature(now) {
+                return Err(Refusal::TryLater);
+            }
+            return Ok(sign(None)?.der);
+        }
+        let key = CacheKey::new(&authority.issuer_key_id, &cert_id).map_err(|e| {
+            tracing::error!(error = %crate::report::Chain(&e), "OCSP: CertID re-encoding failed");
+            Refusal::Internal
+        })?;
+        if let Some(cached) = responses.get(&key, status, now) {
+            return Ok(cached.as_ref().clone());
+        }
+        let signed = sign(None)?;
+        responses.insert(
+            key,
+            CachedResponse {
+                status,
+                serial,
+                trust_domain: trust_domain.to_string(),
+                der: Arc::new(signed.der.clone()),
+                this_update: signed.this_update,
+                next_update: signed.next_update,
+            },
+            now,
+        );
+        Ok(signed.der)
+    }
+
+    /// What the store says of a serial under an issuer; never `good` for one we did not issue.
+    async fn certificate_status(
+        &self,
+        authority: &Authority,
+        serial: &str,
+    ) -> Result<Status, Refusal> {
+        let record = self
+            .store
+            .certificate(&authority.issuer_key_id, serial)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %crate::report::Chain(&e), "OCSP: store unavailable");
+                Refusal::TryLater
+            })?;
+        Ok(match record {
+            None => Status::Unknown,
+            Some(r) => match r.revoked_at {
+                None => Status::Good,
+                Some(at) => Status::Revoked {
+                    at,
+                    reason: r.revocation_reason.as_deref().and_then(Reason::parse),
+                },
+            },
         })
     }
 

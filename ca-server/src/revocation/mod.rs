@@ -7,7 +7,10 @@
 //! - [`CrlCache`]: the current CRL of each trust domain's issuer, rebuilt at half-life, at once
 //!   on the replica that revoked, and within one job tick on the others (the store's revocation
 //!   marker changed).
-//! - `crl.rs` and `ocsp.rs` build the signed artefacts; they do no I/O.
+//! - `crl.rs` and `ocsp.rs` build the signed artefacts; they do no I/O. The OCSP responses
+//!   signed for nonce-less requests are cached in `ocsp::ResponseCache`, held by [`CrlCache`]
+//!   (the one cache of signed revocation artefacts `Ca` holds), keyed by the status the store
+//!   gives on every request.
 
 pub mod crl;
 pub mod ocsp;
@@ -150,12 +153,14 @@ pub struct CachedCrl {
     pub marker: (i64, i64),
 }
 
-/// The current CRL per trust domain.
+/// The current CRL per trust domain, and the signed OCSP responses ([`CrlCache::ocsp`]).
 #[derive(Debug, Default)]
 pub struct CrlCache {
     by_td: Mutex<HashMap<TrustDomain, CachedCrl>>,
     /// Serialises rebuilds so concurrent fetches do not burn CRL numbers.
     build: tokio::sync::Mutex<()>,
+    /// OCSP responses to nonce-less requests and the budget of fresh OCSP signatures.
+    ocsp: ocsp::ResponseCache,
 }
 
 impl CrlCache {
@@ -191,6 +196,11 @@ impl CrlCache {
     /// Serialises rebuilds (held while one is built).
     pub async fn building(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.build.lock().await
+    }
+
+    /// The signed OCSP responses kept for reuse (revocations drop the revoked serial's).
+    pub fn ocsp(&self) -> &ocsp::ResponseCache {
+        &self.ocsp
     }
 }
 

@@ -13,6 +13,7 @@ mod hardening;
 mod interop;
 mod issuance;
 mod lifecycle;
+mod ocsp_hardening;
 mod profile;
 mod revocation;
 mod revocation_property;
