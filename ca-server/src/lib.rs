@@ -26,6 +26,7 @@ pub mod http;
 mod issuance;
 pub mod jobs;
 pub mod keys;
+mod limits;
 pub mod metrics;
 mod pem;
 mod report;

@@ -18,6 +18,7 @@ use crate::grpc;
 use crate::http::{self, HttpState};
 use crate::jobs;
 use crate::keys::{self, Kek};
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreOptions};
 use crate::tls::{self, ServingIdentity};
@@ -179,38 +180,20 @@ impl Server {
         } else {
             None
         };
-        {
-            let router = http::public_router(state.clone());
-            let stop = shutdown.subscribe();
-            match public_tls {
-                Some(config) => {
-                    tasks.spawn(http::tls_serve::serve(http_listener, config, router, stop));
-                }
-                None => {
-                    tasks.spawn(serve_plain(http_listener, router, stop, "public http"));
-                }
-            }
-            let admin_router = http::admin_router(state.clone());
-            let stop = shutdown.subscribe();
-            match admin_tls {
-                Some(config) => {
-                    tasks.spawn(http::tls_serve::serve(
-                        admin_listener,
-                        config,
-                        admin_router,
-                        stop,
-                    ));
-                }
-                None => {
-                    tasks.spawn(serve_plain(
-                        admin_listener,
-                        admin_router,
-                        stop,
-                        "admin http",
-                    ));
-                }
-            }
-        }
+        tasks.spawn(http::tls_serve::serve_with(
+            http_listener,
+            public_tls,
+            http::public_router(state.clone()),
+            shutdown.subscribe(),
+            &limits::PUBLIC_HTTP,
+        ));
+        tasks.spawn(http::tls_serve::serve_with(
+            admin_listener,
+            admin_tls,
+            http::admin_router(state.clone()),
+            shutdown.subscribe(),
+            &limits::ADMIN_HTTP,
+        ));
         for entry in ca.config().federation.clone() {
             tasks.spawn(crate::federation::run(
                 ca.clone(),
@@ -254,22 +237,6 @@ impl Server {
         // The listeners are closed: no new audit events; write those still queued.
         self.ca.store().flush_audit().await;
         self.ca.store().close().await;
-    }
-}
-
-async fn serve_plain(
-    listener: TcpListener,
-    router: axum::Router,
-    mut stop: watch::Receiver<bool>,
-    name: &'static str,
-) {
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(listener = name, error = %crate::report::Chain(&e), "listener failed");
     }
 }
 

@@ -16,10 +16,13 @@ use ca_proto::ca_v1::{
 
 use crate::ca::{Api, Ca};
 use crate::grpc::{audit_issuance, authenticate, refusal, request_id, requested_ttl};
+use crate::limits::PerCaller;
 
 #[derive(Debug, Clone)]
 pub struct ApiService {
     pub ca: Ca,
+    /// Open `WatchBundles` streams per caller (capped at `limits::MAX_WATCHES_PER_CALLER`).
+    pub(crate) watchers: PerCaller,
 }
 
 #[tonic::async_trait]
@@ -81,15 +84,47 @@ impl CertificateAuthority for ApiService {
         Pin<Box<dyn Stream<Item = Result<GetBundlesResponse, Status>> + Send>>;
 
     /// Sends the current bundles, then the whole set again after every change.
+    ///
+    /// A caller may keep `limits::MAX_WATCHES_PER_CALLER` streams open; one more is refused with
+    /// `RESOURCE_EXHAUSTED`. The slot lives in the response stream, so it is freed when the
+    /// stream is dropped (the client cancels it, or its connection closes).
     async fn watch_bundles(
         &self,
-        _request: Request<WatchBundlesRequest>,
+        request: Request<WatchBundlesRequest>,
     ) -> Result<Response<Self::WatchBundlesStream>, Status> {
+        let caller = watcher(&self.ca, &request).await?;
+        let Some(slot) = self.watchers.try_open(&caller) else {
+            tracing::debug!(caller, "WatchBundles refused: too many streams open");
+            return Err(Status::resource_exhausted(
+                "too many WatchBundles streams open for this caller",
+            ));
+        };
         let ca = self.ca.clone();
         let changes = tokio_stream::wrappers::WatchStream::new(ca.bundles().subscribe());
-        let stream = changes.map(move |_| Ok(current_bundles(&ca)));
+        let stream = changes.map(move |_| {
+            // The stream owns the slot: dropping the stream frees it.
+            let _slot = &slot;
+            Ok(current_bundles(&ca))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// Who a `WatchBundles` caller is, for its stream cap. Bundles are public, so credentials are
+/// optional: a caller that presents them (a token, or a client certificate) is the SPIFFE ID
+/// they prove, and credentials that fail are refused as on every other call; a caller without
+/// is its IP address (all its connections share one cap).
+async fn watcher<T>(ca: &Ca, request: &Request<T>) -> Result<String, Status> {
+    let presents_credentials = request.metadata().contains_key("authorization")
+        || request.peer_certs().is_some_and(|chain| !chain.is_empty());
+    if presents_credentials {
+        let principal = authenticate(ca, request, OffsetDateTime::now_utc()).await?;
+        return Ok(principal.spiffe_id().to_string());
+    }
+    Ok(request.remote_addr().map_or_else(
+        || "unknown address".to_owned(),
+        |addr| addr.ip().to_string(),
+    ))
 }
 
 /// Every bundle we know: our trust domains and the federated ones.

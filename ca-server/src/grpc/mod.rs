@@ -1,9 +1,12 @@
 //! The gRPC port (tonic over our own rustls acceptor): Istio's `IstioCertificateService`, our
 //! `ca.v1.CertificateAuthority`, `grpc.health.v1.Health` and server reflection.
 //!
-//! The TLS handshake runs per connection in its own task (a slow client cannot stall the accept
-//! loop) with a timeout; the resulting `TlsStream` exposes the verified client chain to handlers
-//! through `Request::peer_certs`.
+//! Limits (`crate::limits`): at most `limits::GRPC` connections (over the cap a new one is
+//! closed at once, before its handshake); the TLS handshake runs per connection in its own task
+//! (a slow client cannot stall the accept loop) within `limits::HANDSHAKE_TIMEOUT`; a client
+//! must then start talking within `limits::HEADER_READ_TIMEOUT`, answer HTTP/2 keep-alive pings,
+//! and is closed after `limits::IDLE_TIMEOUT` of silence. The resulting connection still exposes
+//! the verified client chain to handlers through `Request::peer_certs`.
 
 pub mod api;
 pub mod istio;
@@ -23,11 +26,10 @@ use tonic::transport::Server;
 
 use crate::authn::{self, Credentials, Principal};
 use crate::ca::Ca;
+use crate::limits::{self, Connection, ConnectionLimit, PerCaller};
 
 /// Largest gRPC message accepted (a CSR is capped at 64 KiB on its own).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// A TLS handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests (HTTP/2 streams) one connection may have open.
 ///
 /// Not below 100: grpc-go (istio-agent) and hyper (ztunnel, tonic) assume 100 until the
@@ -45,22 +47,29 @@ pub async fn serve(
     ca: Ca,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (sender, receiver) =
-        tokio::sync::mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(ACCEPT_QUEUE);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<
+        Result<Connection<TlsStream<TcpStream>>, std::io::Error>,
+    >(ACCEPT_QUEUE);
     let acceptor = TlsAcceptor::from(tls);
     let accept_loop = tokio::spawn(async move {
+        let mut limit = ConnectionLimit::new(&limits::GRPC);
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            // Over the cap the stream is dropped here: the client sees its connection closed.
+            let Some(permit) = limit.admit(peer) else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let sender = sender.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                {
                     Ok(Ok(tls)) => {
-                        let _ = sender.send(Ok(tls)).await;
+                        let _ = sender.send(Ok(Connection::new(tls, permit))).await;
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %crate::report::Chain(&e), "TLS handshake failed")
@@ -91,11 +100,17 @@ pub async fn serve(
         )
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let api = ca_proto::ca_v1::certificate_authority_server::CertificateAuthorityServer::new(
-        api::ApiService { ca },
+        api::ApiService {
+            ca,
+            watchers: PerCaller::new(limits::MAX_WATCHES_PER_CALLER),
+        },
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let result = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // A client that stops answering pings (gone, or hostile) is closed; `Connection` closes
+        // one that never speaks HTTP/2 at all.
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
         .timeout(Duration::from_secs(30))
         // Per-client fairness: one connection (one istio-agent, or one ztunnel speaking for a
         // node's pods) holds at most 100 of the default 256 issuance slots; its further

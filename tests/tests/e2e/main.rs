@@ -17,5 +17,6 @@ mod ocsp_hardening;
 mod profile;
 mod revocation;
 mod revocation_property;
+mod slow_clients;
 mod store_conformance;
 mod tidy;
