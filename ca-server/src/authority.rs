@@ -218,6 +218,7 @@ pub fn create_generation(
     let intermediate_ttl = issuance::TtlPolicy {
         default_ttl: config.intermediate_ttl,
         max_ttl: config.intermediate_ttl,
+        min_ttl: Duration::ZERO,
     };
     let lifetime = issuance::Lifetime::new(now, None, intermediate_ttl, root_issuer.validity)
         .map_err(issue_err)?;

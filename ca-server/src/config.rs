@@ -47,6 +47,22 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `text` (default) or `json`; `--log-format` overrides it.
     pub log_format: LogFormat,
+    /// istiod's serving certificate, when `[istiod]` is present.
+    pub istiod: Option<IstiodConfig>,
+}
+
+/// `[istiod]`: the CA issues istiod's xDS serving certificate and writes it to files.
+#[derive(Debug, Clone)]
+pub struct IstiodConfig {
+    /// Whose CA signs it (default `tls.serving_trust_domain`).
+    pub trust_domain: TrustDomain,
+    /// DNS names (default `istiod.istio-system.svc`; add the revisions',
+    /// `istiod-<rev>.istio-system.svc`).
+    pub dns_names: Vec<String>,
+    /// Lifetime (default the trust domain's `max_ttl`); renewed at two thirds.
+    pub ttl: Option<Duration>,
+    /// Where `tls.crt`, `tls.key` and `ca.crt` are written.
+    pub output_dir: PathBuf,
 }
 
 /// How logs are written.
@@ -93,6 +109,14 @@ pub struct TrustDomainConfig {
     pub key_algorithm: KeyAlgorithm,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// Requests for less are raised to it (logged, `ca_ttl_raised_total`): clients that renew at
+    /// a fraction of the lifetime would otherwise renew in a loop. Default 10 minutes.
+    pub min_ttl: Duration,
+    /// Per-identity issuance rate limit (token bucket): a burst of this many, then
+    /// `identity_rate_per_second`; 0 turns it off. Generous by default (1000, 10/s): it stops
+    /// a client renewing in a loop, not a deployment of many replicas starting at once.
+    pub identity_burst: u32,
+    pub identity_rate_per_second: f64,
     pub root_ttl: Duration,
     pub intermediate_ttl: Duration,
     pub refresh_hint: Duration,
@@ -244,6 +268,16 @@ impl Config {
             })?;
             let default_ttl = parse_duration(&key("default_ttl"), &td.default_ttl)?;
             let max_ttl = parse_duration(&key("max_ttl"), &td.max_ttl)?;
+            let min_ttl = parse_duration(&key("min_ttl"), &td.min_ttl)?;
+            if min_ttl > default_ttl {
+                return Err(invalid(&key("min_ttl"), "must not exceed default_ttl"));
+            }
+            if !(td.identity_rate_per_second.is_finite() && td.identity_rate_per_second > 0.0) {
+                return Err(invalid(
+                    &key("identity_rate_per_second"),
+                    "must be a positive number",
+                ));
+            }
             let root_ttl = parse_duration(&key("root_ttl"), &td.root_ttl)?;
             let intermediate_ttl = parse_duration(&key("intermediate_ttl"), &td.intermediate_ttl)?;
             let refresh_hint = parse_duration(&key("refresh_hint"), &td.refresh_hint)?;
@@ -276,6 +310,9 @@ impl Config {
                 key_algorithm,
                 default_ttl,
                 max_ttl,
+                min_ttl,
+                identity_burst: td.identity_burst,
+                identity_rate_per_second: td.identity_rate_per_second,
                 root_ttl,
                 intermediate_ttl,
                 refresh_hint,
@@ -463,6 +500,56 @@ impl Config {
                  tls.admin_plaintext_off_loopback = true",
             ));
         }
+        let istiod = match raw.istiod {
+            None => None,
+            Some(i) => {
+                let trust_domain = match &i.trust_domain {
+                    Some(name) => {
+                        TrustDomain::parse(name).map_err(|e| invalid("istiod.trust_domain", e))?
+                    }
+                    None => serving_trust_domain.clone(),
+                };
+                if !trust_domains.iter().any(|td| td.name == trust_domain) {
+                    return Err(invalid(
+                        "istiod.trust_domain",
+                        "must name one of [[trust_domains]]",
+                    ));
+                }
+                let dns_names = i
+                    .dns_names
+                    .unwrap_or_else(|| vec!["istiod.istio-system.svc".to_owned()]);
+                if dns_names.is_empty()
+                    || dns_names.iter().any(|n| {
+                        n.is_empty()
+                            || n.len() > 253
+                            || !n.split('.').all(|l| {
+                                !l.is_empty()
+                                    && l.len() <= 63
+                                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            })
+                    })
+                {
+                    return Err(invalid(
+                        "istiod.dns_names",
+                        "DNS names (letters, digits, '-', '.')",
+                    ));
+                }
+                let ttl = i
+                    .ttl
+                    .as_deref()
+                    .map(|t| parse_duration("istiod.ttl", t))
+                    .transpose()?;
+                let output_dir = i
+                    .output_dir
+                    .ok_or_else(|| invalid("istiod.output_dir", "is required"))?;
+                Some(IstiodConfig {
+                    trust_domain,
+                    dns_names,
+                    ttl,
+                    output_dir,
+                })
+            }
+        };
         if raw.max_in_flight == 0 {
             return Err(invalid("max_in_flight", "must be at least 1"));
         }
@@ -495,6 +582,7 @@ impl Config {
             db_max_connections: raw.db_max_connections,
             max_in_flight: raw.max_in_flight,
             log_format: raw.log_format,
+            istiod,
         })
     }
 }
@@ -585,6 +673,16 @@ struct RawConfig {
     trust_domains: Vec<RawTrustDomain>,
     clusters: Vec<RawCluster>,
     federation: Vec<RawFederation>,
+    istiod: Option<RawIstiod>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIstiod {
+    trust_domain: Option<String>,
+    dns_names: Option<Vec<String>>,
+    ttl: Option<String>,
+    output_dir: Option<PathBuf>,
 }
 
 impl Default for RawConfig {
@@ -606,6 +704,7 @@ impl Default for RawConfig {
             }],
             clusters: Vec::new(),
             federation: Vec::new(),
+            istiod: None,
         }
     }
 }
@@ -707,6 +806,9 @@ struct RawTrustDomain {
     key_algorithm: String,
     default_ttl: String,
     max_ttl: String,
+    min_ttl: String,
+    identity_burst: u32,
+    identity_rate_per_second: f64,
     root_ttl: String,
     intermediate_ttl: String,
     refresh_hint: String,
@@ -721,6 +823,9 @@ impl Default for RawTrustDomain {
             key_algorithm: "ecdsa-p256".to_owned(),
             default_ttl: "24h".to_owned(),
             max_ttl: "24h".to_owned(),
+            min_ttl: "10m".to_owned(),
+            identity_burst: 1000,
+            identity_rate_per_second: 10.0,
             root_ttl: "10y".to_owned(),
             intermediate_ttl: "1y".to_owned(),
             refresh_hint: "5m".to_owned(),

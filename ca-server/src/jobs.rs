@@ -19,7 +19,12 @@ pub const TICK: Duration = Duration::from_secs(5);
 const SLOW_EVERY_TICKS: u32 = 6;
 const JWKS_EVERY_TICKS: u32 = 60;
 
-pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    ca: Ca,
+    serving: Vec<Arc<ServingIdentity>>,
+    istiod: Option<Arc<crate::istiod::IstiodCertificate>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut ticks: u32 = 0;
     loop {
         tokio::select! {
@@ -50,6 +55,17 @@ pub async fn run(ca: Ca, serving: Vec<Arc<ServingIdentity>>, mut shutdown: watch
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(error = %crate::report::Chain(&e), "serving certificate renewal failed; will retry")
+                    }
+                }
+            }
+            if let Some(istiod) = &istiod {
+                match istiod.renew_if_due(&ca, now).await {
+                    Ok(true) => {
+                        tracing::info!(not_after = istiod.not_after(), "istiod certificate renewed")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %crate::report::Chain(&e), "istiod certificate renewal failed; will retry")
                     }
                 }
             }

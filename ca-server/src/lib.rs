@@ -24,6 +24,7 @@ pub mod federation;
 mod grpc;
 pub mod http;
 mod issuance;
+pub mod istiod;
 pub mod jobs;
 pub mod keys;
 mod limits;

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub issuance_duration: Family<IssuedLabels, Histogram, fn() -> Histogram>,
     pub authn_failures: Family<ReasonLabels, Counter>,
     pub ttl_clamped: Family<TrustDomainLabels, Counter>,
+    pub ttl_raised: Family<TrustDomainLabels, Counter>,
     pub cert_not_after: Family<CertLabels, Gauge>,
     pub store_errors: Family<OpLabels, Counter>,
     pub revoked: Family<TrustDomainLabels, Gauge>,
@@ -115,6 +116,12 @@ impl Metrics {
             "ca_ttl_clamped",
             "Requests whose TTL was shortened to max_ttl",
             ttl_clamped.clone(),
+        );
+        let ttl_raised = Family::<TrustDomainLabels, Counter>::default();
+        registry.register(
+            "ca_ttl_raised",
+            "Requests whose TTL was raised to min_ttl",
+            ttl_raised.clone(),
         );
         let cert_not_after = Family::<CertLabels, Gauge>::default();
         registry.register(
@@ -201,6 +208,7 @@ impl Metrics {
             issuance_duration,
             authn_failures,
             ttl_clamped,
+            ttl_raised,
             cert_not_after,
             store_errors,
             revoked,
@@ -232,6 +240,7 @@ impl Metrics {
             }
             let labels = TrustDomainLabels { trust_domain };
             let _ = self.ttl_clamped.get_or_create(&labels);
+            let _ = self.ttl_raised.get_or_create(&labels);
             let _ = self.revoked.get_or_create(&labels);
             let _ = self.denied.get_or_create(&labels);
             let _ = self.workload_expiring.get_or_create(&labels);

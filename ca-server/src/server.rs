@@ -46,6 +46,8 @@ pub enum StartError {
     Authority(#[from] ca::LoadError),
     #[error("cannot load the deny list")]
     DenyList(#[source] crate::revocation::Error),
+    #[error("cannot issue or write istiod's certificate")]
+    Istiod(#[from] crate::istiod::Error),
     #[error("cannot set up TLS")]
     Tls(#[from] tls::Error),
     #[error("cannot listen on {addr}")]
@@ -130,6 +132,13 @@ impl Server {
             .await?;
         ca.reload_deny_list().await.map_err(StartError::DenyList)?;
         let serving = ServingIdentity::new(&ca, OffsetDateTime::now_utc()).await?;
+        let istiod = match ca.config().istiod.clone() {
+            Some(config) => Some(Arc::new(
+                crate::istiod::IstiodCertificate::start(&ca, config, OffsetDateTime::now_utc())
+                    .await?,
+            )),
+            None => None,
+        };
         let tls_config = tls::server_config(&ca, serving.clone())?;
         let state = HttpState {
             ca: ca.clone(),
@@ -217,6 +226,7 @@ impl Server {
         tasks.spawn(jobs::run(
             ca.clone(),
             serving_identities,
+            istiod,
             shutdown.subscribe(),
         ));
         tracing::info!(grpc = %grpc_addr, http = %http_addr, admin = %admin_addr, "listening");

@@ -93,7 +93,67 @@ async fn issue_serving(
     now: OffsetDateTime,
     uri: Option<&str>,
 ) -> Result<(Arc<CertifiedKey>, i64, i64), Error> {
-    let td = &ca.config().tls.serving_trust_domain;
+    let issued = issue_dns_certificate(
+        ca,
+        &ServingRequest {
+            trust_domain: &ca.config().tls.serving_trust_domain,
+            dns_names: &ca.config().tls.serving_dns_names,
+            uri,
+            ttl: None,
+            api: "serving",
+        },
+        now,
+    )
+    .await?;
+    let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_pkcs8.clone()));
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)?;
+    let chain = issued
+        .chain
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    Ok((
+        Arc::new(CertifiedKey::new(chain, signing_key)),
+        issued.not_before,
+        issued.not_after,
+    ))
+}
+
+/// What a DNS serving certificate is for: names, optional URI, issuing trust domain, lifetime
+/// (`None`: the trust domain's `max_ttl`) and the `api` it is recorded under.
+#[derive(Debug, Clone, Copy)]
+pub struct ServingRequest<'a> {
+    pub trust_domain: &'a crate::spiffe::TrustDomain,
+    pub dns_names: &'a [String],
+    pub uri: Option<&'a str>,
+    pub ttl: Option<std::time::Duration>,
+    pub api: &'a str,
+}
+
+/// A recorded DNS serving certificate and the key made for it.
+#[derive(Debug, Clone)]
+pub struct IssuedServing {
+    /// PKCS #8 DER of the private key (never logged).
+    pub key_pkcs8: Vec<u8>,
+    /// Leaf, then intermediate (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// Every root a client of this certificate must trust, PEM.
+    pub roots_pem: String,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Issues a serving certificate (the serving profile: DNS names, serverAuth) over a key made
+/// here, through the same writer, check and record as every other certificate: it is recorded
+/// before anyone sees it.
+pub async fn issue_dns_certificate(
+    ca: &Ca,
+    request: &ServingRequest<'_>,
+    now: OffsetDateTime,
+) -> Result<IssuedServing, Error> {
+    let td = request.trust_domain;
+    let uri = request.uri;
     let authority = ca
         .authorities()
         .get(td)
@@ -106,10 +166,10 @@ async fn issue_serving(
         .map_err(|e| Error::Key(e.to_string()))?;
     let cert = serving::issue(
         &authority.as_issuer(),
-        &ca.config().tls.serving_dns_names,
+        request.dns_names,
         uri,
         &rcgen::PublicKeyData::subject_public_key_info(&key),
-        td_config.max_ttl,
+        request.ttl.unwrap_or(td_config.max_ttl),
         now,
     )?;
     // The serving certificate leaves the server in every handshake: record it first.
@@ -120,37 +180,34 @@ async fn issue_serving(
             trust_domain: td.to_string(),
             spiffe_id: uri
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("dns:{}", ca.config().tls.serving_dns_names.join(","))),
+                .unwrap_or_else(|| format!("dns:{}", request.dns_names.join(","))),
             not_before: cert.not_before,
             not_after: cert.not_after,
             spki_sha256: String::new(),
             der: cert.der.clone(),
             requested_by: "server".to_owned(),
             request_id: String::new(),
-            api: "serving".to_owned(),
+            api: request.api.to_owned(),
             created_at: now.unix_timestamp(),
             revoked_at: None,
             revocation_reason: None,
         })
         .await?;
-    let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&private_key)?;
-    let chain = vec![
-        CertificateDer::from(cert.der),
-        CertificateDer::from(authority.intermediate_der.clone()),
-    ];
-    tracing::info!(not_after = cert.not_after, names = ?ca.config().tls.serving_dns_names, "serving certificate issued");
+    tracing::info!(not_after = cert.not_after, names = ?request.dns_names, api = request.api, "serving certificate issued");
     ca.metrics().cert_expiry(
         td.as_str(),
-        "serving",
+        request.api,
         &cert.serial.to_hex(),
         cert.not_after,
     );
-    Ok((
-        Arc::new(CertifiedKey::new(chain, signing_key)),
-        cert.not_before,
-        cert.not_after,
-    ))
+    Ok(IssuedServing {
+        key_pkcs8: key.serialize_der(),
+        chain: vec![cert.der, authority.intermediate_der.clone()],
+        roots_pem: ca.roots_pem_for(authority),
+        serial: cert.serial.to_hex(),
+        not_before: cert.not_before,
+        not_after: cert.not_after,
+    })
 }
 
 /// The rustls server configuration of the public listener (`tls.http_tls`): operator-provided

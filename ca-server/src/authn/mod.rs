@@ -33,6 +33,14 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// How the caller was authenticated, for logs and audit: `token` or `mtls`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Principal::ServiceAccount { .. } => "token",
+            Principal::Certificate { .. } => "mtls",
+        }
+    }
+
     /// The identity this caller has proven.
     pub fn spiffe_id(&self) -> &SpiffeId {
         match self {

@@ -26,6 +26,9 @@ pub enum Error {
     /// The identity is one the CA itself uses (`spiffe://<td>/ca`): never issued on any path.
     #[error("identity {0} is reserved for the CA itself")]
     Reserved(String),
+    /// The identity was issued too many certificates just now (per-identity rate limit).
+    #[error("too many certificates for {identity}; retry in {retry_after} s")]
+    RateLimited { identity: String, retry_after: u64 },
     /// The identity is on the deny list.
     #[error("identity {0} is denied")]
     Denied(String),
@@ -42,6 +45,7 @@ impl Error {
             Error::UnknownTrustDomain(_) => "unknown_trust_domain",
             Error::Denied(_) => "denied",
             Error::Reserved(_) => "reserved_identity",
+            Error::RateLimited { .. } => "rate_limited",
             Error::Overloaded => "overloaded",
             Error::Store(_) => "store_unavailable",
         }
@@ -76,6 +80,10 @@ pub struct Request<'a> {
     pub requested_by: &'a str,
     pub request_id: &'a str,
     pub api: Api,
+    /// How the caller was authenticated (`token`, `mtls`, `admin_token`), for logs and audit.
+    pub authenticated_by: &'static str,
+    /// The identity was asked for by a node agent on a workload's behalf.
+    pub impersonated: bool,
 }
 
 /// A recorded certificate with what the caller needs to use it.
@@ -132,6 +140,14 @@ impl Ca {
                         api: request.api.as_str().to_owned(),
                     })
                     .observe(started.elapsed().as_secs_f64());
+                if enrolled.cert.ttl_raised {
+                    self.metrics
+                        .ttl_raised
+                        .get_or_create(&TrustDomainLabels {
+                            trust_domain: trust_domain.to_owned(),
+                        })
+                        .inc();
+                }
                 if enrolled.cert.ttl_clamped {
                     self.metrics
                         .ttl_clamped
@@ -171,8 +187,20 @@ impl Ca {
         let policy = TtlPolicy {
             default_ttl: td_config.default_ttl,
             max_ttl: td_config.max_ttl,
+            min_ttl: td_config.min_ttl,
         };
         let csr = issuance::csr::parse(request.csr)?;
+        let limit = super::rate::Limit {
+            burst: td_config.identity_burst,
+            per_second: td_config.identity_rate_per_second,
+        };
+        let now_ms = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+        self.rate
+            .take(request.spiffe_id.as_str(), limit, now_ms)
+            .map_err(|retry_after| Error::RateLimited {
+                identity: request.spiffe_id.to_string(),
+                retry_after,
+            })?;
         // A serial collision (the unique key on (issuer, serial) said no) means: sign again with
         // a fresh serial. Anything else from the store fails the request.
         let mut attempts = 0;
@@ -214,6 +242,20 @@ impl Ca {
         if cert.ttl_clamped {
             tracing::info!(spiffe_id = %request.spiffe_id, "requested TTL clamped to max_ttl");
         }
+        if cert.ttl_raised {
+            tracing::info!(spiffe_id = %request.spiffe_id, min_ttl = ?policy.min_ttl, "requested TTL raised to min_ttl");
+        }
+        tracing::debug!(
+            spiffe_id = %request.spiffe_id,
+            caller = %crate::untrusted::Bounded(request.requested_by, crate::untrusted::LOG_CHARS),
+            authenticated_by = request.authenticated_by,
+            impersonated = request.impersonated,
+            serial = %cert.serial.to_hex(),
+            ttl_seconds = cert.not_after - cert.not_before,
+            request_id = %request.request_id,
+            api = request.api.as_str(),
+            "certificate issued"
+        );
         Ok(Enrolled {
             cert,
             intermediate_der: authority.intermediate_der.clone(),

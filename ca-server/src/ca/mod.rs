@@ -4,6 +4,7 @@
 //!
 //! - `enroll`: the one path from an authorised request to a recorded certificate.
 //! - `admission`: bounds the issuances in flight and the queue in front of them.
+//! - `rate`: the per-identity issuance rate limit.
 //! - `revoke`: revoke by serial, deny and lift, reload the deny list.
 //! - `status`: OCSP answers and the cached CRLs.
 //! - `bundles`: publish our roots, take in federated bundles, the trust set per trust domain.
@@ -13,6 +14,7 @@ mod admission;
 mod authorities;
 mod bundles;
 mod enroll;
+mod rate;
 mod revoke;
 mod status;
 
@@ -51,6 +53,7 @@ pub struct Ca {
     bundles: Arc<Bundles>,
     admission: Arc<Admission>,
     refusals: Arc<RefusalThrottle>,
+    rate: Arc<rate::RateLimiter>,
 }
 
 impl Ca {
@@ -76,6 +79,7 @@ impl Ca {
             bundles: Arc::default(),
             admission,
             refusals: Arc::new(RefusalThrottle::new(REFUSAL_WINDOW_SECONDS, 10_000)),
+            rate: Arc::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use ca_proto::ca_v1::{
 };
 
 use crate::ca::{Api, Ca};
-use crate::grpc::{audit_issuance, authenticate, refusal, request_id, requested_ttl};
+use crate::grpc::{audit_issuance, authenticate, refusal, request_id, requested_ttl, status};
 use crate::limits::PerCaller;
 
 #[derive(Debug, Clone)]
@@ -47,13 +47,15 @@ impl CertificateAuthority for ApiService {
                     requested_by: &requested_by,
                     request_id: &request_id,
                     api: Api::CaV1,
+                    authenticated_by: principal.method(),
+                    impersonated: false,
                 },
                 now,
             )
             .await;
         audit_issuance(
             &self.ca,
-            &requested_by,
+            &principal,
             principal.spiffe_id().as_str(),
             &request_id,
             "ca.v1",
@@ -95,9 +97,7 @@ impl CertificateAuthority for ApiService {
         let caller = watcher(&self.ca, &request).await?;
         let Some(slot) = self.watchers.try_open(&caller) else {
             tracing::debug!(caller, "WatchBundles refused: too many streams open");
-            return Err(Status::resource_exhausted(
-                "too many WatchBundles streams open for this caller",
-            ));
+            return Err(status::too_many_watches());
         };
         let ca = self.ca.clone();
         let changes = tokio_stream::wrappers::WatchStream::new(ca.bundles().subscribe());

@@ -61,13 +61,15 @@ impl IstioCertificateService for IstioService {
                     requested_by: &requested_by,
                     request_id: &request_id,
                     api: Api::Istio,
+                    authenticated_by: principal.method(),
+                    impersonated: identity != *principal.spiffe_id(),
                 },
                 now,
             )
             .await;
         audit_issuance(
             &self.ca,
-            &requested_by,
+            &principal,
             identity.as_str(),
             &request_id,
             "istio",

@@ -210,23 +210,25 @@ pub(crate) fn refusal(caller: &str, e: &crate::ca::Error) -> tonic::Status {
 /// the server has none to spare.
 pub(crate) fn audit_issuance(
     ca: &Ca,
-    caller: &str,
+    caller: &Principal,
     identity: &str,
     request_id: &str,
     api: &str,
     result: &Result<crate::ca::Enrolled, crate::ca::Error>,
     now: OffsetDateTime,
 ) {
+    let how = caller.method();
+    let caller = caller.describe();
     let (outcome, detail) = match result {
         Err(crate::ca::Error::Overloaded) => return,
         Ok(enrolled) => (
             "success",
-            format!("{api} serial {}", enrolled.cert.serial.to_hex()),
+            format!("{api} serial {} by {how}", enrolled.cert.serial.to_hex()),
         ),
-        Err(e) => ("rejected", format!("{api} {}", e.reason())),
+        Err(e) => ("rejected", format!("{api} {} by {how}", e.reason())),
     };
     ca.audit_soon(workload_event(
-        caller,
+        &caller,
         "certificate.issue",
         identity,
         outcome,

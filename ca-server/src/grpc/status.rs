@@ -41,6 +41,15 @@ pub fn from_enrollment(error: &ca::Error) -> Status {
             Status::permission_denied("this identity is reserved for the CA itself")
         }
         ca::Error::Overloaded => Status::resource_exhausted("the CA is overloaded; retry"),
+        ca::Error::RateLimited { retry_after, .. } => {
+            let mut status = Status::resource_exhausted(format!(
+                "too many certificates for this identity; retry in {retry_after} s"
+            ));
+            if let Ok(value) = retry_after.to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
         ca::Error::Store(_) => {
             Status::unavailable("the CA cannot record certificates right now; retry")
         }
@@ -50,4 +59,9 @@ pub fn from_enrollment(error: &ca::Error) -> Status {
 /// A `validity_duration` (or `ttl_seconds`) that cannot be honoured or clamped sensibly.
 pub fn invalid_ttl() -> Status {
     Status::invalid_argument("validity_duration out of range")
+}
+
+/// A caller already has the most `WatchBundles` streams it may keep open.
+pub fn too_many_watches() -> Status {
+    Status::resource_exhausted("too many WatchBundles streams open for this caller")
 }

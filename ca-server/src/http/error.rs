@@ -123,6 +123,11 @@ impl From<ca::Error> for ApiError {
                 "reserved_identity",
                 format!("{id} is reserved for the CA itself"),
             ),
+            ca::Error::RateLimited { retry_after, .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many certificates for this identity; retry in {retry_after} s"),
+            ),
             ca::Error::Overloaded => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",

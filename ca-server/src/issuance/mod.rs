@@ -138,6 +138,8 @@ pub struct IssuedCert {
     pub not_after: i64,
     /// The request asked for more than `max_ttl` and was shortened to it.
     pub ttl_clamped: bool,
+    /// The request asked for less than `min_ttl` and was raised to it.
+    pub ttl_raised: bool,
     /// notAfter was cut to the intermediate's notAfter.
     pub capped_by_issuer: bool,
 }
@@ -161,6 +163,20 @@ pub fn authorize_csr(csr: &VerifiedCsr, spiffe_id: &SpiffeId) -> Result<(), Erro
     match csr.requested_uris.as_slice() {
         [] => Ok(()),
         [uri] if uri == spiffe_id.as_str() => Ok(()),
+        [uri] => match SpiffeId::parse(uri) {
+            // The common misconfiguration: the mesh's trustDomain is not the one this cluster
+            // is configured for, so every workload asks for the wrong trust domain.
+            Ok(asked) if asked.trust_domain() != spiffe_id.trust_domain() => {
+                Err(Error::CsrClaimsOtherIdentity(format!(
+                    "the CSR asks for trust domain {}, but this caller's identity is {spiffe_id}: \
+                     the mesh's trustDomain must equal the [[clusters]] trust_domain of its cluster",
+                    asked.trust_domain()
+                )))
+            }
+            _ => Err(Error::CsrClaimsOtherIdentity(format!(
+                "the CSR's URI SANs must be empty or exactly {spiffe_id}"
+            ))),
+        },
         _ => Err(Error::CsrClaimsOtherIdentity(format!(
             "the CSR's URI SANs must be empty or exactly {spiffe_id}"
         ))),
@@ -195,6 +211,7 @@ pub fn issue(
         not_before: lifetime.validity.not_before,
         not_after: lifetime.validity.not_after,
         ttl_clamped: lifetime.ttl_clamped,
+        ttl_raised: lifetime.ttl_raised,
         capped_by_issuer: lifetime.capped_by_issuer,
     })
 }

@@ -32,6 +32,7 @@ pub fn issue(
     let policy = TtlPolicy {
         default_ttl: ttl,
         max_ttl: ttl,
+        min_ttl: Duration::ZERO,
     };
     let lifetime = Lifetime::new(now, Some(ttl), policy, issuer.validity)?;
     let public_key = SubjectKey::parse(spki_der)?;

@@ -49,10 +49,8 @@ pub enum Kind<'a> {
 pub struct SubjectKey<'a> {
     /// The key's kind; the writer re-encodes the SPKI from it and `bits`, never copying it.
     pub kind: KeyKind,
-    /// The subjectPublicKey bits.
+    /// The subjectPublicKey bits (the check holds the written key to this kind and these bits).
     pub bits: &'a [u8],
-    /// The SPKI as received; the check holds the written one to it byte for byte.
-    pub spki_der: &'a [u8],
 }
 
 /// Key usage bits, numbered as in RFC 5280 section 4.2.1.3 (bit `n` is `1 << n`).
@@ -248,7 +246,6 @@ impl<'a> SubjectKey<'a> {
         SubjectKey {
             kind: csr.key_kind,
             bits: &csr.public_key_bits,
-            spki_der: &csr.spki_der,
         }
     }
 
@@ -266,7 +263,6 @@ impl<'a> SubjectKey<'a> {
         Ok(SubjectKey {
             kind,
             bits: &spki_der[bits_at..],
-            spki_der,
         })
     }
 }

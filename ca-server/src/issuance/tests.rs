@@ -162,6 +162,7 @@ fn policy() -> TtlPolicy {
     TtlPolicy {
         default_ttl: Duration::from_secs(3600),
         max_ttl: Duration::from_secs(86_400),
+        min_ttl: Duration::ZERO,
     }
 }
 
@@ -196,6 +197,7 @@ fn template_for<'a>(
             not_after: now.unix_timestamp() + 3600,
         },
         ttl_clamped: false,
+        ttl_raised: false,
         capped_by_issuer: false,
     };
     Template::leaf(spiffe_id, serial, &lifetime, SubjectKey::of(csr), issuer)
@@ -280,7 +282,12 @@ fn ttl_rules() {
             expected,
             "{requested:?}"
         );
-        assert_eq!(cert.not_before, now.unix_timestamp() - 60);
+        // Backdated a minute, but never more than a tenth of the TTL.
+        assert_eq!(
+            cert.not_before,
+            now.unix_timestamp() - 60.min(expected / 10),
+            "{requested:?}"
+        );
         assert_eq!(cert.ttl_clamped, clamped);
     }
 }
@@ -775,6 +782,7 @@ fn rcgen_writes_the_same_intermediate() {
         let intermediate_policy = TtlPolicy {
             default_ttl: ttl,
             max_ttl: ttl,
+            min_ttl: Duration::ZERO,
         };
         let lifetime = Lifetime::new(now, None, intermediate_policy, root.validity).unwrap();
         let common_name = format!("{TRUST_DOMAIN} Intermediate CA 2");

@@ -2,7 +2,7 @@
 //! are transient.
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::store::{Error, StoreOptions};
 
@@ -13,6 +13,24 @@ use crate::store::{Error, StoreOptions};
 const PING_IF_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) async fn open(options: &StoreOptions) -> Result<PgPool, Error> {
+    // One direct connection first: a pool that cannot connect reports only "timed out", and a
+    // server that cannot start should say why (refused, TLS required, bad password, ...).
+    let connect_options: PgConnectOptions = options
+        .url
+        .parse()
+        .map_err(|e| Error::Url(super::cause(e)))?;
+    match tokio::time::timeout(
+        options.acquire_timeout,
+        sqlx::ConnectOptions::connect(&connect_options),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => {
+            let _ = sqlx::Connection::close(connection).await;
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(elapsed) => return Err(Error::Unavailable(super::cause(elapsed))),
+    }
     let pool = PgPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)

@@ -48,8 +48,13 @@ pub(super) async fn open(options: &StoreOptions) -> Result<SqlitePool, Error> {
 /// tightened) to mode 0600 before SQLite opens it; SQLite gives its `-wal` and `-shm` files the
 /// database file's permissions.
 fn private_database_file(path: &std::path::Path) -> std::io::Result<()> {
-    if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p.starts_with(':')) {
-        return Ok(()); // in memory
+    // In memory (`sqlite::memory:` becomes a shared-cache `file:sqlx-in-memory-N` name).
+    if path.as_os_str().is_empty()
+        || path
+            .to_str()
+            .is_some_and(|p| p.starts_with(':') || p.starts_with("file:"))
+    {
+        return Ok(());
     }
     #[cfg(unix)]
     {

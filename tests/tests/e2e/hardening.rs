@@ -364,3 +364,35 @@ async fn ca_names_fit_rfc_5280_and_the_root_only_signs_certificates() {
     assert!(ok, "{out}{err}");
     server.stop().await;
 }
+
+/// A mesh whose `trustDomain` differs from the cluster's configured one: every CSR names the
+/// wrong trust domain, and the refusal says so (the status message reaches istio-agent's log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_domain_mismatch_is_named() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
+    let client = server.grpc_client(None).await;
+    let csr = ca_client::csr::generate(
+        KeyType::EcdsaP256,
+        Some("spiffe://mesh.example/ns/default/sa/web"),
+    )
+    .unwrap();
+    let err = client
+        .create_certificate(
+            &csr.csr_pem,
+            0,
+            &token_auth(&kube.token("default", "web")),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(grpc_code(&err), Code::InvalidArgument);
+    let Error::Server { message, .. } = err else {
+        unreachable!()
+    };
+    assert!(
+        message.contains("mesh.example") && message.contains("trustDomain"),
+        "{message}"
+    );
+    server.stop().await;
+}

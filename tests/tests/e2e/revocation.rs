@@ -432,6 +432,8 @@ async fn crls_and_ocsp_responses_pass_pkilint() {
                     requested_by: "lint",
                     request_id: "l",
                     api: Api::Admin,
+                    authenticated_by: "admin_token",
+                    impersonated: false,
                 },
                 far,
             )
@@ -469,6 +471,8 @@ async fn crls_and_ocsp_responses_pass_pkilint() {
                 requested_by: "lint",
                 request_id: "l",
                 api: Api::Admin,
+                authenticated_by: "admin_token",
+                impersonated: false,
             },
             far,
         )

@@ -63,6 +63,8 @@ async fn check_sequence(ops: Vec<Op>) {
                             requested_by: "proptest",
                             request_id: "p",
                             api: Api::Admin,
+                            authenticated_by: "admin_token",
+                            impersonated: false,
                         },
                         now,
                     )
@@ -162,6 +164,8 @@ async fn expired_entries_are_dropped_at_rebuild() {
                     requested_by: "t",
                     request_id: "t",
                     api: Api::Admin,
+                    authenticated_by: "admin_token",
+                    impersonated: false,
                 },
                 now,
             )

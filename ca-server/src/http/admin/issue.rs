@@ -84,6 +84,8 @@ pub async fn issue(
                     requested_by: &format!("admin:{}", caller.name),
                     request_id: &request_id,
                     api: Api::Admin,
+                    authenticated_by: "admin_token",
+                    impersonated: false,
                 },
                 OffsetDateTime::now_utc(),
             )

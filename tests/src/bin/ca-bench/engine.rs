@@ -136,6 +136,8 @@ async fn run_engine(
                     requested_by: "bench",
                     request_id: "bench",
                     api: Api::CaV1,
+                    authenticated_by: "admin_token",
+                    impersonated: false,
                 };
                 let t = Instant::now();
                 ca.enroll(&request, OffsetDateTime::now_utc()).await?;
