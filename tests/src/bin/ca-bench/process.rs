@@ -90,12 +90,17 @@ impl Sut {
                         .build()?,
                 );
                 let kube = kube.clone();
-                let server =
-                    runtime
-                        .spawn(async move {
-                            ca_tests::TestServer::start_with_cluster(backend, &kube).await
+                let server = runtime
+                    .spawn(async move {
+                        // A load generator is not a workload: no per-identity limit.
+                        ca_tests::TestServer::start_with_cluster_and(backend, &kube, |c| {
+                            for td in &mut c.trust_domains {
+                                td.identity_burst = 0;
+                            }
                         })
-                        .await?;
+                        .await
+                    })
+                    .await?;
                 Ok(Sut::InProcess {
                     runtime,
                     server: Box::new(server),
@@ -127,6 +132,9 @@ kek_file = "{data}/kek"
 bootstrap_token_file = "{data}/admin.token"
 [[trust_domains]]
 name = "cluster.local"
+# A load generator is not a workload: each client asks for its identity hundreds of times a
+# second, so the per-identity rate limit is off here.
+identity_burst = 0
 [[clusters]]
 name = "Kubernetes"
 trust_domain = "cluster.local"
