@@ -37,8 +37,8 @@ use crate::trust::{Bundle, Source};
 pub enum FetchError {
     #[error("trust anchors: {0}")]
     Anchors(String),
-    #[error("fetch failed: {0}")]
-    Transport(String),
+    #[error("fetch failed")]
+    Transport(#[source] reqwest::Error),
     #[error("HTTP {0}")]
     Status(u16),
     #[error(transparent)]
@@ -126,7 +126,7 @@ async fn fetch_and_apply(
         .get(&entry.url)
         .send()
         .await
-        .map_err(|e| FetchError::Transport(error_chain(&e)))?;
+        .map_err(FetchError::Transport)?;
     if !response.status().is_success() {
         return Err(FetchError::Status(response.status().as_u16()));
     }
@@ -141,7 +141,7 @@ async fn fetch_and_apply(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| FetchError::Transport(e.to_string()))?
+        .map_err(FetchError::Transport)?
     {
         body.extend_from_slice(&chunk);
         if body.len() > bundle::MAX_BUNDLE_BYTES {
@@ -254,17 +254,6 @@ fn read_pem_certs(path: &std::path::Path) -> Result<Vec<Vec<u8>>, FetchError> {
         )));
     }
     Ok(certs)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// The https_spiffe server check: chain to the peer's bundle, and the expected SPIFFE ID.
