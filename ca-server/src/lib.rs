@@ -21,6 +21,7 @@ mod authz;
 pub mod ca;
 pub mod config;
 pub mod federation;
+pub mod fuzzing;
 mod grpc;
 pub mod http;
 mod issuance;
