@@ -138,11 +138,7 @@ async fn fetch_and_apply(
     }
     let mut body = Vec::new();
     let mut response = response;
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(FetchError::Transport)?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(FetchError::Transport)? {
         body.extend_from_slice(&chunk);
         if body.len() > bundle::MAX_BUNDLE_BYTES {
             return Err(BundleError::TooLarge.into());
