@@ -30,6 +30,15 @@ pub enum StartError {
     Config(#[from] crate::config::Error),
     #[error(transparent)]
     Keys(#[from] keys::Error),
+    #[error(
+        "another ca-server is running on the SQLite database {path} (SQLite is one process's; run replicas on Postgres)"
+    )]
+    SqliteInUse { path: String },
+    #[error("cannot lock the SQLite database {path}")]
+    SqliteLock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot create or secure the data directory {path}")]
     DataDir {
         path: String,
@@ -66,6 +75,8 @@ pub struct Server {
     pub ca: Ca,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The embedded SQLite database is one process's: held for the server's life.
+    _sqlite_lock: Option<std::fs::File>,
 }
 
 impl Server {
@@ -87,6 +98,7 @@ impl Server {
         let token_sha256 = load_or_create_token(&config.bootstrap_token_file)?;
 
         let database_url = config.resolve_database_url()?;
+        let sqlite_lock = lock_sqlite(&database_url)?;
         let mut options = StoreOptions::new(&database_url);
         options.max_connections = config.db_max_connections;
         let store = Store::open(&options).await?;
@@ -237,6 +249,7 @@ impl Server {
             ca,
             shutdown,
             tasks,
+            _sqlite_lock: sqlite_lock,
         })
     }
 
@@ -264,6 +277,44 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, St
 
 /// Reads the bootstrap admin token, or creates one (32 random bytes, hex) with mode 0600.
 /// Returns its SHA-256; the token itself is not kept.
+/// SQLite is the embedded, one-process store: a second `ca-server` on the same file (whose
+/// writes would interleave with ours under its own in-memory state) refuses to start. The lock
+/// is an advisory `flock` on `<database>.lock`, released when the process ends, even by a crash.
+fn lock_sqlite(database_url: &str) -> Result<Option<std::fs::File>, StartError> {
+    let Some(path) = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.starts_with(':') && !p.starts_with("file:"))
+    else {
+        return Ok(None);
+    };
+    let lock_path = format!("{path}.lock");
+    let err = |source| StartError::SqliteLock {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = Path::new(&lock_path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StartError::SqliteInUse {
+            path: path.to_owned(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
+}
+
 /// The data directory (KEK, token, SQLite files) exists and only we can enter it: created with
 /// mode 0700, tightened to 0700 if it exists with more.
 fn private_data_dir(path: &Path) -> std::io::Result<()> {

@@ -396,3 +396,74 @@ async fn a_trust_domain_mismatch_is_named() {
     );
     server.stop().await;
 }
+
+/// Every gauge tells the truth after load and when idle: admission depths back at 0, revoked and
+/// denied counts as the store has them, identities whose newest live certificate expires within
+/// 6 h counted (revoked ones not), CRL nextUpdate and CA/serving notAfter in the future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gauge_tells_the_truth_after_load_and_idle() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let admin = server.admin_client();
+    let mut short = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..15 {
+        let admin = server.admin_client();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("spiffe://cluster.local/ns/load/sa/w{i}");
+            let csr = ca_client::csr::generate(KeyType::EcdsaP256, Some(&id)).unwrap();
+            // Ten identities on 1 h certificates (renewal failing would leave them expiring
+            // within 6 h), five on the default 24 h.
+            let ttl = (i < 10).then_some("1h");
+            admin.issue(&csr.csr_pem, &id, ttl).await.unwrap()
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let issued = task.await.unwrap();
+        if i < 10 {
+            short.push(issued.serial);
+        }
+    }
+    admin.revoke(&short[0], "keyCompromise").await.unwrap();
+    admin.revoke(&short[1], "superseded").await.unwrap();
+    admin
+        .deny("spiffe://cluster.local/ns/bad/sa/actor", "test", false)
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    ca_server::jobs::refresh_gauges(&server.server.ca, now).await;
+    let metrics = server.metrics().await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} not on /metrics:\n{metrics}"))
+    };
+    assert_eq!(value("ca_issuance_in_flight "), 0.0);
+    assert_eq!(value("ca_issuance_waiting "), 0.0);
+    assert_eq!(
+        value("ca_revoked_certificates{trust_domain=\"cluster.local\"} "),
+        2.0
+    );
+    assert_eq!(
+        value("ca_denied_identities{trust_domain=\"cluster.local\"} "),
+        1.0
+    );
+    assert_eq!(
+        value("ca_workload_identities_expiring{trust_domain=\"cluster.local\"} "),
+        8.0
+    );
+    let now_s = now.unix_timestamp() as f64;
+    assert!(value("ca_crl_next_update_timestamp_seconds{trust_domain=\"cluster.local\"} ") > now_s);
+    for kind in ["root", "intermediate", "serving"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("ca_cert_not_after_timestamp_seconds{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .unwrap_or_else(|| panic!("{kind}:\n{metrics}"));
+        let at: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(at > now_s, "{line}");
+    }
+    server.stop().await;
+}

@@ -154,3 +154,20 @@ async fn concurrent_first_starts_agree_on_one_root() {
     sa.shutdown().await;
     sb.shutdown().await;
 }
+
+/// SQLite is one process's store: a second server on the same database file refuses to start
+/// and says why; once the first stops, a new one starts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let second = Server::start(server.config.clone()).await.unwrap_err();
+    assert!(matches!(second, StartError::SqliteInUse { .. }), "{second}");
+    let chain = ca_tests::error_chain(&second);
+    assert!(
+        chain.contains("another ca-server") && chain.contains("Postgres"),
+        "{chain}"
+    );
+    let (config, dir) = server.stop().await;
+    let again = TestServer::start_with(config, dir).await;
+    again.stop().await;
+}
