@@ -331,12 +331,7 @@ impl Config {
                 "must name one of [[trust_domains]]",
             ));
         }
-        if raw.tls.serving_dns_names.is_empty() {
-            return Err(invalid(
-                "tls.serving_dns_names",
-                "at least one name is required",
-            ));
-        }
+        check_dns_names("tls.serving_dns_names", &raw.tls.serving_dns_names)?;
         let mut clusters = Vec::new();
         for (i, c) in raw.clusters.into_iter().enumerate() {
             let key = |field: &str| format!("clusters[{i}].{field}");
@@ -518,22 +513,7 @@ impl Config {
                 let dns_names = i
                     .dns_names
                     .unwrap_or_else(|| vec!["istiod.istio-system.svc".to_owned()]);
-                if dns_names.is_empty()
-                    || dns_names.iter().any(|n| {
-                        n.is_empty()
-                            || n.len() > 253
-                            || !n.split('.').all(|l| {
-                                !l.is_empty()
-                                    && l.len() <= 63
-                                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                            })
-                    })
-                {
-                    return Err(invalid(
-                        "istiod.dns_names",
-                        "DNS names (letters, digits, '-', '.')",
-                    ));
-                }
+                check_dns_names("istiod.dns_names", &dns_names)?;
                 let ttl = i
                     .ttl
                     .as_deref()
@@ -639,6 +619,24 @@ fn public_url(url: &str) -> Result<String, Error> {
         return Err(bad("must be an http:// or https:// URL with a host"));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// DNS names for a serving certificate: at least one, each a lower-case DNS name (labels of
+/// a-z, 0-9 and '-'), as Kubernetes names Services.
+fn check_dns_names(key: &str, names: &[String]) -> Result<(), Error> {
+    if names.is_empty() {
+        return Err(invalid(key, "at least one name is required"));
+    }
+    if let Some(bad) = names.iter().find(|n| !crate::spiffe::is_dns_subdomain(n)) {
+        return Err(invalid(
+            key,
+            format!(
+                "{:?} is not a lower-case DNS name",
+                crate::untrusted::bounded(bad, 64)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, Error> {
@@ -970,6 +968,34 @@ mod tests {
         ] {
             let err = with(bad).unwrap_err().to_string();
             assert!(err.contains("listen.public_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn serving_names_are_dns_names() {
+        for (section, key) in [("tls", "serving_dns_names"), ("istiod", "dns_names")] {
+            let with = |names: &str| {
+                let extra = if section == "istiod" {
+                    "output_dir = \"/x\"\n"
+                } else {
+                    ""
+                };
+                Config::from_toml(&format!("[{section}]\n{key} = {names}\n{extra}"))
+            };
+            with("[\"istiod.istio-system.svc\", \"localhost\"]").unwrap();
+            for bad in [
+                "[]",
+                "[\"\"]",
+                "[\"a..b\"]",
+                "[\"Upper.svc\"]",
+                "[\"a b\"]",
+                "[\"*.svc\"]",
+                "[\"x\\ny\"]",
+            ] {
+                let err = with(bad).unwrap_err().to_string();
+                assert!(err.contains(&format!("{section}.{key}")), "{bad}: {err}");
+                assert!(!err.contains('\n'), "{err}");
+            }
         }
     }
 

@@ -31,7 +31,7 @@ pub mod keys;
 mod limits;
 pub mod metrics;
 mod pem;
-mod report;
+pub mod report;
 mod request_id;
 pub mod revocation;
 mod serial;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 
 use ca_server::config::{Config, LogFormat};
+use ca_server::report::Chain;
 use ca_server::server::Server;
 
 /// mimalloc: the issuance path allocates many small, short-lived buffers (DER, PEM, protobuf,
@@ -52,7 +53,7 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{}: {}", path.display(), chain(&e));
+                eprintln!("{}: {}", path.display(), Chain(&e));
                 ExitCode::from(2)
             }
         };
@@ -61,7 +62,7 @@ async fn main() -> ExitCode {
         Some(path) => match Config::load(path) {
             Ok(config) => Some(config),
             Err(e) => {
-                eprintln!("error: config {}: {}", path.display(), chain(&e));
+                eprintln!("error: config {}: {}", path.display(), Chain(&e));
                 return ExitCode::from(2);
             }
         },
@@ -81,8 +82,8 @@ async fn main() -> ExitCode {
     let server = match Server::start(config).await {
         Ok(server) => server,
         Err(e) => {
-            tracing::error!(error = %chain(&e), "start failed");
-            eprintln!("error: start failed: {}", chain(&e));
+            tracing::error!(error = %Chain(&e), "start failed");
+            eprintln!("error: start failed: {}", Chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -104,18 +105,6 @@ fn init_logs(format: LogFormat) {
         // Colour codes only for a person at a terminal, never into a file or a pipe.
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
-}
-
-/// An error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
 }
 
 async fn shutdown_signal() {

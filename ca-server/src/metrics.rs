@@ -280,6 +280,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a failed store operation (`op` is one of [`STORE_OPS`]).
+    pub fn store_error(&self, op: &str) {
+        self.store_errors
+            .get_or_create(&OpLabels { op: op.to_owned() })
+            .inc();
+    }
+
     pub fn issuance_failure(&self, trust_domain: &str, reason: &str) {
         self.issuance_failures
             .get_or_create(&FailureLabels {

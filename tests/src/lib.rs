@@ -23,16 +23,9 @@ pub fn cert_pem(der: &[u8]) -> String {
     )
 }
 
-/// An error and all its causes, `outer: cause: root`.
+/// An error and all its causes, `outer: cause: root` (the server's own `report::Chain`).
 pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
+    ca_server::report::Chain(error).to_string()
 }
 
 /// The two store backends every storage-touching test runs on.

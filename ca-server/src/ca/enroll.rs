@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::ca::Ca;
 use crate::issuance::{self, IssuedCert, TtlPolicy};
-use crate::metrics::{IssuedLabels, OpLabels, TrustDomainLabels};
+use crate::metrics::{IssuedLabels, TrustDomainLabels};
 use crate::spiffe::SpiffeId;
 use crate::store::{self, CertificateRecord};
 
@@ -160,12 +160,7 @@ impl Ca {
             Err(e) => {
                 self.metrics.issuance_failure(trust_domain, e.reason());
                 if let Error::Store(_) = e {
-                    self.metrics
-                        .store_errors
-                        .get_or_create(&OpLabels {
-                            op: "record_issued".to_owned(),
-                        })
-                        .inc();
+                    self.metrics.store_error("record_issued");
                 }
             }
         }

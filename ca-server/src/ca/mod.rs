@@ -28,7 +28,7 @@ use crate::audit::{AuditEvent, RefusalThrottle, Throttled};
 use crate::authn::jwt::Clusters;
 use crate::authority::{Authorities, Authority};
 use crate::config::Config;
-use crate::metrics::{Metrics, OpLabels};
+use crate::metrics::Metrics;
 use crate::revocation::{CrlCache, DenyList};
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store::Store;
@@ -163,28 +163,21 @@ impl Ca {
         };
         if let Err(e) = self.store.append_audit(&event).await {
             tracing::error!(error = %crate::report::Chain(&e), action = %event.action, "could not write audit event");
-            self.metrics
-                .store_errors
-                .get_or_create(&OpLabels {
-                    op: "append_audit".to_owned(),
-                })
-                .inc();
+            self.metrics.store_error("append_audit");
         }
     }
 
     /// Queues an audit event from a workload path (never waits; a full queue drops the event
     /// and counts it in `ca_store_errors_total{op="audit_queue_full"}`).
     pub fn audit_soon(&self, event: AuditEvent) {
-        let Some(event) = self.unless_repeated(event) else {
-            return;
-        };
+        if let Some(event) = self.unless_repeated(event) {
+            self.queue_audit(event);
+        }
+    }
+
+    fn queue_audit(&self, event: AuditEvent) {
         if !self.store.append_audit_soon(event) {
-            self.metrics
-                .store_errors
-                .get_or_create(&OpLabels {
-                    op: "audit_queue_full".to_owned(),
-                })
-                .inc();
+            self.metrics.store_error("audit_queue_full");
         }
     }
 
@@ -205,14 +198,7 @@ impl Ca {
     /// (run by the job tick).
     pub fn flush_refusal_counts(&self, now: i64) {
         for summary in self.refusals.expire(now) {
-            if !self.store.append_audit_soon(summary) {
-                self.metrics
-                    .store_errors
-                    .get_or_create(&OpLabels {
-                        op: "audit_queue_full".to_owned(),
-                    })
-                    .inc();
-            }
+            self.queue_audit(summary);
         }
     }
 }
