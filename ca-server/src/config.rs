@@ -61,8 +61,16 @@ pub struct IstiodConfig {
     pub dns_names: Vec<String>,
     /// Lifetime (default the trust domain's `max_ttl`); renewed at two thirds.
     pub ttl: Option<Duration>,
-    /// Where `tls.crt`, `tls.key` and `ca.crt` are written.
-    pub output_dir: PathBuf,
+    /// Where `tls.crt`, `tls.key` and `ca.crt` are written (optional when `secret_cluster` is
+    /// set; at least one of the two is required).
+    pub output_dir: Option<PathBuf>,
+    /// The `[[clusters]]` entry (it needs `[clusters.kubernetes]`) whose API server receives the
+    /// certificate as the Secret `secret_namespace/secret_name` (`tls.crt`, `tls.key`, `ca.crt`).
+    pub secret_cluster: Option<String>,
+    /// Default `istio-system`.
+    pub secret_namespace: String,
+    /// Default `istiod-tls`.
+    pub secret_name: String,
 }
 
 /// How logs are written.
@@ -131,7 +139,10 @@ pub struct ClusterConfig {
     pub name: String,
     pub trust_domain: TrustDomain,
     pub issuer: String,
-    pub jwks: JwksSource,
+    /// Where token-checking keys come from; `None` only when `auth = "tokenreview"`.
+    pub jwks: Option<JwksSource>,
+    /// How tokens are checked: against the JWKS, by the API server's TokenReview, or both.
+    pub auth: ClusterAuth,
     pub audiences: Vec<String>,
     /// `<namespace>/<service account>` entries that may send `ImpersonatedIdentity`.
     pub trusted_node_accounts: Vec<String>,
@@ -141,6 +152,76 @@ pub struct ClusterConfig {
     /// The shortest time between two JWKS reloads an unknown `kid` may trigger (default 60 s;
     /// anyone can present an unknown `kid`).
     pub jwks_reload_min_interval: Duration,
+    /// The cluster's Kubernetes API (`[clusters.kubernetes]`); every feature using it is off
+    /// unless turned on there.
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// `auth` of a `[[clusters]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterAuth {
+    /// The token's signature against the cluster's JWKS (no API call).
+    #[default]
+    Jwks,
+    /// The API server's TokenReview (sees deleted pods and revoked tokens; one API call per
+    /// token, cached for `token_review_cache_ttl`).
+    Tokenreview,
+    /// Both must accept the token.
+    Both,
+}
+
+impl ClusterAuth {
+    pub fn uses_jwks(self) -> bool {
+        matches!(self, ClusterAuth::Jwks | ClusterAuth::Both)
+    }
+    pub fn uses_token_review(self) -> bool {
+        matches!(self, ClusterAuth::Tokenreview | ClusterAuth::Both)
+    }
+}
+
+/// `[clusters.kubernetes]`: how to reach a cluster's API server and which features use it.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// Default `https://kubernetes.default.svc` (in-cluster).
+    pub api_server: String,
+    /// Roots that verify the API server; default the in-cluster service-account `ca.crt`.
+    pub ca_file: PathBuf,
+    /// Our bearer token, re-read as the kubelet rotates it; default the in-cluster one.
+    pub token_file: PathBuf,
+    /// Honour `ImpersonatedIdentity` only for a running pod of that service account on the
+    /// caller's node (a watch of the cluster's pods). Default false.
+    pub node_authorization: bool,
+    /// Take the JWKS from the API server's OIDC discovery instead of `jwks_file`/`jwks_url`.
+    pub jwks_discovery: bool,
+    /// How long a positive TokenReview answer is reused for the same token (default 60 s).
+    pub token_review_cache_ttl: Duration,
+    /// Sign `certificates.k8s.io/v1` CSRs addressed to this signer, when set.
+    pub csr_signer: Option<CsrSignerConfig>,
+    /// Keep the root ConfigMap current in every (selected) namespace, when set.
+    pub root_configmap: Option<RootConfigMapConfig>,
+    /// Where the Lease that elects one replica for the writers (signer, ConfigMaps, Secret)
+    /// lives (default `istio-system`).
+    pub lease_namespace: String,
+}
+
+/// The Kubernetes CSR signer of one cluster.
+#[derive(Debug, Clone)]
+pub struct CsrSignerConfig {
+    /// `spec.signerName` we answer for, e.g. `mesh-ca.io/spiffe`.
+    pub signer_name: String,
+    /// `spec.username`s whose CSRs we sign (default istiod's,
+    /// `system:serviceaccount:istio-system:istiod`).
+    pub allowed_requesters: Vec<String>,
+}
+
+/// The root ConfigMap writer of one cluster.
+#[derive(Debug, Clone)]
+pub struct RootConfigMapConfig {
+    /// Default `istio-ca-root-cert` (key `root-cert.pem`).
+    pub name: String,
+    /// A label selector (`k=v,k2`) choosing namespaces; default every namespace.
+    pub namespace_selector: Option<String>,
 }
 
 /// A remote trust domain whose bundle we fetch.
@@ -170,6 +251,8 @@ pub enum FederationProfile {
 pub enum JwksSource {
     File(PathBuf),
     Url(String),
+    /// The cluster's API server: `/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery,
 }
 
 impl Config {
@@ -355,9 +438,14 @@ impl Config {
                     "must name one of [[trust_domains]]",
                 ));
             }
-            let jwks = match (c.jwks_file, c.jwks_url) {
-                (Some(file), None) => JwksSource::File(file),
-                (None, Some(url)) => {
+            let kubernetes = c
+                .kubernetes
+                .map(|k| kubernetes_config(&key("kubernetes"), k))
+                .transpose()?;
+            let discovery = kubernetes.as_ref().is_some_and(|k| k.jwks_discovery);
+            let jwks = match (c.jwks_file, c.jwks_url, discovery) {
+                (Some(file), None, false) => Some(JwksSource::File(file)),
+                (None, Some(url), false) => {
                     let parsed = reqwest::Url::parse(&url)
                         .map_err(|e| invalid(&key("jwks_url"), e.to_string()))?;
                     if parsed.scheme() != "https" || parsed.host_str().is_none() {
@@ -366,15 +454,30 @@ impl Config {
                             "must be an https:// URL (the JWKS decides which tokens we trust)",
                         ));
                     }
-                    JwksSource::Url(url)
+                    Some(JwksSource::Url(url))
                 }
+                (None, None, true) => Some(JwksSource::Discovery),
+                (None, None, false) if c.auth == ClusterAuth::Tokenreview => None,
                 _ => {
                     return Err(invalid(
                         &key("jwks_file"),
-                        "exactly one of jwks_file and jwks_url is required",
+                        "exactly one of jwks_file, jwks_url and kubernetes.jwks_discovery = true \
+                         is required (none with auth = \"tokenreview\")",
                     ));
                 }
             };
+            if c.auth.uses_token_review() && kubernetes.is_none() {
+                return Err(invalid(
+                    &key("auth"),
+                    "tokenreview needs the cluster's API server: add [clusters.kubernetes]",
+                ));
+            }
+            if c.auth.uses_token_review() && c.audiences.is_empty() {
+                return Err(invalid(
+                    &key("audiences"),
+                    "TokenReview without audiences accepts any service-account token",
+                ));
+            }
             if c.issuer.is_empty() {
                 return Err(invalid(&key("issuer"), "must not be empty"));
             }
@@ -389,7 +492,7 @@ impl Config {
                     ));
                 }
             }
-            if c.jwks_ca_file.is_some() && !matches!(jwks, JwksSource::Url(_)) {
+            if c.jwks_ca_file.is_some() && !matches!(jwks, Some(JwksSource::Url(_))) {
                 return Err(invalid(
                     &key("jwks_ca_file"),
                     "verifies jwks_url; there is no jwks_url",
@@ -404,10 +507,12 @@ impl Config {
                 trust_domain,
                 issuer: c.issuer,
                 jwks,
+                auth: c.auth,
                 audiences: c.audiences,
                 trusted_node_accounts: c.trusted_node_accounts,
                 jwks_ca_file: c.jwks_ca_file,
                 jwks_reload_min_interval,
+                kubernetes,
             });
         }
         let mut federation = Vec::new();
@@ -519,14 +624,36 @@ impl Config {
                     .as_deref()
                     .map(|t| parse_duration("istiod.ttl", t))
                     .transpose()?;
-                let output_dir = i
-                    .output_dir
-                    .ok_or_else(|| invalid("istiod.output_dir", "is required"))?;
+                if i.output_dir.is_none() && i.secret_cluster.is_none() {
+                    return Err(invalid(
+                        "istiod.output_dir",
+                        "give output_dir, secret_cluster or both",
+                    ));
+                }
+                if let Some(name) = &i.secret_cluster
+                    && !clusters
+                        .iter()
+                        .any(|c: &ClusterConfig| c.name == *name && c.kubernetes.is_some())
+                {
+                    return Err(invalid(
+                        "istiod.secret_cluster",
+                        "must name a [[clusters]] entry that has [clusters.kubernetes]",
+                    ));
+                }
+                let secret_namespace = i
+                    .secret_namespace
+                    .unwrap_or_else(|| "istio-system".to_owned());
+                let secret_name = i.secret_name.unwrap_or_else(|| "istiod-tls".to_owned());
+                check_kubernetes_name("istiod.secret_namespace", &secret_namespace)?;
+                check_kubernetes_name("istiod.secret_name", &secret_name)?;
                 Some(IstiodConfig {
                     trust_domain,
                     dns_names,
                     ttl,
-                    output_dir,
+                    output_dir: i.output_dir,
+                    secret_cluster: i.secret_cluster,
+                    secret_namespace,
+                    secret_name,
                 })
             }
         };
@@ -639,6 +766,138 @@ fn check_dns_names(key: &str, names: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A Kubernetes object or namespace name: a lower-case DNS subdomain.
+fn check_kubernetes_name(key: &str, name: &str) -> Result<(), Error> {
+    if !crate::spiffe::is_dns_subdomain(name) {
+        return Err(invalid(
+            key,
+            format!(
+                "{:?} is not a Kubernetes name (lower-case DNS subdomain)",
+                crate::untrusted::bounded(name, 64)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[clusters.kubernetes]`, with the in-cluster defaults.
+fn kubernetes_config(prefix: &str, raw: RawKubernetes) -> Result<KubernetesConfig, Error> {
+    let key = |field: &str| format!("{prefix}.{field}");
+    let api_server = raw
+        .api_server
+        .unwrap_or_else(|| "https://kubernetes.default.svc".to_owned());
+    let parsed =
+        reqwest::Url::parse(&api_server).map_err(|e| invalid(&key("api_server"), e.to_string()))?;
+    if parsed.scheme() != "https" || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            &key("api_server"),
+            "must be an https:// URL (our token and the cluster's answers cross it)",
+        ));
+    }
+    const IN_CLUSTER: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let token_review_cache_ttl = match &raw.token_review_cache_ttl {
+        Some(text) => parse_duration(&key("token_review_cache_ttl"), text)?,
+        None => Duration::from_secs(60),
+    };
+    if token_review_cache_ttl > Duration::from_secs(600) {
+        return Err(invalid(
+            &key("token_review_cache_ttl"),
+            "at most 10m (a deleted pod's token keeps working that long)",
+        ));
+    }
+    let csr_signer = match raw.csr_signer_name {
+        None => {
+            if raw.csr_allowed_requesters.is_some() {
+                return Err(invalid(
+                    &key("csr_allowed_requesters"),
+                    "needs csr_signer_name",
+                ));
+            }
+            None
+        }
+        Some(signer_name) => {
+            // `<domain>/<path>`, as Kubernetes requires of signer names.
+            let valid = signer_name.split_once('/').is_some_and(|(domain, path)| {
+                crate::spiffe::is_dns_subdomain(domain)
+                    && !path.is_empty()
+                    && path.len() <= 253
+                    && path
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._/".contains(c))
+            });
+            if !valid {
+                return Err(invalid(
+                    &key("csr_signer_name"),
+                    "must be `<dns domain>/<name>`, e.g. mesh-ca.io/spiffe",
+                ));
+            }
+            let allowed_requesters = raw.csr_allowed_requesters.unwrap_or_else(|| {
+                vec!["system:serviceaccount:istio-system:istiod".to_owned()]
+            });
+            if allowed_requesters.is_empty() || allowed_requesters.iter().any(String::is_empty) {
+                return Err(invalid(
+                    &key("csr_allowed_requesters"),
+                    "list at least one requester (a CSR's spec.username), none empty",
+                ));
+            }
+            Some(CsrSignerConfig {
+                signer_name,
+                allowed_requesters,
+            })
+        }
+    };
+    let root_configmap = if raw.root_configmap {
+        let name = raw
+            .root_configmap_name
+            .unwrap_or_else(|| "istio-ca-root-cert".to_owned());
+        check_kubernetes_name(&key("root_configmap_name"), &name)?;
+        let namespace_selector = raw
+            .root_configmap_namespace_selector
+            .filter(|s| !s.trim().is_empty());
+        if let Some(selector) = &namespace_selector
+            && !selector
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._/=!,".contains(c))
+        {
+            return Err(invalid(
+                &key("root_configmap_namespace_selector"),
+                "a label selector like `istio-injection=enabled,team`",
+            ));
+        }
+        Some(RootConfigMapConfig {
+            name,
+            namespace_selector,
+        })
+    } else {
+        if raw.root_configmap_name.is_some() || raw.root_configmap_namespace_selector.is_some() {
+            return Err(invalid(
+                &key("root_configmap"),
+                "root_configmap_name and root_configmap_namespace_selector need root_configmap = true",
+            ));
+        }
+        None
+    };
+    let lease_namespace = raw
+        .lease_namespace
+        .unwrap_or_else(|| "istio-system".to_owned());
+    check_kubernetes_name(&key("lease_namespace"), &lease_namespace)?;
+    Ok(KubernetesConfig {
+        api_server: api_server.trim_end_matches('/').to_owned(),
+        ca_file: raw
+            .ca_file
+            .unwrap_or_else(|| PathBuf::from(format!("{IN_CLUSTER}/ca.crt"))),
+        token_file: raw
+            .token_file
+            .unwrap_or_else(|| PathBuf::from(format!("{IN_CLUSTER}/token"))),
+        node_authorization: raw.node_authorization,
+        jwks_discovery: raw.jwks_discovery,
+        token_review_cache_ttl,
+        csr_signer,
+        root_configmap,
+        lease_namespace,
+    })
+}
+
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, Error> {
     text.parse().map_err(|_| {
         invalid(
@@ -681,6 +940,9 @@ struct RawIstiod {
     dns_names: Option<Vec<String>>,
     ttl: Option<String>,
     output_dir: Option<PathBuf>,
+    secret_cluster: Option<String>,
+    secret_namespace: Option<String>,
+    secret_name: Option<String>,
 }
 
 impl Default for RawConfig {
@@ -847,6 +1109,29 @@ struct RawCluster {
     trusted_node_accounts: Vec<String>,
     jwks_ca_file: Option<PathBuf>,
     jwks_reload_min_interval: Option<String>,
+    #[serde(default)]
+    auth: ClusterAuth,
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    api_server: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    node_authorization: bool,
+    #[serde(default)]
+    jwks_discovery: bool,
+    token_review_cache_ttl: Option<String>,
+    csr_signer_name: Option<String>,
+    csr_allowed_requesters: Option<Vec<String>>,
+    #[serde(default)]
+    root_configmap: bool,
+    root_configmap_name: Option<String>,
+    root_configmap_namespace_selector: Option<String>,
+    lease_namespace: Option<String>,
 }
 
 fn default_audiences() -> Vec<String> {

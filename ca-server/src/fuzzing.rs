@@ -16,7 +16,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use tokio::runtime::Runtime;
 
 use crate::authn::jwt::{ClusterTokens, Jwks};
-use crate::config::{ClusterConfig, Config, JwksSource};
+use crate::config::{ClusterAuth, ClusterConfig, Config, JwksSource};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// The trust domain the bundle, CSR and token entry points check against.
@@ -120,12 +120,14 @@ fn token_fixture() -> &'static TokenFixture {
             name: "fuzz".to_owned(),
             trust_domain: trust_domain().clone(),
             issuer: TOKEN_ISSUER.to_owned(),
-            jwks: JwksSource::File(path.clone()),
+            jwks: Some(JwksSource::File(path.clone())),
+            auth: ClusterAuth::Jwks,
             audiences: vec![TOKEN_AUDIENCE.to_owned()],
             trusted_node_accounts: Vec::new(),
             jwks_ca_file: None,
             // Loaded once here; an unknown `kid` must not reload it during the run.
             jwks_reload_min_interval: Duration::from_secs(365 * 24 * 3600),
+            kubernetes: None,
         });
         harness("JWKS load", runtime().block_on(cluster.reload()));
         let _ = std::fs::remove_file(&path);

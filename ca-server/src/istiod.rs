@@ -5,8 +5,14 @@
 //! and writes it where istiod reads it: `tls.crt` (leaf, then intermediate), `tls.key`
 //! (PKCS #8, mode 0600) and `ca.crt` (the trust set), in `[istiod] output_dir`, each replaced
 //! atomically. Mount that directory into istiod as its `istiod-tls` certificate directory
-//! (`/var/run/secrets/istiod/tls`). Writing the `istiod-tls` Secret through the Kubernetes API
-//! is the Kubernetes integration's job (not built yet).
+//! (`/var/run/secrets/istiod/tls`).
+//!
+//! With `secret_cluster`, the same three keys go into the Secret `secret_namespace/secret_name`
+//! (type `kubernetes.io/tls`, default `istio-system/istiod-tls`) through that cluster's API
+//! server, written by the replica holding the cluster's Lease (`writers`). The Secret itself is
+//! the state: it is reissued when missing, unreadable, past two thirds of its life, or when its
+//! `ca.crt` is no longer the current trust set (a rotation or federation change), so any
+//! replica that takes the Lease over continues where the last one stopped.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,6 +29,8 @@ use crate::tls::{self, IssuedServing, ServingRequest};
 pub enum Error {
     #[error("issuing istiod's certificate")]
     Issue(#[from] tls::Error),
+    #[error("writing istiod's Secret")]
+    Kubernetes(#[source] crate::kubernetes::Error),
     #[error("writing {path}")]
     Write {
         path: String,
@@ -39,11 +47,18 @@ pub struct IstiodCertificate {
 
 impl IstiodCertificate {
     /// Issues the first certificate and writes the files.
+    /// Issues the first certificate and writes the files (nothing without `output_dir`: the
+    /// Secret is the writers' job).
     pub async fn start(ca: &Ca, config: IstiodConfig, now: OffsetDateTime) -> Result<Self, Error> {
-        let issued = issue_and_write(ca, &config, now).await?;
+        let current = if config.output_dir.is_some() {
+            let issued = issue_and_write(ca, &config, now).await?;
+            (issued.not_before, issued.not_after)
+        } else {
+            (0, i64::MAX)
+        };
         Ok(IstiodCertificate {
             config,
-            current: Mutex::new((issued.not_before, issued.not_after)),
+            current: Mutex::new(current),
         })
     }
 
@@ -67,11 +82,12 @@ impl IstiodCertificate {
     }
 }
 
-async fn issue_and_write(
+/// Issues istiod's certificate and audits it; returns it with its PEM (chain, key).
+async fn issue(
     ca: &Ca,
     config: &IstiodConfig,
     now: OffsetDateTime,
-) -> Result<IssuedServing, Error> {
+) -> Result<(IssuedServing, String, String), Error> {
     let issued = tls::issue_dns_certificate(
         ca,
         &ServingRequest {
@@ -93,10 +109,6 @@ async fn issue_and_write(
         &pem::Pem::new("PRIVATE KEY", issued.key_pkcs8.clone()),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     );
-    let dir = &config.output_dir;
-    write_atomically(&dir.join("tls.key"), key.as_bytes(), 0o600)?;
-    write_atomically(&dir.join("tls.crt"), chain.as_bytes(), 0o644)?;
-    write_atomically(&dir.join("ca.crt"), issued.roots_pem.as_bytes(), 0o644)?;
     ca.audit(AuditEvent {
         at: now.unix_timestamp(),
         actor: "server".to_owned(),
@@ -107,7 +119,107 @@ async fn issue_and_write(
         detail: format!("istiod serving certificate, serial {}", issued.serial),
     })
     .await;
+    Ok((issued, chain, key))
+}
+
+async fn issue_and_write(
+    ca: &Ca,
+    config: &IstiodConfig,
+    now: OffsetDateTime,
+) -> Result<IssuedServing, Error> {
+    let (issued, chain, key) = issue(ca, config, now).await?;
+    if let Some(dir) = &config.output_dir {
+        write_atomically(&dir.join("tls.key"), key.as_bytes(), 0o600)?;
+        write_atomically(&dir.join("tls.crt"), chain.as_bytes(), 0o644)?;
+        write_atomically(&dir.join("ca.crt"), issued.roots_pem.as_bytes(), 0o644)?;
+    }
     Ok(issued)
+}
+
+/// Keeps istiod's Secret current (see the module docs); returns whether it wrote a new one.
+/// Called by the Lease holder of `secret_cluster` only.
+pub async fn reconcile_secret(
+    ca: &Ca,
+    config: &IstiodConfig,
+    client: &kube::Client,
+    now: OffsetDateTime,
+) -> Result<bool, Error> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+
+    let api: Api<Secret> = Api::namespaced(client.clone(), &config.secret_namespace);
+    let existing = api
+        .get_opt(&config.secret_name)
+        .await
+        .map_err(|e| Error::Kubernetes(e.into()))?;
+    let trust_now = ca
+        .authorities()
+        .get(&config.trust_domain)
+        .map(|authority| ca.roots_pem_for(authority))
+        .unwrap_or_default();
+    let current = existing.as_ref().and_then(|secret| {
+        let data = secret.data.as_ref()?;
+        let cert = data.get("tls.crt")?;
+        let ca_crt = data.get("ca.crt")?;
+        data.get("tls.key")?;
+        let (not_before, not_after) = first_validity(&cert.0)?;
+        Some((not_before, not_after, ca_crt.0 == trust_now.as_bytes()))
+    });
+    let due = match current {
+        Some((not_before, not_after, same_trust)) => {
+            !same_trust || now.unix_timestamp() >= not_before + (not_after - not_before) * 2 / 3
+        }
+        None => true,
+    };
+    if !due {
+        return Ok(false);
+    }
+    let (issued, chain, key) = issue(ca, config, now).await?;
+    let data = [
+        ("tls.crt", chain.into_bytes()),
+        ("tls.key", key.into_bytes()),
+        ("ca.crt", issued.roots_pem.into_bytes()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v)))
+    .collect();
+    let mut secret = existing.unwrap_or_default();
+    secret.metadata.name = Some(config.secret_name.clone());
+    secret.metadata.namespace = Some(config.secret_namespace.clone());
+    secret
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("app.kubernetes.io/managed-by".to_owned(), "mesh-ca".to_owned());
+    secret.type_ = Some("kubernetes.io/tls".to_owned());
+    secret.data = Some(data);
+    secret.string_data = None;
+    let written = if secret.metadata.resource_version.is_some() {
+        // Carries the resourceVersion we read: a concurrent edit makes this 409 and the next
+        // round starts over from what is there.
+        api.replace(&config.secret_name, &PostParams::default(), &secret)
+            .await
+    } else {
+        api.create(&PostParams::default(), &secret).await
+    };
+    written.map_err(|e| Error::Kubernetes(e.into()))?;
+    tracing::info!(
+        secret = %format!("{}/{}", config.secret_namespace, config.secret_name),
+        serial = %issued.serial,
+        "istiod's certificate written to its Secret"
+    );
+    Ok(true)
+}
+
+/// notBefore and notAfter of the first certificate of a PEM chain.
+fn first_validity(pem_chain: &[u8]) -> Option<(i64, i64)> {
+    let block = pem::parse_many(pem_chain).ok()?.into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(block.contents()).ok()?;
+    Some((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 /// Writes `path` through a temporary file in the same directory and a rename, so a reader sees

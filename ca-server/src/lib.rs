@@ -7,11 +7,14 @@
 //! - domain (no I/O): `issuance` (CSR checks, certificate templates, the writer and the
 //!   self-check), `authority` (a trust domain's loaded CA generation), `audit` (events and the
 //!   hash chain), `revocation` (reasons, deny list, CRL and OCSP artefacts), `trust` (bundles).
-//! - persistence: `store` (Postgres and SQLite).
+//! - persistence and outside systems: `store` (Postgres and SQLite), `kubernetes` (a cluster's
+//!   API server: client, pod index, TokenReview, JWKS discovery, the writers' Lease).
 //! - authentication: `authn` (tokens, client certificates), `authz` (who may be which identity).
 //! - service: `ca` ([`ca::Ca`] and its verbs: enroll, revoke, deny, bundles, CRL, OCSP).
 //! - around the service: `federation` (fetching peers' bundles), `jobs` (periodic work), `tls`
-//!   (serving certificates and TLS configs).
+//!   (serving certificates and TLS configs), `istiod` (istiod's serving certificate), and the
+//!   Kubernetes writers run by one replica per cluster (`writers`): `csr_signer`,
+//!   `root_configmap`.
 //! - front doors: `grpc`, `http`; and `server`, which starts everything.
 
 pub mod audit;
@@ -20,6 +23,7 @@ pub mod authority;
 mod authz;
 pub mod ca;
 pub mod config;
+pub mod csr_signer;
 pub mod federation;
 pub mod fuzzing;
 mod grpc;
@@ -28,12 +32,14 @@ mod issuance;
 pub mod istiod;
 pub mod jobs;
 pub mod keys;
+pub mod kubernetes;
 mod limits;
 pub mod metrics;
 mod pem;
 pub mod report;
 mod request_id;
 pub mod revocation;
+pub mod root_configmap;
 mod serial;
 pub mod server;
 pub mod spiffe;
@@ -41,3 +47,4 @@ pub mod store;
 pub mod tls;
 pub mod trust;
 mod untrusted;
+pub mod writers;

@@ -77,7 +77,7 @@ fn issuance_histogram() -> Histogram {
 }
 
 /// The `api` label values of issuance metrics.
-pub const APIS: [&str; 3] = ["istio", "ca.v1", "admin"];
+pub const APIS: [&str; 4] = ["istio", "ca.v1", "admin", "k8s-csr"];
 /// The `op` label values of `ca_store_errors_total`.
 pub const STORE_OPS: [&str; 3] = ["record_issued", "append_audit", "audit_queue_full"];
 /// "Renewal is failing": an identity whose newest certificate expires within this window.

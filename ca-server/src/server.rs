@@ -59,6 +59,11 @@ pub enum StartError {
     Istiod(#[from] crate::istiod::Error),
     #[error("cannot set up TLS")]
     Tls(#[from] tls::Error),
+    #[error("cannot set up the Kubernetes API of cluster {cluster:?}")]
+    Kubernetes {
+        cluster: String,
+        source: crate::kubernetes::Error,
+    },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -139,6 +144,11 @@ impl Server {
             );
         }
         let ca = Ca::new(config, store, authorities, metrics);
+        // Before the JWKS: discovery fetches it through the cluster's API server.
+        let kubernetes = ca
+            .clusters()
+            .connect_kubernetes()
+            .map_err(|(cluster, source)| StartError::Kubernetes { cluster, source })?;
         ca.load_jwks().await;
         ca.load_bundles(OffsetDateTime::now_utc().unix_timestamp())
             .await?;
@@ -234,6 +244,26 @@ impl Server {
                     tracing::error!(error = %crate::report::Chain(&e), "gRPC listener failed");
                 }
             });
+        }
+        let holder = crate::writers::holder_identity();
+        for (name, client, pods) in kubernetes {
+            if let Some(index) = pods {
+                tasks.spawn(index.run(client.clone(), name.clone(), shutdown.subscribe()));
+            }
+            let Some(cluster) = ca.config().clusters.iter().find(|c| c.name == name) else {
+                continue;
+            };
+            let istiod_config = ca.config().istiod.clone();
+            if crate::writers::has_work(cluster, istiod_config.as_ref()) {
+                tasks.spawn(crate::writers::run(
+                    ca.clone(),
+                    cluster.clone(),
+                    client,
+                    istiod_config,
+                    holder.clone(),
+                    shutdown.subscribe(),
+                ));
+            }
         }
         tasks.spawn(jobs::run(
             ca.clone(),

@@ -4,7 +4,7 @@
 //! (required) and `nbf` are checked here against the `now` we are given, with a small leeway.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
@@ -12,6 +12,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::{ClusterConfig, JwksSource};
+use crate::kubernetes::pods::PodIndex;
+use crate::kubernetes::token_review::{ReviewError, TokenReviewer};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
 /// Largest token accepted, before any parsing.
@@ -46,6 +48,8 @@ pub enum TokenError {
     WrongAudience,
     #[error("subject is not a service account: {0}")]
     BadSubject(String),
+    #[error("TokenReview refused the token: {0}")]
+    ReviewRefused(String),
 }
 
 impl TokenError {
@@ -62,6 +66,7 @@ impl TokenError {
             TokenError::WrongIssuer(_) => "token_wrong_issuer",
             TokenError::WrongAudience => "token_wrong_audience",
             TokenError::BadSubject(_) => "token_bad_subject",
+            TokenError::ReviewRefused(_) => "token_review_refused",
         }
     }
 }
@@ -71,6 +76,21 @@ impl TokenError {
 pub struct ServiceAccount {
     pub namespace: String,
     pub service_account: String,
+    /// The pod (name, uid) a bound token names (`kubernetes.io.pod`, or TokenReview's
+    /// `authentication.kubernetes.io/pod-name` and `pod-uid`).
+    pub pod: Option<(String, String)>,
+    /// The node a bound token names (`kubernetes.io.node.name`, or TokenReview's
+    /// `authentication.kubernetes.io/node-name`).
+    pub node: Option<String>,
+}
+
+/// The Kubernetes API parts of a cluster with `[clusters.kubernetes]`.
+pub struct KubeParts {
+    pub client: kube::Client,
+    /// When `auth` is `tokenreview` or `both`.
+    pub reviewer: Option<TokenReviewer>,
+    /// When `node_authorization` is on.
+    pub pods: Option<Arc<PodIndex>>,
 }
 
 /// One usable key of a JWKS.
@@ -142,6 +162,7 @@ pub struct ClusterTokens {
     jwks_fingerprint: RwLock<Vec<u8>>,
     last_load: RwLock<Option<Instant>>,
     verified: RwLock<std::collections::HashMap<[u8; 32], CachedToken>>,
+    kubernetes: OnceLock<KubeParts>,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +170,15 @@ struct CachedToken {
     account: ServiceAccount,
     exp: i64,
     nbf: Option<i64>,
+}
+
+impl std::fmt::Debug for KubeParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeParts")
+            .field("reviewer", &self.reviewer)
+            .field("pods", &self.pods.as_ref().map(|p| p.len()))
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for ClusterTokens {
@@ -184,11 +214,14 @@ enum Audience {
 struct KubernetesClaim {
     namespace: Option<String>,
     serviceaccount: Option<NamedRef>,
+    pod: Option<NamedRef>,
+    node: Option<NamedRef>,
 }
 
 #[derive(Debug, Deserialize)]
 struct NamedRef {
     name: Option<String>,
+    uid: Option<String>,
 }
 
 impl ClusterTokens {
@@ -199,6 +232,45 @@ impl ClusterTokens {
             jwks_fingerprint: RwLock::new(Vec::new()),
             last_load: RwLock::new(None),
             verified: RwLock::new(std::collections::HashMap::new()),
+            kubernetes: OnceLock::new(),
+        }
+    }
+
+    /// The cluster's Kubernetes API parts, once connected (`Clusters::connect_kubernetes`).
+    pub fn kubernetes(&self) -> Option<&KubeParts> {
+        self.kubernetes.get()
+    }
+
+    /// Checks a token with the API server's TokenReview (`auth = "tokenreview"` or `"both"`).
+    pub async fn review(&self, token: &str) -> Result<ServiceAccount, super::Error> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge.into());
+        }
+        let reviewer = self
+            .kubernetes()
+            .and_then(|k| k.reviewer.as_ref())
+            .ok_or_else(|| super::Error::Kubernetes("TokenReview is not connected".to_owned()))?;
+        match reviewer.review(token).await {
+            Ok(reviewed) => {
+                SpiffeId::for_service_account(
+                    &self.config.trust_domain,
+                    &reviewed.namespace,
+                    &reviewed.service_account,
+                )
+                .map_err(|e| TokenError::BadSubject(e.to_string()))?;
+                Ok(ServiceAccount {
+                    namespace: reviewed.namespace,
+                    service_account: reviewed.service_account,
+                    pod: reviewed.pod_name.zip(reviewed.pod_uid),
+                    node: reviewed.node_name,
+                })
+            }
+            Err(ReviewError::Unavailable(e)) => {
+                Err(super::Error::Kubernetes(crate::report::Chain(&e).to_string()))
+            }
+            Err(ReviewError::Refused(why)) => Err(TokenError::ReviewRefused(why).into()),
+            Err(ReviewError::WrongAudience) => Err(TokenError::WrongAudience.into()),
+            Err(ReviewError::NotServiceAccount(who)) => Err(TokenError::BadSubject(who).into()),
         }
     }
 
@@ -235,10 +307,20 @@ impl ClusterTokens {
             *last = Some(Instant::now());
         }
         let bytes = match &self.config.jwks {
-            JwksSource::File(path) => tokio::fs::read(path)
+            None => return Ok(()),
+            Some(JwksSource::Discovery) => {
+                let client = &self
+                    .kubernetes()
+                    .ok_or("the cluster's API server is not connected")?
+                    .client;
+                crate::kubernetes::discovery::fetch_jwks(client, &self.config.issuer)
+                    .await
+                    .map_err(|e| crate::report::Chain(&e).to_string())?
+            }
+            Some(JwksSource::File(path)) => tokio::fs::read(path)
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?,
-            JwksSource::Url(url) => {
+            Some(JwksSource::Url(url)) => {
                 let client = self.jwks_client().await?;
                 let response = client.get(url).send().await.map_err(|e| e.to_string())?;
                 if !response.status().is_success() {
@@ -444,6 +526,8 @@ impl ClusterTokens {
                 )));
             }
         };
+        let mut pod = None;
+        let mut node = None;
         if let Some(k8s) = &claims.kubernetes {
             let ns_ok = k8s.namespace.as_deref().is_none_or(|n| n == namespace);
             let sa_ok = k8s
@@ -456,6 +540,16 @@ impl ClusterTokens {
                     "kubernetes.io claim disagrees with sub".to_owned(),
                 ));
             }
+            let bounded = |v: &String| crate::untrusted::bounded(v, 253);
+            pod = k8s
+                .pod
+                .as_ref()
+                .and_then(|p| p.name.as_ref().map(bounded).zip(p.uid.as_ref().map(bounded)));
+            node = k8s
+                .node
+                .as_ref()
+                .and_then(|n| n.name.as_ref())
+                .map(bounded);
         }
         // The names must make a valid SPIFFE ID path.
         SpiffeId::for_service_account(&self.config.trust_domain, namespace, service_account)
@@ -464,6 +558,8 @@ impl ClusterTokens {
             ServiceAccount {
                 namespace: namespace.to_owned(),
                 service_account: service_account.to_owned(),
+                pod,
+                node,
             },
             exp,
             nbf,
@@ -489,6 +585,40 @@ impl Clusters {
 
     pub fn get(&self, name: &str) -> Option<&Arc<ClusterTokens>> {
         self.by_name.get(name)
+    }
+
+    /// Connects every cluster that has `[clusters.kubernetes]`: its client, TokenReview when
+    /// its `auth` uses it, and an (empty, unsynced) pod index when `node_authorization` is on.
+    /// Returns what must run in the background: each pod index to watch, with its client.
+    pub fn connect_kubernetes(
+        &self,
+    ) -> Result<Vec<(String, kube::Client, Option<Arc<PodIndex>>)>, (String, crate::kubernetes::Error)>
+    {
+        let mut started = Vec::new();
+        for cluster in self.by_name.values() {
+            let Some(config) = &cluster.config.kubernetes else {
+                continue;
+            };
+            let name = cluster.config.name.clone();
+            let client = crate::kubernetes::client(config).map_err(|e| (name.clone(), e))?;
+            let reviewer = cluster.config.auth.uses_token_review().then(|| {
+                TokenReviewer::new(
+                    client.clone(),
+                    cluster.config.audiences.clone(),
+                    config.token_review_cache_ttl,
+                )
+            });
+            let pods = config
+                .node_authorization
+                .then(|| Arc::new(PodIndex::default()));
+            let _ = cluster.kubernetes.set(KubeParts {
+                client: client.clone(),
+                reviewer,
+                pods: pods.clone(),
+            });
+            started.push((name, client, pods));
+        }
+        Ok(started)
     }
 
     /// Loads every cluster's JWKS; failures are logged (tokens of that cluster fail until a

@@ -5,6 +5,8 @@
 //!    token fails even if a client certificate was also presented.
 //! 2. No bearer token but a verified client certificate (mutual TLS renewal): the certificate's
 //!    single SPIFFE URI, if we issued it, it is unexpired and it is not revoked (`mtls`).
+//!    Per cluster (`auth`), the token is checked against the JWKS, by the API server's
+//!    TokenReview (`kubernetes::token_review`), or both.
 //! 3. Nothing else. Forwarded identity headers (XFCC and the like) are never read.
 //!
 //! Failures carry a reason for the log and the `ca_authn_failures_total{reason}` counter; callers
@@ -15,6 +17,7 @@ pub mod mtls;
 
 use rustls_pki_types::CertificateDer;
 
+use crate::config::ClusterAuth;
 use crate::spiffe::{SpiffeId, TrustDomain};
 use crate::store;
 
@@ -27,6 +30,10 @@ pub enum Principal {
         namespace: String,
         service_account: String,
         spiffe_id: SpiffeId,
+        /// The pod (name, uid) the token is bound to, when it says.
+        pod: Option<(String, String)>,
+        /// The node the token is bound to, when it says.
+        node: Option<String>,
     },
     /// A workload renewing with a certificate we issued.
     Certificate { spiffe_id: SpiffeId, serial: String },
@@ -92,6 +99,10 @@ pub enum Error {
     /// Not the caller's fault: the revocation state could not be read. Fails closed.
     #[error("store: {0}")]
     Store(#[from] store::Error),
+    /// Not the caller's fault: the cluster's API server (TokenReview) could not be asked.
+    /// Fails closed, with a code the agent retries.
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
 }
 
 impl Error {
@@ -103,6 +114,7 @@ impl Error {
             Error::Token(e) => e.reason(),
             Error::Certificate(e) => e.reason(),
             Error::Store(_) => "store_unavailable",
+            Error::Kubernetes(_) => "kubernetes_unavailable",
         }
     }
 }
@@ -128,7 +140,28 @@ pub async fn authenticate(
         let cluster = clusters
             .get(cluster_id)
             .ok_or_else(|| Error::UnknownCluster(cluster_id.chars().take(64).collect()))?;
-        let account = cluster.verify(token, now).await?;
+        let account = match cluster.config.auth {
+            ClusterAuth::Jwks => cluster.verify(token, now).await?,
+            ClusterAuth::Tokenreview => cluster.review(token).await?,
+            ClusterAuth::Both => {
+                // The signature first (no API call for a forged token), then the API server.
+                let signed = cluster.verify(token, now).await?;
+                let reviewed = cluster.review(token).await?;
+                if (&signed.namespace, &signed.service_account)
+                    != (&reviewed.namespace, &reviewed.service_account)
+                {
+                    return Err(jwt::TokenError::BadSubject(
+                        "TokenReview and the token name different accounts".to_owned(),
+                    )
+                    .into());
+                }
+                jwt::ServiceAccount {
+                    pod: reviewed.pod.or(signed.pod),
+                    node: reviewed.node.or(signed.node),
+                    ..signed
+                }
+            }
+        };
         let spiffe_id = SpiffeId::for_service_account(
             cluster.trust_domain(),
             &account.namespace,
@@ -140,6 +173,8 @@ pub async fn authenticate(
             namespace: account.namespace,
             service_account: account.service_account,
             spiffe_id,
+            pod: account.pod,
+            node: account.node,
         });
     }
     if let Some(leaf) = credentials.peer_certs.and_then(<[_]>::first) {

@@ -58,6 +58,8 @@ pub enum Api {
     Admin,
     Istio,
     CaV1,
+    /// A Kubernetes CertificateSigningRequest (`csr_signer`).
+    KubernetesCsr,
 }
 
 impl Api {
@@ -66,6 +68,7 @@ impl Api {
             Api::Admin => "admin",
             Api::Istio => "istio",
             Api::CaV1 => "ca.v1",
+            Api::KubernetesCsr => "k8s-csr",
         }
     }
 }

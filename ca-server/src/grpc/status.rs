@@ -14,6 +14,9 @@ pub const IMPERSONATION_FAILED: &str = "request impersonation authentication fai
 pub fn from_authn(error: &authn::Error) -> Status {
     match error {
         authn::Error::Store(_) => Status::unavailable("the CA cannot check revocation right now"),
+        authn::Error::Kubernetes(_) => {
+            Status::unavailable("the CA cannot reach the cluster's API server right now; retry")
+        }
         _ => Status::unauthenticated(UNAUTHENTICATED),
     }
 }
@@ -22,6 +25,9 @@ pub fn from_authz(error: &authz::Error) -> Status {
     match error {
         authz::Error::UnknownSigner(signer) => {
             Status::permission_denied(format!("unknown certificate signer {signer:?}"))
+        }
+        authz::Error::NodeIndexNotSynced => {
+            Status::unavailable("the CA has not yet seen the cluster's pods; retry")
         }
         _ => Status::unauthenticated(IMPERSONATION_FAILED),
     }
