@@ -35,7 +35,7 @@ OVERLAYS = {
                 "mtls": "PERMISSIVE", "cluster": "staging"},
 }
 KUBE_API_COMPONENTS = ["root-configmap", "csr-signer", "node-impersonation", "tokenreview",
-                       "istiod-tls"]
+                       "istiod-tls", "jwks-discovery"]
 
 # The ca_* metrics the server exports (or is about to): dashboards and rules may name no other.
 KNOWN_CA_METRICS = {

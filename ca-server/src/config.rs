@@ -831,9 +831,9 @@ fn kubernetes_config(prefix: &str, raw: RawKubernetes) -> Result<KubernetesConfi
                     "must be `<dns domain>/<name>`, e.g. mesh-ca.io/spiffe",
                 ));
             }
-            let allowed_requesters = raw.csr_allowed_requesters.unwrap_or_else(|| {
-                vec!["system:serviceaccount:istio-system:istiod".to_owned()]
-            });
+            let allowed_requesters = raw
+                .csr_allowed_requesters
+                .unwrap_or_else(|| vec!["system:serviceaccount:istio-system:istiod".to_owned()]);
             if allowed_requesters.is_empty() || allowed_requesters.iter().any(String::is_empty) {
                 return Err(invalid(
                     &key("csr_allowed_requesters"),
@@ -1318,5 +1318,133 @@ mod tests {
             ))
             .is_err()
         );
+    }
+
+    #[test]
+    fn kubernetes_features_are_off_by_default_and_checked_when_on() {
+        let base = "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"https://k\"\n";
+        let plain = Config::from_toml(&format!("{base}jwks_file = \"/x\"")).unwrap();
+        assert!(plain.clusters[0].kubernetes.is_none());
+        assert_eq!(plain.clusters[0].auth, ClusterAuth::Jwks);
+
+        // Defaults: in-cluster paths, every feature off.
+        let on = Config::from_toml(&format!(
+            "{base}jwks_file = \"/x\"\n[clusters.kubernetes]\n"
+        ))
+        .unwrap();
+        let k = on.clusters[0].kubernetes.as_ref().unwrap();
+        assert_eq!(k.api_server, "https://kubernetes.default.svc");
+        assert!(k.ca_file.ends_with("serviceaccount/ca.crt"));
+        assert!(!k.node_authorization && !k.jwks_discovery);
+        assert!(k.csr_signer.is_none() && k.root_configmap.is_none());
+        assert_eq!(k.lease_namespace, "istio-system");
+
+        // TokenReview alone needs no JWKS but needs the API server and audiences.
+        let review = Config::from_toml(&format!(
+            "{base}auth = \"tokenreview\"\n[clusters.kubernetes]\n"
+        ))
+        .unwrap();
+        assert!(review.clusters[0].jwks.is_none());
+        let message = |toml: String| Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(message(format!("{base}auth = \"tokenreview\"\n")).contains("clusters[0].auth"));
+        assert!(
+            message(format!(
+                "{base}auth = \"tokenreview\"\naudiences = []\n[clusters.kubernetes]\n"
+            ))
+            .contains("clusters[0].audiences")
+        );
+        // `both` still needs a JWKS source; discovery is one, and excludes the others.
+        assert!(
+            Config::from_toml(&format!("{base}auth = \"both\"\n[clusters.kubernetes]\n")).is_err()
+        );
+        let discovered = Config::from_toml(&format!(
+            "{base}auth = \"both\"\n[clusters.kubernetes]\njwks_discovery = true\n"
+        ))
+        .unwrap();
+        assert!(matches!(
+            discovered.clusters[0].jwks,
+            Some(JwksSource::Discovery)
+        ));
+        assert!(
+            Config::from_toml(&format!(
+                "{base}jwks_file = \"/x\"\n[clusters.kubernetes]\njwks_discovery = true\n"
+            ))
+            .is_err()
+        );
+
+        // Bad values name their key.
+        for (extra, key) in [
+            ("api_server = \"http://k\"", "kubernetes.api_server"),
+            (
+                "csr_signer_name = \"nodomain\"",
+                "kubernetes.csr_signer_name",
+            ),
+            (
+                "csr_signer_name = \"Bad_Domain/x\"",
+                "kubernetes.csr_signer_name",
+            ),
+            (
+                "csr_allowed_requesters = [\"x\"]",
+                "kubernetes.csr_allowed_requesters",
+            ),
+            (
+                "csr_signer_name = \"mesh-ca.io/spiffe\"\ncsr_allowed_requesters = []",
+                "kubernetes.csr_allowed_requesters",
+            ),
+            ("root_configmap_name = \"x\"", "kubernetes.root_configmap"),
+            (
+                "root_configmap = true\nroot_configmap_name = \"Bad Name\"",
+                "kubernetes.root_configmap_name",
+            ),
+            (
+                "root_configmap = true\nroot_configmap_namespace_selector = \"a in (b)\"",
+                "kubernetes.root_configmap_namespace_selector",
+            ),
+            ("lease_namespace = \"../x\"", "kubernetes.lease_namespace"),
+            (
+                "token_review_cache_ttl = \"1h\"",
+                "kubernetes.token_review_cache_ttl",
+            ),
+            ("unknown_key = 1", "unknown"),
+        ] {
+            let text = message(format!(
+                "{base}jwks_file = \"/x\"\n[clusters.kubernetes]\n{extra}\n"
+            ));
+            assert!(text.contains(key), "{extra}: {text}");
+        }
+        let signer = Config::from_toml(&format!(
+            "{base}jwks_file = \"/x\"\n[clusters.kubernetes]\ncsr_signer_name = \"mesh-ca.io/spiffe\"\n"
+        ))
+        .unwrap();
+        let signer = signer.clusters[0]
+            .kubernetes
+            .as_ref()
+            .unwrap()
+            .csr_signer
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            signer.allowed_requesters,
+            vec!["system:serviceaccount:istio-system:istiod".to_owned()]
+        );
+    }
+
+    #[test]
+    fn istiod_secret_needs_a_cluster_with_the_kubernetes_api() {
+        let cluster = "[[clusters]]\nname = \"c1\"\ntrust_domain = \"cluster.local\"\nissuer = \"https://k\"\njwks_file = \"/x\"\n";
+        let message = |toml: String| Config::from_toml(&toml).unwrap_err().to_string();
+        assert!(message(format!("{cluster}[istiod]\n")).contains("istiod.output_dir"));
+        assert!(
+            message(format!("{cluster}[istiod]\nsecret_cluster = \"c1\"\n"))
+                .contains("istiod.secret_cluster")
+        );
+        let ok = Config::from_toml(&format!(
+            "{cluster}[clusters.kubernetes]\n[istiod]\nsecret_cluster = \"c1\"\n"
+        ))
+        .unwrap();
+        let istiod = ok.istiod.unwrap();
+        assert_eq!(istiod.secret_namespace, "istio-system");
+        assert_eq!(istiod.secret_name, "istiod-tls");
+        assert!(istiod.output_dir.is_none());
     }
 }

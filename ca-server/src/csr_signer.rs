@@ -191,7 +191,15 @@ impl Signer {
             }
             Err(e) => {
                 let reason = e.reason();
-                self.audit(ca, &name, &requester, spiffe_id.as_str(), "rejected", reason, now);
+                self.audit(
+                    ca,
+                    &name,
+                    &requester,
+                    spiffe_id.as_str(),
+                    "rejected",
+                    reason,
+                    now,
+                );
                 return self
                     .fail(&mut csr, "SignerValidationFailure", &e.to_string(), now)
                     .await;
@@ -206,7 +214,15 @@ impl Signer {
         csr.status.get_or_insert_default().certificate = Some(ByteString(chain.into_bytes()));
         match self.write_status(&csr).await {
             Ok(()) => {
-                self.audit(ca, &name, &requester, spiffe_id.as_str(), "success", &serial, now);
+                self.audit(
+                    ca,
+                    &name,
+                    &requester,
+                    spiffe_id.as_str(),
+                    "success",
+                    &serial,
+                    now,
+                );
                 tracing::info!(csr = %name, spiffe_id = %spiffe_id, serial = %serial, "Kubernetes CSR signed");
                 true
             }
@@ -225,7 +241,9 @@ impl Signer {
         message: &str,
         now: OffsetDateTime,
     ) -> bool {
-        let at = jiff::Timestamp::from_second(now.unix_timestamp()).ok().map(Time);
+        let at = jiff::Timestamp::from_second(now.unix_timestamp())
+            .ok()
+            .map(Time);
         csr.status
             .get_or_insert_default()
             .conditions
@@ -397,4 +415,159 @@ fn judge(
         Duration::from_secs(seconds).min(max_ttl.max(Duration::from_secs(MIN_EXPIRATION_SECONDS)))
     });
     Verdict::Sign { spiffe_id, ttl }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequestSpec, CertificateSigningRequestStatus,
+    };
+
+    fn csr_pem(uris: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        params
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+            .into_bytes()
+    }
+
+    fn csr(request: Vec<u8>, conditions: &[&str]) -> CertificateSigningRequest {
+        CertificateSigningRequest {
+            spec: CertificateSigningRequestSpec {
+                request: ByteString(request),
+                signer_name: "mesh-ca.io/spiffe".to_owned(),
+                username: Some("system:serviceaccount:istio-system:istiod".to_owned()),
+                usages: Some(vec![
+                    "digital signature".to_owned(),
+                    "client auth".to_owned(),
+                ]),
+                expiration_seconds: Some(3600),
+                ..CertificateSigningRequestSpec::default()
+            },
+            status: Some(CertificateSigningRequestStatus {
+                conditions: Some(
+                    conditions
+                        .iter()
+                        .map(|kind| CertificateSigningRequestCondition {
+                            type_: (*kind).to_owned(),
+                            status: "True".to_owned(),
+                            ..CertificateSigningRequestCondition::default()
+                        })
+                        .collect(),
+                ),
+                certificate: None,
+            }),
+            ..CertificateSigningRequest::default()
+        }
+    }
+
+    fn config() -> CsrSignerConfig {
+        CsrSignerConfig {
+            signer_name: "mesh-ca.io/spiffe".to_owned(),
+            allowed_requesters: vec!["system:serviceaccount:istio-system:istiod".to_owned()],
+        }
+    }
+
+    fn verdict(csr: &CertificateSigningRequest) -> Verdict {
+        judge(
+            csr,
+            &config(),
+            &TrustDomain::parse("cluster.local").unwrap(),
+            Duration::from_secs(86_400),
+        )
+    }
+
+    fn reason(v: Verdict) -> &'static str {
+        match v {
+            Verdict::Fail { reason, .. } => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+
+    #[test]
+    fn signs_only_approved_undecided_requests() {
+        let good = csr_pem(&[WEB]);
+        assert_eq!(verdict(&csr(good.clone(), &[])), Verdict::Wait);
+        assert_eq!(
+            verdict(&csr(good.clone(), &["Approved", "Denied"])),
+            Verdict::Wait
+        );
+        assert_eq!(
+            verdict(&csr(good.clone(), &["Approved", "Failed"])),
+            Verdict::Wait
+        );
+        let mut signed = csr(good.clone(), &["Approved"]);
+        signed.status.as_mut().unwrap().certificate = Some(ByteString(b"x".to_vec()));
+        assert_eq!(verdict(&signed), Verdict::Wait);
+        match verdict(&csr(good, &["Approved"])) {
+            Verdict::Sign { spiffe_id, ttl } => {
+                assert_eq!(spiffe_id.as_str(), WEB);
+                assert_eq!(ttl, Some(Duration::from_secs(3600)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn expiration_is_kept_within_600_seconds_and_max_ttl() {
+        let mut short = csr(csr_pem(&[WEB]), &["Approved"]);
+        short.spec.expiration_seconds = Some(10);
+        assert!(
+            matches!(verdict(&short), Verdict::Sign { ttl: Some(t), .. } if t == Duration::from_secs(600))
+        );
+        short.spec.expiration_seconds = Some(10 * 86_400);
+        assert!(
+            matches!(verdict(&short), Verdict::Sign { ttl: Some(t), .. } if t == Duration::from_secs(86_400))
+        );
+        short.spec.expiration_seconds = None;
+        assert!(matches!(verdict(&short), Verdict::Sign { ttl: None, .. }));
+    }
+
+    #[test]
+    fn refuses_every_other_shape_with_a_reason() {
+        let approved = |request: Vec<u8>| csr(request, &["Approved"]);
+        let mut stranger = approved(csr_pem(&[WEB]));
+        stranger.spec.username = Some("system:serviceaccount:default:x".to_owned());
+        assert_eq!(reason(verdict(&stranger)), "RequesterNotAllowed");
+        let mut nobody = approved(csr_pem(&[WEB]));
+        nobody.spec.username = None;
+        assert_eq!(reason(verdict(&nobody)), "RequesterNotAllowed");
+        let mut usage = approved(csr_pem(&[WEB]));
+        usage.spec.usages = Some(vec!["cert sign".to_owned()]);
+        assert_eq!(reason(verdict(&usage)), "UnsupportedUsage");
+        assert_eq!(
+            reason(verdict(&approved(vec![b'A'; MAX_REQUEST_BYTES + 1]))),
+            "InvalidRequest"
+        );
+        assert_eq!(
+            reason(verdict(&approved(b"garbage".to_vec()))),
+            "InvalidRequest"
+        );
+        for uris in [
+            vec![],
+            vec![WEB, "spiffe://cluster.local/ns/default/sa/other"],
+            vec!["spiffe://other.td/ns/default/sa/web"],
+            vec!["spiffe://cluster.local/ca"],
+            vec!["spiffe://cluster.local/ns/Default/sa/web"],
+            vec!["spiffe://cluster.local/ns/default/sa/web/extra"],
+            vec!["https://cluster.local/ns/default/sa/web"],
+        ] {
+            assert_eq!(
+                reason(verdict(&approved(csr_pem(&uris)))),
+                "InvalidIdentity",
+                "{uris:?}"
+            );
+        }
+    }
 }

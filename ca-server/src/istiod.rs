@@ -187,11 +187,10 @@ pub async fn reconcile_secret(
     let mut secret = existing.unwrap_or_default();
     secret.metadata.name = Some(config.secret_name.clone());
     secret.metadata.namespace = Some(config.secret_namespace.clone());
-    secret
-        .metadata
-        .labels
-        .get_or_insert_default()
-        .insert("app.kubernetes.io/managed-by".to_owned(), "mesh-ca".to_owned());
+    secret.metadata.labels.get_or_insert_default().insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "mesh-ca".to_owned(),
+    );
     secret.type_ = Some("kubernetes.io/tls".to_owned());
     secret.data = Some(data);
     secret.string_data = None;

@@ -89,7 +89,12 @@ pub async fn run(
     let Some(kubernetes) = cluster.kubernetes.clone() else {
         return;
     };
-    let lease = Lease::new(client.clone(), &kubernetes.lease_namespace, LEASE_NAME, &holder);
+    let lease = Lease::new(
+        client.clone(),
+        &kubernetes.lease_namespace,
+        LEASE_NAME,
+        &holder,
+    );
     let mut signer = kubernetes.csr_signer.clone().map(|config| {
         Signer::new(
             client.clone(),
@@ -109,7 +114,11 @@ pub async fn run(
         let (api, selector) = signer.watch_target();
         watches.insert(
             "csr",
-            stream(api, watcher::Config::default().fields(&selector), Watched::Csr),
+            stream(
+                api,
+                watcher::Config::default().fields(&selector),
+                Watched::Csr,
+            ),
         );
     }
     if let Some(roots) = &roots {

@@ -265,9 +265,9 @@ impl ClusterTokens {
                     node: reviewed.node_name,
                 })
             }
-            Err(ReviewError::Unavailable(e)) => {
-                Err(super::Error::Kubernetes(crate::report::Chain(&e).to_string()))
-            }
+            Err(ReviewError::Unavailable(e)) => Err(super::Error::Kubernetes(
+                crate::report::Chain(&e).to_string(),
+            )),
             Err(ReviewError::Refused(why)) => Err(TokenError::ReviewRefused(why).into()),
             Err(ReviewError::WrongAudience) => Err(TokenError::WrongAudience.into()),
             Err(ReviewError::NotServiceAccount(who)) => Err(TokenError::BadSubject(who).into()),
@@ -541,15 +541,13 @@ impl ClusterTokens {
                 ));
             }
             let bounded = |v: &String| crate::untrusted::bounded(v, 253);
-            pod = k8s
-                .pod
-                .as_ref()
-                .and_then(|p| p.name.as_ref().map(bounded).zip(p.uid.as_ref().map(bounded)));
-            node = k8s
-                .node
-                .as_ref()
-                .and_then(|n| n.name.as_ref())
-                .map(bounded);
+            pod = k8s.pod.as_ref().and_then(|p| {
+                p.name
+                    .as_ref()
+                    .map(bounded)
+                    .zip(p.uid.as_ref().map(bounded))
+            });
+            node = k8s.node.as_ref().and_then(|n| n.name.as_ref()).map(bounded);
         }
         // The names must make a valid SPIFFE ID path.
         SpiffeId::for_service_account(&self.config.trust_domain, namespace, service_account)
@@ -592,8 +590,10 @@ impl Clusters {
     /// Returns what must run in the background: each pod index to watch, with its client.
     pub fn connect_kubernetes(
         &self,
-    ) -> Result<Vec<(String, kube::Client, Option<Arc<PodIndex>>)>, (String, crate::kubernetes::Error)>
-    {
+    ) -> Result<
+        Vec<(String, kube::Client, Option<Arc<PodIndex>>)>,
+        (String, crate::kubernetes::Error),
+    > {
         let mut started = Vec::new();
         for cluster in self.by_name.values() {
             let Some(config) = &cluster.config.kubernetes else {

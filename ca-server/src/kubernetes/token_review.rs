@@ -113,7 +113,9 @@ impl TokenReviewer {
     fn judge(&self, answer: TokenReview) -> Result<Reviewed, ReviewError> {
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            let error = status.error.unwrap_or_else(|| "not authenticated".to_owned());
+            let error = status
+                .error
+                .unwrap_or_else(|| "not authenticated".to_owned());
             return Err(ReviewError::Refused(crate::untrusted::bounded(
                 &error,
                 crate::untrusted::LOG_CHARS,
