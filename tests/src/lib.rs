@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube;
+pub mod kube_api;
 pub mod ocsp;
 pub mod proxy;
 

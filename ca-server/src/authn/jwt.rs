@@ -565,6 +565,9 @@ impl ClusterTokens {
     }
 }
 
+/// A cluster connected to its API server: its name, client and pod index (if any) to run.
+pub type Connected = (String, kube::Client, Option<Arc<PodIndex>>);
+
 /// Every configured cluster, by `clusterid`.
 #[derive(Debug, Default, Clone)]
 pub struct Clusters {
@@ -588,12 +591,7 @@ impl Clusters {
     /// Connects every cluster that has `[clusters.kubernetes]`: its client, TokenReview when
     /// its `auth` uses it, and an (empty, unsynced) pod index when `node_authorization` is on.
     /// Returns what must run in the background: each pod index to watch, with its client.
-    pub fn connect_kubernetes(
-        &self,
-    ) -> Result<
-        Vec<(String, kube::Client, Option<Arc<PodIndex>>)>,
-        (String, crate::kubernetes::Error),
-    > {
+    pub fn connect_kubernetes(&self) -> Result<Vec<Connected>, (String, crate::kubernetes::Error)> {
         let mut started = Vec::new();
         for cluster in self.by_name.values() {
             let Some(config) = &cluster.config.kubernetes else {

@@ -13,6 +13,7 @@ mod hardening;
 mod interop;
 mod issuance;
 mod istiod;
+mod kubernetes;
 mod lifecycle;
 mod ocsp_hardening;
 mod profile;
