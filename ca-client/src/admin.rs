@@ -95,12 +95,35 @@ pub struct TrustDomain {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generation {
     pub generation: i64,
-    /// `prepared`, `active` or `retired`.
+    /// `prepared`, `active`, `retired`, `removed` or `revoked`.
     pub state: String,
     pub key_algorithm: String,
     pub issuer_key_id: String,
     pub root: CaCertificate,
     pub intermediate: CaCertificate,
+    /// RFC 3339, when it happened.
+    #[serde(default)]
+    pub activated_at: Option<String>,
+    #[serde(default)]
+    pub retired_at: Option<String>,
+    #[serde(default)]
+    pub removed_at: Option<String>,
+    /// The active generation: when its automatic rotation is due.
+    #[serde(default)]
+    pub rotation_due_at: Option<String>,
+}
+
+/// A rotation that happened (`POST /admin/v1/trust-domains/{td}/rotate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rotation {
+    pub trust_domain: String,
+    pub scope: String,
+    pub generation: i64,
+    pub retired_generation: i64,
+    pub activated_at: String,
+    pub not_after: String,
+    pub next_rotation_at: String,
+    pub retired_removal_at: String,
 }
 
 /// A CA certificate as the trust-domain listing shows it.
@@ -398,6 +421,16 @@ impl AdminClient {
     /// Lifts a deny by its id.
     pub async fn lift_deny(&self, id: &str) -> Result<(), Error> {
         self.delete(&format!("/admin/v1/denied-identities/{id}"))
+            .await
+    }
+
+    /// Rotates a trust domain's CA now (`scope`: `intermediate`; `root` is not built yet).
+    pub async fn rotate(&self, trust_domain: &str, scope: &str) -> Result<Answer<Rotation>, Error> {
+        let path = format!(
+            "/admin/v1/trust-domains/{}/rotate",
+            path_segment(trust_domain)
+        );
+        self.post(&path, &serde_json::json!({ "scope": scope }))
             .await
     }
 

@@ -65,6 +65,10 @@ pub struct SealedGeneration {
     pub issuer_key_id: String,
     pub not_after: i64,
     pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    /// When it was removed or revoked.
+    pub removed_at: Option<i64>,
 }
 
 /// The issuing CA of one trust domain, ready to sign.
@@ -104,25 +108,81 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-/// Every trust domain's authority, by name.
+/// Every trust domain's loaded generations: the active one (which signs), and the retired ones
+/// that still answer for the leaves they signed (OCSP, CRL, mTLS renewal), newest first.
 #[derive(Debug, Clone, Default)]
 pub struct Authorities {
     by_name: BTreeMap<TrustDomain, Arc<Authority>>,
+    retired: BTreeMap<TrustDomain, Vec<Arc<Authority>>>,
 }
 
 impl Authorities {
+    /// The active generation of a trust domain.
     pub fn get(&self, trust_domain: &TrustDomain) -> Option<&Arc<Authority>> {
         self.by_name.get(trust_domain)
     }
 
+    /// Every trust domain's active generation.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Authority>> {
         self.by_name.values()
     }
 
-    /// Adds a trust domain's loaded authority (a later one of the same name replaces it).
+    /// Every loaded generation of a trust domain: the active one first, then the retired ones,
+    /// newest first.
+    pub fn generations<'a>(
+        &'a self,
+        trust_domain: &TrustDomain,
+    ) -> impl Iterator<Item = &'a Arc<Authority>> + 'a {
+        self.by_name
+            .get(trust_domain)
+            .into_iter()
+            .chain(self.retired.get(trust_domain).into_iter().flatten())
+    }
+
+    /// A loaded generation of a trust domain by number.
+    pub fn generation(&self, trust_domain: &TrustDomain, number: i32) -> Option<&Arc<Authority>> {
+        self.generations(trust_domain)
+            .find(|a| a.generation == number)
+    }
+
+    /// The loaded generation whose intermediate has this key id (the store's `issuer_key_id`,
+    /// the hex of the subject key identifier that issued leaves carry as their authority key
+    /// identifier).
+    pub fn by_issuer(
+        &self,
+        trust_domain: &TrustDomain,
+        issuer_key_id: &str,
+    ) -> Option<&Arc<Authority>> {
+        self.generations(trust_domain)
+            .find(|a| a.issuer_key_id == issuer_key_id)
+    }
+
+    /// Adds a trust domain's active generation (a later one of the same name replaces it).
     pub fn insert(&mut self, authority: Authority) {
         self.by_name
             .insert(authority.trust_domain.clone(), Arc::new(authority));
+    }
+
+    /// Adds a retired generation that still answers for its leaves.
+    pub fn insert_retired(&mut self, authority: Authority) {
+        let list = self
+            .retired
+            .entry(authority.trust_domain.clone())
+            .or_default();
+        list.push(Arc::new(authority));
+        list.sort_by(|a, b| b.generation.cmp(&a.generation));
+    }
+
+    /// Replaces everything loaded for one trust domain.
+    pub fn replace_trust_domain(&mut self, trust_domain: &TrustDomain, from: Authorities) {
+        self.by_name.remove(trust_domain);
+        self.retired.remove(trust_domain);
+        if let Some(active) = from.by_name.get(trust_domain) {
+            self.by_name.insert(trust_domain.clone(), active.clone());
+        }
+        if let Some(retired) = from.retired.get(trust_domain) {
+            self.retired.insert(trust_domain.clone(), retired.clone());
+        }
     }
 }
 
@@ -148,7 +208,9 @@ impl Authority {
     /// issues.
     pub fn publish_at(&mut self, public_url: &str) {
         let name = &self.trust_domain;
-        self.crl_url = Some(format!("{public_url}/v1/crl/{name}"));
+        // Each generation names its own CRL (a CRL is signed by the intermediate that issued
+        // the certificates it lists); OCSP finds the generation from the request's CertID.
+        self.crl_url = Some(format!("{public_url}/v1/crl/{name}/{}", self.generation));
         self.ocsp_url = Some(format!("{public_url}/v1/ocsp/{name}"));
     }
 }
@@ -189,23 +251,78 @@ pub fn create_generation(
     root_params.not_after = root_not_after;
     let root_cert = root_params.self_signed(&root_key).map_err(build_err)?;
 
-    // The intermediate is made the way every other certificate is: its template, the writer and
-    // the self-check, under the root as issuer.
-    let (_, root) =
-        X509Certificate::from_der(root_cert.der()).map_err(|e| Error::Inconsistent {
-            trust_domain: name.to_owned(),
-            message: format!("the new root certificate does not parse: {e}"),
-        })?;
-    let root_key_identifier = root_params.key_identifier(&root_key);
+    let made = issue_intermediate(
+        config,
+        root_cert.der(),
+        &root_key,
+        &intermediate_key,
+        generation,
+        now,
+    )?;
+    Ok(SealedGeneration {
+        trust_domain: name.to_owned(),
+        generation,
+        state: "active".to_owned(),
+        key_algorithm: config.key_algorithm.as_str().to_owned(),
+        root_cert: root_cert.der().to_vec(),
+        root_key: root_key
+            .seal(kek, &seal_context(name, generation, "root"))
+            .map_err(key_err)?,
+        intermediate_cert: made.der,
+        intermediate_key: intermediate_key
+            .seal(kek, &seal_context(name, generation, "intermediate"))
+            .map_err(key_err)?,
+        issuer_key_id: made.issuer_key_id,
+        not_after: made.not_after,
+        created_at: now.unix_timestamp(),
+        activated_at: Some(now.unix_timestamp()),
+        retired_at: None,
+        removed_at: None,
+    })
+}
+
+/// An intermediate made under a root.
+struct MadeIntermediate {
+    der: Vec<u8>,
+    issuer_key_id: String,
+    not_after: i64,
+}
+
+/// Makes an intermediate the way every other certificate is made: its template, the writer and
+/// the self-check, under the root as issuer. Its life is `intermediate_ttl`, within the root's.
+fn issue_intermediate(
+    config: &TrustDomainConfig,
+    root_der: &[u8],
+    root_key: &CaKey,
+    intermediate_key: &CaKey,
+    generation: i32,
+    now: OffsetDateTime,
+) -> Result<MadeIntermediate, Error> {
+    let name = config.name.as_str();
+    let inconsistent = |message: String| Error::Inconsistent {
+        trust_domain: name.to_owned(),
+        message,
+    };
+    let (_, root) = X509Certificate::from_der(root_der)
+        .map_err(|e| inconsistent(format!("the root certificate does not parse: {e}")))?;
+    let root_key_identifier = root
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
+                Some(ski.0.to_vec())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| inconsistent("the root has no subject key identifier".to_owned()))?;
     let root_issuer = issuance::Issuer {
         trust_domain: &config.name,
         subject_der: root.subject().as_raw(),
         key_identifier: &root_key_identifier,
         validity: issuance::Validity {
-            not_before: not_before.unix_timestamp(),
-            not_after: root_not_after.unix_timestamp(),
+            not_before: root.validity().not_before.timestamp(),
+            not_after: root.validity().not_after.timestamp(),
         },
-        key: &root_key,
+        key: root_key,
         crl_url: None,
         ocsp_url: None,
     };
@@ -235,26 +352,70 @@ pub fn create_generation(
         &lifetime,
         public_key,
     );
-    let intermediate_cert = issuance::writer::sign(&template, &root_issuer).map_err(issue_err)?;
-    issuance::check::check(&intermediate_cert, &template, &root_issuer).map_err(issue_err)?;
-    let issuer_key_id = hex::encode(issuance::template::key_identifier(&intermediate_spki));
+    let der = issuance::writer::sign(&template, &root_issuer).map_err(issue_err)?;
+    issuance::check::check(&der, &template, &root_issuer).map_err(issue_err)?;
+    Ok(MadeIntermediate {
+        der,
+        issuer_key_id: hex::encode(issuance::template::key_identifier(&intermediate_spki)),
+        not_after: lifetime.validity.not_after,
+    })
+}
 
+/// The next generation of a trust domain under the same root: a fresh intermediate key and
+/// certificate signed by `current`'s root (whose key is re-sealed for the new generation). The
+/// root's key algorithm is kept (a changed `key_algorithm` takes effect with a new root).
+pub fn next_intermediate_generation(
+    config: &TrustDomainConfig,
+    kek: &Kek,
+    current: &SealedGeneration,
+    now: OffsetDateTime,
+) -> Result<SealedGeneration, Error> {
+    let name = config.name.as_str();
+    let key_err = |source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
+    };
+    let algorithm =
+        KeyAlgorithm::parse(&current.key_algorithm).ok_or_else(|| Error::Inconsistent {
+            trust_domain: name.to_owned(),
+            message: format!("unknown key algorithm {}", current.key_algorithm),
+        })?;
+    let root_key = CaKey::open(
+        kek,
+        algorithm,
+        &current.root_key,
+        &seal_context(name, current.generation, "root"),
+    )
+    .map_err(key_err)?;
+    let generation = current.generation + 1;
+    let intermediate_key = CaKey::generate(algorithm).map_err(key_err)?;
+    let made = issue_intermediate(
+        config,
+        &current.root_cert,
+        &root_key,
+        &intermediate_key,
+        generation,
+        now,
+    )?;
     Ok(SealedGeneration {
         trust_domain: name.to_owned(),
         generation,
         state: "active".to_owned(),
-        key_algorithm: config.key_algorithm.as_str().to_owned(),
-        root_cert: root_cert.der().to_vec(),
+        key_algorithm: current.key_algorithm.clone(),
+        root_cert: current.root_cert.clone(),
         root_key: root_key
             .seal(kek, &seal_context(name, generation, "root"))
             .map_err(key_err)?,
-        intermediate_cert,
+        intermediate_cert: made.der,
         intermediate_key: intermediate_key
             .seal(kek, &seal_context(name, generation, "intermediate"))
             .map_err(key_err)?,
-        issuer_key_id,
-        not_after: lifetime.validity.not_after,
+        issuer_key_id: made.issuer_key_id,
+        not_after: made.not_after,
         created_at: now.unix_timestamp(),
+        activated_at: Some(now.unix_timestamp()),
+        retired_at: None,
+        removed_at: None,
     })
 }
 

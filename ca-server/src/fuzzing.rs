@@ -208,6 +208,7 @@ fn admin_router() -> &'static axum::Router {
             );
             crate::http::admin_router(crate::http::HttpState {
                 ca,
+                kek: Arc::new(crate::keys::Kek::from_bytes([7; 32])),
                 bootstrap_token_sha256: Arc::new([0; 32]),
             })
         })

@@ -1,6 +1,8 @@
 //! Background jobs, one loop ticking every few seconds: reload the deny list (other replicas'
 //! changes), mark CRLs stale when the store's revocation state moved, refresh gauges, renew the
-//! gRPC serving certificate at two thirds of its life, reload every cluster's JWKS. Errors are
+//! gRPC serving certificate at two thirds of its life, reload every cluster's JWKS, and run the
+//! CA lifecycle (`ca::lifecycle`: take other replicas' rotations, rotate what is due, remove
+//! retired generations whose leaves expired). Errors are
 //! logged and retried on the next tick; the loop ends with the server.
 
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::ca::Ca;
+use crate::keys::Kek;
 use crate::metrics::TrustDomainLabels;
 use crate::tls::ServingIdentity;
 
@@ -21,6 +24,7 @@ const JWKS_EVERY_TICKS: u32 = 60;
 
 pub async fn run(
     ca: Ca,
+    kek: Arc<Kek>,
     serving: Vec<Arc<ServingIdentity>>,
     istiod: Option<Arc<crate::istiod::IstiodCertificate>>,
     mut shutdown: watch::Receiver<bool>,
@@ -32,6 +36,13 @@ pub async fn run(
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         ticks = ticks.wrapping_add(1);
+        // First: a generation another replica activated is taken within one tick.
+        ca.lifecycle_tick(
+            &kek,
+            OffsetDateTime::now_utc(),
+            ticks.is_multiple_of(SLOW_EVERY_TICKS),
+        )
+        .await;
         ca.flush_refusal_counts(OffsetDateTime::now_utc().unix_timestamp());
         if let Err(e) = ca.reload_deny_list().await {
             tracing::warn!(error = %crate::report::Chain(&e), "deny list reload failed; keeping the previous list");

@@ -40,6 +40,20 @@ pub struct CertLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenerationLabels {
+    pub trust_domain: String,
+    pub generation: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    pub trust_domain: String,
+    pub scope: String,
+    pub trigger: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub op: String,
 }
@@ -67,6 +81,9 @@ pub struct Metrics {
     pub shed: Counter,
     pub federation_refresh_hint: Family<TrustDomainLabels, Gauge>,
     pub workload_expiring: Family<TrustDomainLabels, Gauge>,
+    /// 1 for each generation's current state (SPEC 10), 0 for the states it left.
+    pub generation_state: Family<GenerationLabels, Gauge>,
+    pub rotations: Family<RotationLabels, Counter>,
 }
 
 /// Issuance latency buckets (seconds).
@@ -128,6 +145,18 @@ impl Metrics {
             "ca_cert_not_after_timestamp_seconds",
             "notAfter of the CA and serving certificates",
             cert_not_after.clone(),
+        );
+        let generation_state = Family::<GenerationLabels, Gauge>::default();
+        registry.register(
+            "ca_generation_state",
+            "1 for the state each CA generation is in",
+            generation_state.clone(),
+        );
+        let rotations = Family::<RotationLabels, Counter>::default();
+        registry.register(
+            "ca_rotations",
+            "CA rotations performed by this replica, by scope and trigger",
+            rotations.clone(),
         );
         let store_errors = Family::<OpLabels, Counter>::default();
         registry.register(
@@ -210,6 +239,8 @@ impl Metrics {
             ttl_clamped,
             ttl_raised,
             cert_not_after,
+            generation_state,
+            rotations,
             store_errors,
             revoked,
             denied,
@@ -237,6 +268,13 @@ impl Metrics {
                 };
                 let _ = self.issued.get_or_create(&labels);
                 let _ = self.issuance_duration.get_or_create(&labels);
+            }
+            for (scope, trigger) in [("intermediate", "schedule"), ("intermediate", "admin")] {
+                let _ = self.rotations.get_or_create(&RotationLabels {
+                    trust_domain: trust_domain.clone(),
+                    scope: scope.to_owned(),
+                    trigger: trigger.to_owned(),
+                });
             }
             let labels = TrustDomainLabels { trust_domain };
             let _ = self.ttl_clamped.get_or_create(&labels);
@@ -330,5 +368,19 @@ impl Metrics {
                 key_id: key_id.to_owned(),
             })
             .set(not_after);
+    }
+
+    /// Records each generation's state: 1 for the state it is in, 0 for the others it may have
+    /// been in (so a dashboard sees a transition as one series going to 0 and another to 1).
+    pub fn generation_state(&self, trust_domain: &str, generation: i32, state: &str) {
+        for known in ["prepared", "active", "retired", "removed", "revoked"] {
+            self.generation_state
+                .get_or_create(&GenerationLabels {
+                    trust_domain: trust_domain.to_owned(),
+                    generation: generation.to_string(),
+                    state: known.to_owned(),
+                })
+                .set(i64::from(known == state));
+        }
     }
 }

@@ -122,7 +122,8 @@ impl RootConfigMaps {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return 0;
         }
-        let Some(authority) = ca.authorities().get(&self.trust_domain) else {
+        let authorities = ca.authorities();
+        let Some(authority) = authorities.get(&self.trust_domain) else {
             return 0;
         };
         let desired = ca.roots_pem_for(authority);

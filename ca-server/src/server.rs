@@ -53,6 +53,8 @@ pub enum StartError {
     Store(#[from] store::Error),
     #[error("cannot load the CA")]
     Authority(#[from] ca::LoadError),
+    #[error("cannot load the CA generations")]
+    Lifecycle(#[source] ca::lifecycle::Error),
     #[error("cannot load the deny list")]
     DenyList(#[source] crate::revocation::Error),
     #[error("cannot issue or write istiod's certificate")]
@@ -99,6 +101,7 @@ impl Server {
             source,
         })?;
         let (kek, created) = Kek::load_or_create(&config.kek_file)?;
+        let kek = Arc::new(kek);
         tracing::info!(path = %config.kek_file.display(), created, "key-encryption key");
         let token_sha256 = load_or_create_token(&config.bootstrap_token_file)?;
 
@@ -144,6 +147,12 @@ impl Server {
             );
         }
         let ca = Ca::new(config, store, authorities, metrics);
+        // Every loaded generation (active and retired) with its metrics.
+        for td in ca.config().trust_domains.clone() {
+            ca.reload_trust_domain(&kek, &td.name)
+                .await
+                .map_err(StartError::Lifecycle)?;
+        }
         // Before the JWKS: discovery fetches it through the cluster's API server.
         let kubernetes = ca
             .clusters()
@@ -164,6 +173,7 @@ impl Server {
         let tls_config = tls::server_config(&ca, serving.clone())?;
         let state = HttpState {
             ca: ca.clone(),
+            kek: kek.clone(),
             bootstrap_token_sha256: Arc::new(token_sha256),
         };
         let grpc_listener = bind(ca.config().listen.grpc).await?;
@@ -267,6 +277,7 @@ impl Server {
         }
         tasks.spawn(jobs::run(
             ca.clone(),
+            kek.clone(),
             serving_identities,
             istiod,
             shutdown.subscribe(),

@@ -157,6 +157,7 @@ pub async fn issue_dns_certificate(
     let authority = ca
         .authorities()
         .get(td)
+        .cloned()
         .ok_or_else(|| Error::NoServingAuthority(td.to_string()))?;
     let td_config = ca
         .config()
@@ -203,7 +204,7 @@ pub async fn issue_dns_certificate(
     Ok(IssuedServing {
         key_pkcs8: key.serialize_der(),
         chain: vec![cert.der, authority.intermediate_der.clone()],
-        roots_pem: ca.roots_pem_for(authority),
+        roots_pem: ca.roots_pem_for(&authority),
         serial: cert.serial.to_hex(),
         not_before: cert.not_before,
         not_after: cert.not_after,

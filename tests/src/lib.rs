@@ -182,7 +182,7 @@ impl TestServer {
     /// The root of the serving trust domain (what verifies the gRPC port), PEM.
     pub fn serving_root_pem(&self) -> Vec<u8> {
         let td = &self.config.tls.serving_trust_domain;
-        let authority = self.server.ca.authorities().get(td).unwrap();
+        let authority = self.server.ca.authorities().get(td).unwrap().clone();
         cert_pem(&authority.root_der).into_bytes()
     }
 

@@ -1,7 +1,8 @@
 //! Renewal over mutual TLS: the TLS layer has already verified the client chain against our own
 //! roots; here the leaf must also carry exactly one SPIFFE URI SAN of a trust domain we issue for,
-//! be signed by that trust domain's intermediate, be unexpired, be in our issuance record and not
-//! be revoked. Revocation is read from the store on every renewal (fail closed if unreadable).
+//! be signed by one of that trust domain's loaded intermediates (the active generation, or a
+//! retired one whose leaves are still live: rotation must not cut renewal), be unexpired, be in
+//! our issuance record and not be revoked. Revocation is read from the store on every renewal (fail closed if unreadable).
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -61,9 +62,23 @@ pub async fn authenticate(
         _ => return Err(CertError::Names.into()),
     };
     let spiffe_id = SpiffeId::parse(uri).map_err(|_| CertError::Names)?;
+    if authorities.get(spiffe_id.trust_domain()).is_none() {
+        return Err(CertError::UnknownTrustDomain.into());
+    }
+    // The generation is named by the leaf's authority key identifier.
+    let aki = leaf
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .ok_or(CertError::WrongIssuer)?;
     let authority = authorities
-        .get(spiffe_id.trust_domain())
-        .ok_or(CertError::UnknownTrustDomain)?;
+        .generations(spiffe_id.trust_domain())
+        .find(|a| a.intermediate_ski == aki)
+        .ok_or(CertError::WrongIssuer)?;
     let (_, intermediate) =
         X509Certificate::from_der(&authority.intermediate_der).map_err(|_| CertError::Malformed)?;
     leaf.verify_signature(Some(intermediate.public_key()))

@@ -13,7 +13,7 @@ impl Ca {
     /// Publishes our own trust domains' roots (bumping the stored sequence when they changed) and
     /// loads the last good federated bundles.
     pub async fn load_bundles(&self, now: i64) -> Result<(), store::Error> {
-        for authority in self.authorities.iter() {
+        for authority in self.authorities().iter() {
             let roots = vec![authority.root_der.clone()];
             let pem_text: String = roots
                 .iter()

@@ -258,8 +258,8 @@ impl Ca {
             cert,
             intermediate_der: authority.intermediate_der.clone(),
             intermediate_pem: authority.intermediate_pem.clone(),
-            roots: self.roots_for(authority),
-            roots_pem: self.roots_pem_for(authority),
+            roots: self.roots_for(&authority),
+            roots_pem: self.roots_pem_for(&authority),
             issuer_key_id: authority.issuer_key_id.clone(),
         })
     }

@@ -14,6 +14,7 @@ mod admission;
 mod authorities;
 mod bundles;
 mod enroll;
+pub mod lifecycle;
 mod rate;
 mod revoke;
 mod status;
@@ -44,7 +45,9 @@ const REFUSAL_WINDOW_SECONDS: i64 = 60;
 pub struct Ca {
     config: Arc<Config>,
     store: Store,
-    authorities: Authorities,
+    /// Swapped whole when a generation changes (rotation, or another replica's rotation seen
+    /// by the lifecycle tick); readers take a snapshot.
+    authorities: Arc<std::sync::RwLock<Arc<Authorities>>>,
     /// Kubernetes clusters whose tokens we accept, with their cached JWKS.
     clusters: Clusters,
     metrics: Arc<Metrics>,
@@ -71,7 +74,7 @@ impl Ca {
         Ca {
             config: Arc::new(config),
             store,
-            authorities,
+            authorities: Arc::new(std::sync::RwLock::new(Arc::new(authorities))),
             clusters,
             metrics,
             deny_list: Arc::default(),
@@ -93,8 +96,25 @@ impl Ca {
         &self.config
     }
 
-    pub fn authorities(&self) -> &Authorities {
-        &self.authorities
+    /// A snapshot of every trust domain's loaded generations.
+    pub fn authorities(&self) -> Arc<Authorities> {
+        self.authorities
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces what is loaded for one trust domain (after a generation change).
+    pub(crate) fn set_trust_domain_authorities(
+        &self,
+        trust_domain: &TrustDomain,
+        from: Authorities,
+    ) {
+        if let Ok(mut current) = self.authorities.write() {
+            let mut next = Authorities::clone(&current);
+            next.replace_trust_domain(trust_domain, from);
+            *current = Arc::new(next);
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -149,9 +169,10 @@ impl Ca {
     }
 
     /// The authority that issues for `spiffe_id`'s trust domain.
-    pub fn authority_for(&self, spiffe_id: &SpiffeId) -> Result<&Arc<Authority>, Error> {
-        self.authorities
+    pub fn authority_for(&self, spiffe_id: &SpiffeId) -> Result<Arc<Authority>, Error> {
+        self.authorities()
             .get(spiffe_id.trust_domain())
+            .cloned()
             .ok_or_else(|| Error::UnknownTrustDomain(spiffe_id.trust_domain().to_string()))
     }
 

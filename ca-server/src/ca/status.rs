@@ -29,20 +29,24 @@ impl Ca {
     ) -> Result<Vec<u8>, Refusal> {
         let request = ocsp::parse_request(der)?;
         let trust_domain = TrustDomain::parse(td).map_err(|_| Refusal::Unauthorized)?;
-        let authority = self
-            .authorities
-            .get(&trust_domain)
-            .ok_or(Refusal::Unauthorized)?;
-        let hashes = IssuerHashes::of(authority).map_err(|e| {
-            tracing::error!(error = %e, "OCSP: issuer certificate unreadable");
-            Refusal::Internal
-        })?;
         // One CertID per request (`ocsp::MAX_ITEMS`).
         let [cert_id] = <[CertId; 1]>::try_from(request.items).map_err(|_| Refusal::Malformed)?;
-        // Another CA's certificate: not ours to answer for.
-        if !hashes.matches(&cert_id) {
-            return Err(Refusal::Unauthorized);
+        // The generation (active or retired) whose intermediate the CertID names; another
+        // CA's certificate is not ours to answer for.
+        let authorities = self.authorities();
+        let mut found = None;
+        for authority in authorities.generations(&trust_domain) {
+            let hashes = IssuerHashes::of(authority).map_err(|e| {
+                tracing::error!(error = %e, "OCSP: issuer certificate unreadable");
+                Refusal::Internal
+            })?;
+            if hashes.matches(&cert_id) {
+                found = Some((authority.clone(), hashes));
+                break;
+            }
         }
+        let (authority, hashes) = found.ok_or(Refusal::Unauthorized)?;
+        let authority = authority.as_ref();
         let serial = ocsp::serial_hex(&cert_id);
         let status = self.certificate_status(authority, &serial).await?;
         let now = now.unix_timestamp();
@@ -115,42 +119,73 @@ impl Ca {
         })
     }
 
-    /// The current CRL of a trust domain: cached, rebuilt when half its validity has passed or
-    /// when it was marked stale.
+    /// The current CRL of a trust domain's active generation: cached, rebuilt when half its
+    /// validity has passed or when it was marked stale.
     pub async fn crl(
         &self,
         trust_domain: &TrustDomain,
         now: OffsetDateTime,
     ) -> Result<CachedCrl, Error> {
-        if let Some(cached) = self.crls.fresh(trust_domain, now.unix_timestamp()) {
-            return Ok(cached);
-        }
-        let _building = self.crls.building().await;
-        if let Some(cached) = self.crls.fresh(trust_domain, now.unix_timestamp()) {
-            return Ok(cached);
-        }
         let authority = self
-            .authorities
+            .authorities()
             .get(trust_domain)
+            .cloned()
             .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
-        let built = self.build_crl(authority, now).await?;
-        self.crls.insert(trust_domain.clone(), built.clone());
+        let built = self.crl_for(&authority, now).await?;
         self.metrics
             .crl_next_update(trust_domain.as_str(), built.next_update);
         Ok(built)
     }
 
-    /// Rebuilds a trust domain's CRL if another replica revoked something since it was built.
-    pub async fn refresh_crl_if_changed(&self, trust_domain: &TrustDomain) -> Result<(), Error> {
-        let Some(authority) = self.authorities.get(trust_domain) else {
-            return Ok(());
+    /// The current CRL of one generation (active or retired; a retired one keeps publishing
+    /// its CRL until its last leaf has expired). `None`: no such loaded generation.
+    pub async fn crl_of_generation(
+        &self,
+        trust_domain: &TrustDomain,
+        generation: i32,
+        now: OffsetDateTime,
+    ) -> Result<Option<CachedCrl>, Error> {
+        let Some(authority) = self
+            .authorities()
+            .generation(trust_domain, generation)
+            .cloned()
+        else {
+            return Ok(None);
         };
-        let marker = self
-            .store
-            .revocation_marker(&authority.issuer_key_id)
-            .await?;
-        if self.crls.built_before(trust_domain, marker) {
-            self.crls.mark_stale(trust_domain.as_str());
+        self.crl_for(&authority, now).await.map(Some)
+    }
+
+    async fn crl_for(
+        &self,
+        authority: &Authority,
+        now: OffsetDateTime,
+    ) -> Result<CachedCrl, Error> {
+        let key = authority.issuer_key_id.as_str();
+        if let Some(cached) = self.crls.fresh(key, now.unix_timestamp()) {
+            return Ok(cached);
+        }
+        let _building = self.crls.building().await;
+        if let Some(cached) = self.crls.fresh(key, now.unix_timestamp()) {
+            return Ok(cached);
+        }
+        let built = self.build_crl(authority, now).await?;
+        self.crls
+            .insert(key, authority.trust_domain.clone(), built.clone());
+        Ok(built)
+    }
+
+    /// Rebuilds a trust domain's CRLs if another replica revoked something since they were
+    /// built.
+    pub async fn refresh_crl_if_changed(&self, trust_domain: &TrustDomain) -> Result<(), Error> {
+        for authority in self.authorities().generations(trust_domain) {
+            let marker = self
+                .store
+                .revocation_marker(&authority.issuer_key_id)
+                .await?;
+            if self.crls.built_before(&authority.issuer_key_id, marker) {
+                self.crls.mark_stale(trust_domain.as_str());
+                break;
+            }
         }
         Ok(())
     }

@@ -144,7 +144,7 @@ pub(crate) async fn authenticate<T>(
     authn::authenticate(
         &credentials,
         ca.clusters(),
-        ca.authorities(),
+        &ca.authorities(),
         ca.store(),
         now.unix_timestamp(),
     )

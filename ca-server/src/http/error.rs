@@ -138,6 +138,26 @@ impl From<ca::Error> for ApiError {
     }
 }
 
+impl From<ca::lifecycle::Error> for ApiError {
+    fn from(error: ca::lifecycle::Error) -> Self {
+        use ca::lifecycle::Error;
+        match error {
+            Error::UnknownTrustDomain(_) => ApiError::not_found("unknown trust domain"),
+            Error::InFlight(td) => ApiError::conflict(format!(
+                "a rotation of {td} is in flight or just happened; look at GET /admin/v1/trust-domains"
+            )),
+            Error::NotBuilt(what) => {
+                ApiError::not_implemented(format!("{what} rotation is not built yet"))
+            }
+            Error::RootTooShort { trust_domain } => ApiError::conflict(format!(
+                "the root of {trust_domain} expires too soon for a new intermediate; rotate the root"
+            )),
+            Error::Store(e) => e.into(),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> Self {
         match error {

@@ -15,6 +15,8 @@ use crate::ca::Ca;
 #[derive(Debug, Clone)]
 pub struct HttpState {
     pub ca: Ca,
+    /// Opens and seals CA keys (rotation through the admin API).
+    pub kek: Arc<crate::keys::Kek>,
     /// SHA-256 of the bootstrap admin token (the token itself is not kept in memory).
     pub bootstrap_token_sha256: Arc<[u8; 32]>,
 }

@@ -1,4 +1,6 @@
-//! Public revocation endpoints: `GET /v1/crl/{td}` (DER CRL) and the OCSP responder,
+//! Public revocation endpoints: `GET /v1/crl/{td}` (the active generation's DER CRL),
+//! `GET /v1/crl/{td}/{generation}` (one generation's, the URL its leaves name) and the OCSP
+//! responder,
 //! `POST /v1/ocsp/{td}` and `GET /v1/ocsp/{td}/{base64 request}` (RFC 6960 appendix A).
 
 use axum::Router;
@@ -19,6 +21,7 @@ use crate::spiffe::TrustDomain;
 pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/crl/{td}", get(crl))
+        .route("/v1/crl/{td}/{generation}", get(generation_crl))
         .route("/v1/ocsp/{td}", post(ocsp_post))
         .route("/v1/ocsp/{td}/{*request}", get(ocsp_get))
         .layer(DefaultBodyLimit::max(ocsp::MAX_REQUEST_BYTES))
@@ -31,12 +34,40 @@ async fn crl(State(state): State<HttpState>, Path(td): Path<String>) -> Result<R
         .ca
         .crl(&trust_domain, OffsetDateTime::now_utc())
         .await
-        .map_err(|e| match e {
-            revocation::Error::UnknownTrustDomain(_) => ApiError::not_found("unknown trust domain"),
-            revocation::Error::Store(e) => e.into(),
-            other => ApiError::internal(&other),
-        })?;
-    Ok((
+        .map_err(crl_error)?;
+    Ok(crl_response(&crl))
+}
+
+async fn generation_crl(
+    State(state): State<HttpState>,
+    Path((td, generation)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let trust_domain =
+        TrustDomain::parse(&td).map_err(|_| ApiError::not_found("unknown trust domain"))?;
+    let generation: i32 = generation
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::not_found("unknown CA generation"))?;
+    let crl = state
+        .ca
+        .crl_of_generation(&trust_domain, generation, OffsetDateTime::now_utc())
+        .await
+        .map_err(crl_error)?
+        .ok_or_else(|| ApiError::not_found("unknown CA generation"))?;
+    Ok(crl_response(&crl))
+}
+
+fn crl_error(e: revocation::Error) -> ApiError {
+    match e {
+        revocation::Error::UnknownTrustDomain(_) => ApiError::not_found("unknown trust domain"),
+        revocation::Error::Store(e) => e.into(),
+        other => ApiError::internal(&other),
+    }
+}
+
+fn crl_response(crl: &revocation::CachedCrl) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/pkix-crl".to_owned()),
             (
@@ -49,7 +80,7 @@ async fn crl(State(state): State<HttpState>, Path(td): Path<String>) -> Result<R
         ],
         crl.der.as_ref().clone(),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn ocsp_post(

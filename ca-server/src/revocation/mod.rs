@@ -153,10 +153,11 @@ pub struct CachedCrl {
     pub marker: (i64, i64),
 }
 
-/// The current CRL per trust domain, and the signed OCSP responses ([`CrlCache::ocsp`]).
+/// The current CRL per CA generation (by issuer key id: a CRL is signed by the intermediate
+/// whose certificates it lists), and the signed OCSP responses ([`CrlCache::ocsp`]).
 #[derive(Debug, Default)]
 pub struct CrlCache {
-    by_td: Mutex<HashMap<TrustDomain, CachedCrl>>,
+    by_issuer: Mutex<HashMap<String, (TrustDomain, CachedCrl)>>,
     /// Serialises rebuilds so concurrent fetches do not burn CRL numbers.
     build: tokio::sync::Mutex<()>,
     /// OCSP responses to nonce-less requests and the budget of fresh OCSP signatures.
@@ -164,32 +165,36 @@ pub struct CrlCache {
 }
 
 impl CrlCache {
-    /// The cached CRL of a trust domain while less than half its validity has passed.
-    pub fn fresh(&self, trust_domain: &TrustDomain, now: i64) -> Option<CachedCrl> {
-        let map = self.by_td.lock().ok()?;
-        let cached = map.get(trust_domain)?;
+    /// The cached CRL of a generation while less than half its validity has passed.
+    pub fn fresh(&self, issuer_key_id: &str, now: i64) -> Option<CachedCrl> {
+        let map = self.by_issuer.lock().ok()?;
+        let (_, cached) = map.get(issuer_key_id)?;
         let half_life = cached.this_update + (cached.next_update - cached.this_update) / 2;
         (now < half_life).then(|| cached.clone())
     }
 
-    pub fn insert(&self, trust_domain: TrustDomain, crl: CachedCrl) {
-        if let Ok(mut map) = self.by_td.lock() {
-            map.insert(trust_domain, crl);
+    pub fn insert(&self, issuer_key_id: &str, trust_domain: TrustDomain, crl: CachedCrl) {
+        if let Ok(mut map) = self.by_issuer.lock() {
+            map.insert(issuer_key_id.to_owned(), (trust_domain, crl));
         }
     }
 
-    /// Drops a trust domain's CRL: the next fetch rebuilds it.
+    /// Drops every CRL of a trust domain: the next fetch rebuilds it.
     pub fn mark_stale(&self, trust_domain: &str) {
-        if let Ok(mut map) = self.by_td.lock() {
-            map.retain(|td, _| td.as_str() != trust_domain);
+        if let Ok(mut map) = self.by_issuer.lock() {
+            map.retain(|_, (td, _)| td.as_str() != trust_domain);
         }
     }
 
-    /// Whether the cached CRL was built before the store's revocation marker moved.
-    pub fn built_before(&self, trust_domain: &TrustDomain, marker: (i64, i64)) -> bool {
-        self.by_td
+    /// Whether the cached CRL of a generation was built before the store's revocation marker
+    /// moved.
+    pub fn built_before(&self, issuer_key_id: &str, marker: (i64, i64)) -> bool {
+        self.by_issuer
             .lock()
-            .map(|map| map.get(trust_domain).is_some_and(|c| c.marker != marker))
+            .map(|map| {
+                map.get(issuer_key_id)
+                    .is_some_and(|(_, c)| c.marker != marker)
+            })
             .unwrap_or(false)
     }
 

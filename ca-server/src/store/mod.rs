@@ -207,7 +207,8 @@ pub(crate) const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domai
      revocation_reason";
 
 const GENERATION_COLUMNS: &str = "trust_domain, generation, state, key_algorithm, root_cert, \
-     root_key, intermediate_cert, intermediate_key, issuer_key_id, not_after, created_at";
+     root_key, intermediate_cert, intermediate_key, issuer_key_id, not_after, created_at, \
+     activated_at, retired_at, removed_at";
 
 impl Store {
     /// Connects (creating a SQLite file when missing) and applies the migrations. Safe to run from
@@ -286,7 +287,7 @@ impl Store {
     pub async fn insert_generation(&self, record: &SealedGeneration) -> Result<(), Error> {
         let sql = format!(
             "INSERT INTO ca_generations ({GENERATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         );
         on_pool!(self, pool => sqlx::query(&sql)
             .bind(&record.trust_domain)
@@ -300,10 +301,112 @@ impl Store {
             .bind(&record.issuer_key_id)
             .bind(record.not_after)
             .bind(record.created_at)
+            .bind(record.activated_at)
+            .bind(record.retired_at)
+            .bind(record.removed_at)
             .execute(pool)
             .await
             .map(|_| ()))?;
         Ok(())
+    }
+
+    /// Replaces the active generation `from` of a trust domain with `next` (state `active`), in
+    /// one transaction: `from` becomes `retired` only if it is still the active one (a
+    /// compare-and-set), and `next` is inserted. Returns false, changing nothing, when another
+    /// replica got there first (`from` no longer active, or `next`'s number taken).
+    pub async fn rotate_generation(
+        &self,
+        from: i32,
+        next: &SealedGeneration,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let retire = "UPDATE ca_generations SET state = 'retired', retired_at = $3 \
+                      WHERE trust_domain = $1 AND generation = $2 AND state = 'active'";
+        let insert = format!(
+            "INSERT INTO ca_generations ({GENERATION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        let done: Result<bool, sqlx::Error> = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let retired = sqlx::query(retire)
+                .bind(&next.trust_domain)
+                .bind(from)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if retired != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let inserted = sqlx::query(&insert)
+                .bind(&next.trust_domain)
+                .bind(next.generation)
+                .bind(&next.state)
+                .bind(&next.key_algorithm)
+                .bind(&next.root_cert)
+                .bind(&next.root_key)
+                .bind(&next.intermediate_cert)
+                .bind(&next.intermediate_key)
+                .bind(&next.issuer_key_id)
+                .bind(next.not_after)
+                .bind(next.created_at)
+                .bind(next.activated_at)
+                .bind(next.retired_at)
+                .bind(next.removed_at)
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+            tx.commit().await?;
+            Ok(true)
+        }.await);
+        Ok(done?)
+    }
+
+    /// Moves a generation from state `from` to `to`, stamping `removed_at` for `removed` and
+    /// `revoked`; false when it was no longer in `from` (another replica moved it).
+    pub async fn transition_generation(
+        &self,
+        trust_domain: &str,
+        generation: i32,
+        from: &str,
+        to: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let sql = "UPDATE ca_generations SET state = $4, removed_at = $5 \
+                   WHERE trust_domain = $1 AND generation = $2 AND state = $3";
+        let changed = on_pool!(self, pool => sqlx::query(sql)
+            .bind(trust_domain)
+            .bind(generation)
+            .bind(from)
+            .bind(to)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(changed == 1)
+    }
+
+    /// The number of a trust domain's active generation (cheap: every replica asks each tick).
+    pub async fn active_generation_number(&self, trust_domain: &str) -> Result<Option<i32>, Error> {
+        let sql =
+            "SELECT generation FROM ca_generations WHERE trust_domain = $1 AND state = 'active'";
+        let number: Option<i32> = on_pool!(self, pool => sqlx::query_scalar(sql).bind(trust_domain).fetch_optional(pool).await)?;
+        Ok(number)
+    }
+
+    /// The latest notAfter of any certificate an issuer signed (`None` if it signed none).
+    pub async fn last_leaf_not_after(&self, issuer_key_id: &str) -> Result<Option<i64>, Error> {
+        let sql = "SELECT MAX(not_after) FROM certificates WHERE issuer_key_id = $1";
+        let last: Option<i64> = on_pool!(self, pool => sqlx::query_scalar(sql).bind(issuer_key_id).fetch_one(pool).await)?;
+        Ok(last)
     }
 
     /// Records an issued certificate; returns once the row is committed (group-committed with

@@ -20,6 +20,7 @@ mod profile;
 mod renewal;
 mod revocation;
 mod revocation_property;
+mod rotation;
 mod slow_clients;
 mod start_errors;
 mod store_conformance;

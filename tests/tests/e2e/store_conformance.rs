@@ -42,6 +42,9 @@ fn generation(td: &str, number: i32, key_id: &str) -> SealedGeneration {
         issuer_key_id: key_id.to_owned(),
         not_after: 9_999,
         created_at: 1,
+        activated_at: Some(1),
+        retired_at: None,
+        removed_at: None,
     }
 }
 
@@ -102,6 +105,74 @@ async fn generations_one_active_per_trust_domain(backend: Backend) {
     store.close().await;
 }
 both_backends!(generations_on, generations_one_active_per_trust_domain);
+
+async fn rotation_is_a_compare_and_set(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await;
+    let store = Store::open(&StoreOptions::new(&url)).await.unwrap();
+    store.ensure_trust_domain("td", 1).await.unwrap();
+    store
+        .insert_generation(&generation("td", 1, "k1"))
+        .await
+        .unwrap();
+    // Eight replicas race to replace generation 1: exactly one wins, the rest change nothing.
+    let racers = (0..8).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .rotate_generation(1, &generation("td", 2, &format!("k2-{i}")), 50)
+                .await
+                .unwrap()
+        })
+    });
+    let mut wins = 0;
+    for racer in racers {
+        wins += usize::from(racer.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    let all = store.generations("td").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].state, "retired");
+    assert_eq!(all[0].retired_at, Some(50));
+    assert_eq!(all[1].state, "active");
+    assert_eq!(store.active_generation_number("td").await.unwrap(), Some(2));
+    // Replacing a generation that is no longer active changes nothing.
+    assert!(
+        !store
+            .rotate_generation(1, &generation("td", 3, "k3"), 60)
+            .await
+            .unwrap()
+    );
+    // Only a state-checked transition moves a generation; the states are the database's rule.
+    assert!(
+        store
+            .transition_generation("td", 1, "retired", "removed", 70)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transition_generation("td", 1, "retired", "removed", 80)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .transition_generation("td", 2, "active", "bogus", 80)
+            .await
+            .is_err()
+    );
+    let removed = &store.generations("td").await.unwrap()[0];
+    assert_eq!(
+        (removed.state.as_str(), removed.removed_at),
+        ("removed", Some(70))
+    );
+    assert_eq!(store.last_leaf_not_after("k1").await.unwrap(), None);
+    store.record_issued(&certificate("k1", "01")).await.unwrap();
+    assert_eq!(store.last_leaf_not_after("k1").await.unwrap(), Some(2_000));
+    store.close().await;
+}
+both_backends!(rotation_cas_on, rotation_is_a_compare_and_set);
 
 async fn certificates_are_unique_per_issuer(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();

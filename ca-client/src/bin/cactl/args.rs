@@ -94,6 +94,11 @@ pub enum Command {
     },
     /// Trust domains: CA certificates, states, expiries, bundle sequence.
     TrustDomains,
+    /// A trust domain's CA: its generations as a timeline, and rotating it.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Trust bundles from the public listener (get) or the gRPC API (watch).
     Bundle {
         #[command(subcommand)]
@@ -152,6 +157,21 @@ pub enum Command {
         /// Key type of the new key.
         #[arg(long, default_value = "ecdsa-p256")]
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// The generations of a trust domain as a timeline: activated, retired, removed, and the
+    /// next rotation.
+    Status { trust_domain: String },
+    /// Rotate now: a new intermediate under the same root becomes active at once, the current
+    /// one is retired (still answering for its leaves until they expire).
+    Rotate {
+        trust_domain: String,
+        /// `intermediate` (root rotation is not built yet).
+        #[arg(long, default_value = "intermediate")]
+        scope: String,
     },
 }
 

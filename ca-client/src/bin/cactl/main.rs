@@ -86,6 +86,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect { file } => inspect::run(cli, file)?,
         Command::TrustDomains => trust_domains::run(cli).await?,
+        Command::Ca { command } => trust_domains::ca(cli, command).await?,
         Command::Certs { command } => certs::run(cli, command).await?,
         Command::Deny { command } => deny::run(cli, command).await?,
         Command::Federation { command } => federation::run(cli, command).await?,

@@ -1,8 +1,8 @@
 //! `trust-domains`: each trust domain's CA generations, their states and expiries.
 
-use ca_client::admin::{Page, TrustDomain};
+use ca_client::admin::{Page, Rotation, TrustDomain};
 
-use crate::args::Cli;
+use crate::args::{CaCommand, Cli};
 use crate::output;
 
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -42,4 +42,87 @@ fn human(page: &Page<TrustDomain>) -> String {
         }
     }
     out
+}
+
+/// `cactl ca status TD` and `cactl ca rotate TD`.
+pub async fn ca(cli: &Cli, command: &CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Status { trust_domain } => {
+            let answer = cli.admin_client()?.trust_domains().await?;
+            let Some(td) = answer
+                .body
+                .items
+                .iter()
+                .find(|td| td.name == *trust_domain)
+                .cloned()
+            else {
+                anyhow::bail!("this CA does not serve trust domain {trust_domain}");
+            };
+            let json = answer
+                .json
+                .get("items")
+                .and_then(|items| items.as_array())
+                .and_then(|items| items.iter().find(|i| i["name"] == *trust_domain))
+                .cloned()
+                .unwrap_or_default();
+            let one = ca_client::admin::Answer { json, body: td };
+            output::answer(cli.output, &one, timeline);
+        }
+        CaCommand::Rotate {
+            trust_domain,
+            scope,
+        } => {
+            let answer = cli.admin_client()?.rotate(trust_domain, scope).await?;
+            output::answer(cli.output, &answer, rotated);
+        }
+    }
+    Ok(())
+}
+
+/// A trust domain's generations as a timeline, oldest first.
+fn timeline(td: &TrustDomain) -> String {
+    let mut out = format!("{} (bundle sequence {})\n", td.name, td.bundle_sequence);
+    for g in &td.generations {
+        out.push_str(&format!(
+            "  generation {} [{}] {} intermediate {} (expires {}), root expires {}\n",
+            g.generation,
+            g.state,
+            g.key_algorithm,
+            g.issuer_key_id,
+            g.intermediate.not_after,
+            g.root.not_after
+        ));
+        for (what, at) in [
+            ("activated", &g.activated_at),
+            ("retired", &g.retired_at),
+            ("removed", &g.removed_at),
+        ] {
+            if let Some(at) = at {
+                out.push_str(&format!("    {what:<10} {at}\n"));
+            }
+        }
+        if let Some(due) = &g.rotation_due_at {
+            out.push_str(&format!(
+                "    {:<10} {due} (planned: next intermediate)\n",
+                "rotates"
+            ));
+        }
+    }
+    out
+}
+
+fn rotated(r: &Rotation) -> String {
+    format!(
+        "{td}: {scope} rotated: generation {generation} active since {activated} (expires {not_after}); \
+         generation {retired} retired, answers for its leaves until {removal} at the latest; \
+         next rotation {next}\n",
+        td = r.trust_domain,
+        scope = r.scope,
+        generation = r.generation,
+        activated = r.activated_at,
+        not_after = r.not_after,
+        retired = r.retired_generation,
+        removal = r.retired_removal_at,
+        next = r.next_rotation_at,
+    )
 }

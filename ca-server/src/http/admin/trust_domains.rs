@@ -1,15 +1,22 @@
-//! `GET /admin/v1/trust-domains` (CA certificates, states, expiries, bundle sequence) and the
-//! rotation trigger (not implemented yet: 501).
+//! `GET /admin/v1/trust-domains` (every CA generation: state, certificates, key ids, when it was
+//! activated, retired, removed, and what is planned) and `POST .../{td}/rotate` (intermediate
+//! rotation now; root rotation is not built: 501).
 
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::ca::lifecycle::{self, Scope};
 use crate::http::HttpState;
-use crate::http::admin::{ErrorBody, Page, Role, caller_with, rfc3339};
+use crate::http::admin::{
+    ErrorBody, Page, Role, audit, caller_with, json_body, request_id, rfc3339,
+};
 use crate::http::error::ApiError;
+use crate::spiffe::TrustDomain;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CertificateSummary {
@@ -23,12 +30,18 @@ pub struct CertificateSummary {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GenerationView {
     pub generation: i32,
-    /// `prepared`, `active` or `retired`.
+    /// `prepared`, `active`, `retired`, `removed` or `revoked`.
     pub state: String,
     pub key_algorithm: String,
     pub issuer_key_id: String,
     pub root: CertificateSummary,
     pub intermediate: CertificateSummary,
+    /// RFC 3339; absent when it has not happened.
+    pub activated_at: Option<String>,
+    pub retired_at: Option<String>,
+    pub removed_at: Option<String>,
+    /// The active generation: when the next automatic rotation is due.
+    pub rotation_due_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -66,8 +79,12 @@ pub async fn list(
 ) -> Result<Json<Page<TrustDomainView>>, ApiError> {
     caller_with(&state, &headers, Role::Viewer).await?;
     let mut items = Vec::new();
+    let authorities = state.ca.authorities();
     for td in &state.ca.config().trust_domains {
         let generations = state.ca.store().generations(td.name.as_str()).await?;
+        let due = authorities
+            .get(&td.name)
+            .map(|a| (a.generation, lifecycle::rotation_due_at(a, td)));
         items.push(TrustDomainView {
             name: td.name.to_string(),
             bundle_sequence: state.ca.bundle_sequence(&td.name),
@@ -81,6 +98,12 @@ pub async fn list(
                     issuer_key_id: g.issuer_key_id.clone(),
                     root: summary(&g.root_cert),
                     intermediate: summary(&g.intermediate_cert),
+                    activated_at: g.activated_at.map(rfc3339),
+                    retired_at: g.retired_at.map(rfc3339),
+                    removed_at: g.removed_at.map(rfc3339),
+                    rotation_due_at: due
+                        .filter(|(n, _)| *n == g.generation && g.state == "active")
+                        .map(|(_, at)| rfc3339(at)),
                 })
                 .collect(),
         });
@@ -91,16 +114,97 @@ pub async fn list(
     }))
 }
 
+/// `POST /admin/v1/trust-domains/{td}/rotate`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateBody {
+    /// `intermediate` (default) or `root` (not built yet).
+    pub scope: Option<String>,
+}
+
+/// The timeline of a rotation that happened.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RotationView {
+    pub trust_domain: String,
+    pub scope: String,
+    /// The generation now active, and the one it replaced (now retired).
+    pub generation: i32,
+    pub retired_generation: i32,
+    pub activated_at: String,
+    pub not_after: String,
+    /// When the next automatic rotation is due.
+    pub next_rotation_at: String,
+    /// When the retired generation stops answering for its leaves at the latest.
+    pub retired_removal_at: String,
+}
+
 #[utoipa::path(operation_id = "trust_domains_rotate", post, path = "/admin/v1/trust-domains/{td}/rotate", tag = "trust domains",
-    params(("td" = String, Path)), security(("bearer" = [])),
-    responses((status = 501, description = "Not implemented", body = ErrorBody), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
+    params(("td" = String, Path)), request_body = RotateBody, security(("bearer" = [])),
+    responses((status = 202, description = "Rotated: the new generation is active", body = RotationView), (status = 400, description = "Bad input (stable error code)", body = ErrorBody),
+        (status = 404, description = "Unknown trust domain", body = ErrorBody), (status = 409, description = "A rotation of this trust domain is in flight", body = ErrorBody),
+        (status = 501, description = "Root rotation is not built yet", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn rotate(
     State(state): State<HttpState>,
     headers: HeaderMap,
     Path(td): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    caller_with(&state, &headers, Role::Admin).await?;
-    Err(ApiError::not_implemented(format!(
-        "CA rotation of {td} is not implemented yet"
-    )))
+    body: Result<Json<RotateBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<RotationView>), ApiError> {
+    let caller = caller_with(&state, &headers, Role::Admin).await?;
+    let request_id = request_id(&headers);
+    let target = crate::untrusted::bounded(&td, crate::untrusted::LOG_CHARS);
+    let result = async {
+        let body = json_body(body)?;
+        let scope_name = body.scope.unwrap_or_else(|| "intermediate".to_owned());
+        let scope = Scope::parse(&scope_name).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_scope",
+                "scope is `intermediate` or `root`".to_owned(),
+            )
+        })?;
+        let trust_domain = TrustDomain::parse(&td)
+            .ok()
+            .filter(|t| state.ca.config().trust_domain(t).is_some())
+            .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
+        let rotated = state
+            .ca
+            .rotate(
+                &state.kek,
+                &trust_domain,
+                scope,
+                "admin",
+                &caller.name,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        Ok::<_, ApiError>(RotationView {
+            trust_domain: rotated.trust_domain,
+            scope: rotated.scope.as_str().to_owned(),
+            generation: rotated.generation,
+            retired_generation: rotated.retired_generation,
+            activated_at: rfc3339(rotated.activated_at),
+            not_after: rfc3339(rotated.not_after),
+            next_rotation_at: rfc3339(rotated.next_rotation_at),
+            retired_removal_at: rfc3339(rotated.retired_removal_at),
+        })
+    }
+    .await;
+    let (outcome, detail) = match &result {
+        Ok(r) => (
+            "success",
+            format!("{} rotation: generation {} active", r.scope, r.generation),
+        ),
+        Err(e) => ("rejected", format!("{}: {}", e.code, e.message)),
+    };
+    audit(
+        &state,
+        &caller,
+        "ca.rotate.request",
+        &target,
+        outcome,
+        &request_id,
+        detail,
+    )
+    .await;
+    result.map(|view| (StatusCode::ACCEPTED, Json(view)))
 }

@@ -12,7 +12,7 @@ pub async fn bench(entries: i64, runs: usize) -> anyhow::Result<()> {
     let server = ca_tests::TestServer::start(ca_tests::Backend::Postgres).await;
     let ca = &server.server.ca;
     let td = ca_server::spiffe::TrustDomain::parse("cluster.local")?;
-    let authority = ca.authorities().get(&td).context("no authority")?;
+    let authority = ca.authorities().get(&td).cloned().context("no authority")?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut db = {
         use sqlx::Connection;

@@ -71,6 +71,7 @@ pub async fn ocsp(concurrency: usize, duration: Duration, runs: usize) -> anyhow
         .ca
         .authorities()
         .get(&td)
+        .cloned()
         .context("no authority")?;
     let request = Arc::new(ca_tests::ocsp::request(
         &authority.intermediate_der,

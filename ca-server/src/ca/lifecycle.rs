@@ -1,0 +1,366 @@
+//! The CA lifecycle of each trust domain (SPEC 10), as far as it is built: **intermediate
+//! rotation under the same root**, automatic and on demand, with every replica converging on
+//! the store's state.
+//!
+//! - A generation is an intermediate and its root; the store keeps every generation with its
+//!   state (`active`, exactly one per trust domain by a unique index; `retired`; `removed`).
+//! - **Due**: half of the active intermediate's life has passed, or less than twice `max_ttl`
+//!   of it is left (a leaf always gets its full TTL). The new intermediate is signed by the same
+//!   root and activated at once: the root, hence every trust set and bundle, is unchanged, so no
+//!   relying party needs to learn anything first.
+//! - **One replica performs it**: the store's rotation is a compare-and-set (retire `n` only if
+//!   it is still active, insert `n + 1`), in one transaction; the loser changes nothing and
+//!   loads the winner's generation. Every replica compares the store's active generation with
+//!   its own on each job tick (5 s) and reloads when they differ.
+//! - A **retired** generation keeps answering for its leaves (OCSP, its CRL at
+//!   `/v1/crl/{td}/{n}`, mTLS renewal) until its last leaf has expired plus [`REMOVAL_MARGIN`];
+//!   then it is `removed` and unloaded.
+//! - Every transition is an audit event and counted (`ca_rotations_total`,
+//!   `ca_generation_state`).
+//!
+//! Not built yet: root rotation (publish, convergence-gated activation, retirement of the old
+//! root), emergency revocation of a generation, plug-in CAs. When the root would not let a new
+//! intermediate outlive the current one, the rotation is refused and logged: the root must be
+//! rotated, which is an operator action for now.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::audit::AuditEvent;
+use crate::authority::{self, Authorities, Authority};
+use crate::ca::Ca;
+use crate::config::TrustDomainConfig;
+use crate::keys::Kek;
+use crate::metrics::RotationLabels;
+use crate::spiffe::TrustDomain;
+use crate::store;
+
+/// A retired generation stays loaded this long after its last leaf expired.
+pub const REMOVAL_MARGIN: Duration = Duration::from_secs(3600);
+
+/// What a rotation replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Intermediate,
+    Root,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "intermediate" => Some(Scope::Intermediate),
+            "root" => Some(Scope::Root),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Intermediate => "intermediate",
+            Scope::Root => "root",
+        }
+    }
+}
+
+/// Why a lifecycle operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no CA for trust domain {0}")]
+    UnknownTrustDomain(String),
+    /// Another replica (or request) changed the generation first.
+    #[error("a rotation of {0} is in flight or just happened; look again")]
+    InFlight(String),
+    #[error("{0} rotation is not built yet")]
+    NotBuilt(&'static str),
+    #[error(
+        "the root of {trust_domain} expires before a new intermediate would outlive the current one; rotate the root"
+    )]
+    RootTooShort { trust_domain: String },
+    #[error(transparent)]
+    Authority(#[from] authority::Error),
+    #[error("cannot read or write the CA generations")]
+    Store(#[from] store::Error),
+}
+
+/// A completed rotation.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    pub trust_domain: String,
+    pub scope: Scope,
+    pub retired_generation: i32,
+    pub generation: i32,
+    pub activated_at: i64,
+    /// The new intermediate's notAfter.
+    pub not_after: i64,
+    /// When the next automatic rotation is due.
+    pub next_rotation_at: i64,
+    /// When the retired generation will be removed at the latest (its leaves' last notAfter,
+    /// bounded by `max_ttl` from now, plus the margin).
+    pub retired_removal_at: i64,
+}
+
+/// When the active intermediate of a trust domain is due for replacement: at half its life, or
+/// when less than twice `max_ttl` remains, whichever comes first.
+pub fn rotation_due_at(authority: &Authority, config: &TrustDomainConfig) -> i64 {
+    let life = authority.intermediate_not_after - authority.intermediate_not_before;
+    let half = authority.intermediate_not_before + life / 2;
+    let max_ttl = i64::try_from(config.max_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    half.min(authority.intermediate_not_after - 2 * max_ttl)
+}
+
+impl Ca {
+    /// Replaces the active intermediate of `trust_domain` now (same root).
+    pub async fn rotate(
+        &self,
+        kek: &Kek,
+        trust_domain: &TrustDomain,
+        scope: Scope,
+        trigger: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Rotated, Error> {
+        if scope == Scope::Root {
+            return Err(Error::NotBuilt("root"));
+        }
+        let config = self
+            .config
+            .trust_domain(trust_domain)
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?
+            .clone();
+        let current = self
+            .store
+            .active_generation(trust_domain.as_str())
+            .await?
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        let loaded = self.authorities().get(trust_domain).cloned();
+        if loaded.as_ref().map(|a| a.generation) != Some(current.generation) {
+            // Another replica rotated since we loaded: take its generation, do not rotate again.
+            self.reload_trust_domain(kek, trust_domain).await?;
+            return Err(Error::InFlight(trust_domain.to_string()));
+        }
+        let next = authority::next_intermediate_generation(&config, kek, &current, now)?;
+        let now_s = now.unix_timestamp();
+        // A new intermediate that would itself be due at once (the root ends too soon to give
+        // it a useful life) would rotate on every tick: refuse, the root must be rotated.
+        let max_ttl = i64::try_from(config.max_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+        let next_due = (now_s + (next.not_after - now_s) / 2).min(next.not_after - 2 * max_ttl);
+        if next_due <= now_s {
+            return Err(Error::RootTooShort {
+                trust_domain: trust_domain.to_string(),
+            });
+        }
+        if !self
+            .store
+            .rotate_generation(current.generation, &next, now_s)
+            .await?
+        {
+            self.reload_trust_domain(kek, trust_domain).await?;
+            return Err(Error::InFlight(trust_domain.to_string()));
+        }
+        self.metrics
+            .rotations
+            .get_or_create(&RotationLabels {
+                trust_domain: trust_domain.to_string(),
+                scope: scope.as_str().to_owned(),
+                trigger: trigger.to_owned(),
+            })
+            .inc();
+        self.audit(AuditEvent {
+            at: now_s,
+            actor: actor.to_owned(),
+            action: "ca.rotate".to_owned(),
+            target: trust_domain.to_string(),
+            outcome: "success".to_owned(),
+            request_id: String::new(),
+            detail: format!(
+                "{} by {trigger}: generation {} active (intermediate {}), generation {} retired",
+                scope.as_str(),
+                next.generation,
+                next.issuer_key_id,
+                current.generation
+            ),
+        })
+        .await;
+        tracing::info!(
+            trust_domain = %trust_domain,
+            trigger,
+            generation = next.generation,
+            retired = current.generation,
+            "intermediate rotated"
+        );
+        self.reload_trust_domain(kek, trust_domain).await?;
+        let last_leaf = self
+            .store
+            .last_leaf_not_after(&current.issuer_key_id)
+            .await?
+            .unwrap_or(now_s)
+            .min(now_s + max_ttl);
+        let next_rotation_at = self
+            .authorities()
+            .get(trust_domain)
+            .map(|a| rotation_due_at(a, &config))
+            .unwrap_or(next.not_after);
+        Ok(Rotated {
+            trust_domain: trust_domain.to_string(),
+            scope,
+            retired_generation: current.generation,
+            generation: next.generation,
+            activated_at: now_s,
+            not_after: next.not_after,
+            next_rotation_at,
+            retired_removal_at: last_leaf + REMOVAL_MARGIN.as_secs() as i64,
+        })
+    }
+
+    /// One pass of the lifecycle for every trust domain (the job tick runs it on every
+    /// replica): take another replica's transition, rotate what is due, remove retired
+    /// generations whose leaves have all expired. Errors are logged; the next tick retries.
+    ///
+    /// `with_removal`: also look for retired generations to remove (reads every generation row;
+    /// the job runs it on its slow tick).
+    pub async fn lifecycle_tick(&self, kek: &Kek, now: OffsetDateTime, with_removal: bool) {
+        let trust_domains: Vec<TrustDomainConfig> = self.config.trust_domains.clone();
+        for config in &trust_domains {
+            let td = &config.name;
+            if let Err(e) = self.lifecycle_of(kek, config, now, with_removal).await {
+                match e {
+                    Error::InFlight(_) => {
+                        tracing::debug!(trust_domain = %td, "another replica rotated first")
+                    }
+                    other => {
+                        tracing::warn!(trust_domain = %td, error = %crate::report::Chain(&other), "CA lifecycle step failed; will retry")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn lifecycle_of(
+        &self,
+        kek: &Kek,
+        config: &TrustDomainConfig,
+        now: OffsetDateTime,
+        with_removal: bool,
+    ) -> Result<(), Error> {
+        let td = &config.name;
+        let stored = self.store.active_generation_number(td.as_str()).await?;
+        let loaded = self.authorities().get(td).map(|a| a.generation);
+        if stored.is_some() && stored != loaded {
+            self.reload_trust_domain(kek, td).await?;
+        }
+        let Some(active) = self.authorities().get(td).cloned() else {
+            return Ok(());
+        };
+        if now.unix_timestamp() >= rotation_due_at(&active, config) {
+            match self
+                .rotate(kek, td, Scope::Intermediate, "schedule", "server", now)
+                .await
+            {
+                Ok(_) | Err(Error::InFlight(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if with_removal {
+            self.remove_expired_generations(kek, td, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Retired generations whose last leaf expired more than [`REMOVAL_MARGIN`] ago become
+    /// `removed` (one replica wins each; the others see it on their next reload).
+    async fn remove_expired_generations(
+        &self,
+        kek: &Kek,
+        td: &TrustDomain,
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        let now_s = now.unix_timestamp();
+        let mut changed = false;
+        for generation in self.store.generations(td.as_str()).await? {
+            if generation.state != "retired" {
+                continue;
+            }
+            let last = self
+                .store
+                .last_leaf_not_after(&generation.issuer_key_id)
+                .await?
+                .unwrap_or(generation.retired_at.unwrap_or(generation.created_at));
+            if now_s < last + REMOVAL_MARGIN.as_secs() as i64 {
+                continue;
+            }
+            if self
+                .store
+                .transition_generation(
+                    td.as_str(),
+                    generation.generation,
+                    "retired",
+                    "removed",
+                    now_s,
+                )
+                .await?
+            {
+                changed = true;
+                self.audit(AuditEvent {
+                    at: now_s,
+                    actor: "server".to_owned(),
+                    action: "ca.generation.remove".to_owned(),
+                    target: td.to_string(),
+                    outcome: "success".to_owned(),
+                    request_id: String::new(),
+                    detail: format!(
+                        "generation {} removed: its last leaf expired at {last}",
+                        generation.generation
+                    ),
+                })
+                .await;
+                tracing::info!(trust_domain = %td, generation = generation.generation, "retired CA generation removed");
+            }
+        }
+        if changed {
+            self.reload_trust_domain(kek, td).await?;
+        }
+        Ok(())
+    }
+
+    /// Loads a trust domain's active and retired generations from the store and swaps them in;
+    /// refreshes their metrics.
+    pub async fn reload_trust_domain(&self, kek: &Kek, td: &TrustDomain) -> Result<(), Error> {
+        let mut loaded = Authorities::default();
+        let public_url = self.config.listen.public_url.clone();
+        for record in self.store.generations(td.as_str()).await? {
+            self.metrics
+                .generation_state(td.as_str(), record.generation, &record.state);
+            if !matches!(record.state.as_str(), "active" | "retired") {
+                continue;
+            }
+            let mut authority = authority::open_generation(&record, kek)?;
+            if let Some(base) = &public_url {
+                authority.publish_at(base);
+            }
+            for (kind, not_after) in [
+                ("intermediate", authority.intermediate_not_after),
+                ("root", authority.root_not_after),
+            ] {
+                self.metrics
+                    .cert_expiry(td.as_str(), kind, &authority.issuer_key_id, not_after);
+            }
+            if record.state == "active" {
+                loaded.insert(authority);
+            } else {
+                loaded.insert_retired(authority);
+            }
+        }
+        if loaded.get(td).is_none() {
+            return Err(authority::Error::Inconsistent {
+                trust_domain: td.to_string(),
+                message: "no active generation in the store".to_owned(),
+            }
+            .into());
+        }
+        self.set_trust_domain_authorities(td, loaded);
+        // CRLs are per generation; the next fetch builds what is now loaded.
+        self.crls.mark_stale(td.as_str());
+        Ok(())
+    }
+}
