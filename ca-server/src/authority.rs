@@ -170,7 +170,7 @@ impl Authorities {
             .entry(authority.trust_domain.clone())
             .or_default();
         list.push(Arc::new(authority));
-        list.sort_by(|a, b| b.generation.cmp(&a.generation));
+        list.sort_by_key(|a| std::cmp::Reverse(a.generation));
     }
 
     /// Replaces everything loaded for one trust domain.
