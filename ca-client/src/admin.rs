@@ -113,6 +113,17 @@ pub struct Generation {
     pub rotation_due_at: Option<String>,
 }
 
+/// A generation revoked in an emergency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedGeneration {
+    pub trust_domain: String,
+    pub generation: i64,
+    pub reason: String,
+    pub revoked_at: String,
+    pub newly_revoked: bool,
+    pub active_generation: i64,
+}
+
 /// A rotation that happened (`POST /admin/v1/trust-domains/{td}/rotate`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Rotation {
@@ -431,6 +442,21 @@ impl AdminClient {
             path_segment(trust_domain)
         );
         self.post(&path, &serde_json::json!({ "scope": scope }))
+            .await
+    }
+
+    /// Revokes a CA generation in an emergency (an active one is replaced first).
+    pub async fn revoke_generation(
+        &self,
+        trust_domain: &str,
+        generation: i64,
+        reason: &str,
+    ) -> Result<Answer<RevokedGeneration>, Error> {
+        let path = format!(
+            "/admin/v1/trust-domains/{}/generations/{generation}/revoke",
+            path_segment(trust_domain)
+        );
+        self.post(&path, &serde_json::json!({ "reason": reason }))
             .await
     }
 

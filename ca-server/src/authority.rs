@@ -69,6 +69,8 @@ pub struct SealedGeneration {
     pub retired_at: Option<i64>,
     /// When it was removed or revoked.
     pub removed_at: Option<i64>,
+    /// The reason of an emergency revocation (RFC 5280 name).
+    pub revocation_reason: Option<String>,
 }
 
 /// The issuing CA of one trust domain, ready to sign.
@@ -95,6 +97,8 @@ pub struct Authority {
     pub intermediate_subject_der: Vec<u8>,
     pub intermediate_ski: Vec<u8>,
     pub issuer: Issuer<'static, CaKey>,
+    /// An emergency revocation of this generation: when, and the RFC 5280 reason.
+    pub revoked: Option<(i64, String)>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -114,6 +118,9 @@ impl std::fmt::Debug for Authority {
 pub struct Authorities {
     by_name: BTreeMap<TrustDomain, Arc<Authority>>,
     retired: BTreeMap<TrustDomain, Vec<Arc<Authority>>>,
+    /// Generations revoked in an emergency: kept only so OCSP can say `revoked` for their
+    /// leaves; they sign nothing and renew nothing.
+    revoked: BTreeMap<TrustDomain, Vec<Arc<Authority>>>,
 }
 
 impl Authorities {
@@ -173,10 +180,30 @@ impl Authorities {
         list.sort_by_key(|a| std::cmp::Reverse(a.generation));
     }
 
+    /// Adds a generation revoked in an emergency (OCSP only).
+    pub fn insert_revoked(&mut self, authority: Authority) {
+        self.revoked
+            .entry(authority.trust_domain.clone())
+            .or_default()
+            .push(Arc::new(authority));
+    }
+
+    /// The revoked generations of a trust domain.
+    pub fn revoked<'a>(
+        &'a self,
+        trust_domain: &TrustDomain,
+    ) -> impl Iterator<Item = &'a Arc<Authority>> + 'a {
+        self.revoked.get(trust_domain).into_iter().flatten()
+    }
+
     /// Replaces everything loaded for one trust domain.
     pub fn replace_trust_domain(&mut self, trust_domain: &TrustDomain, from: Authorities) {
         self.by_name.remove(trust_domain);
         self.retired.remove(trust_domain);
+        self.revoked.remove(trust_domain);
+        if let Some(revoked) = from.revoked.get(trust_domain) {
+            self.revoked.insert(trust_domain.clone(), revoked.clone());
+        }
         if let Some(active) = from.by_name.get(trust_domain) {
             self.by_name.insert(trust_domain.clone(), active.clone());
         }
@@ -278,6 +305,7 @@ pub fn create_generation(
         activated_at: Some(now.unix_timestamp()),
         retired_at: None,
         removed_at: None,
+        revocation_reason: None,
     })
 }
 
@@ -416,7 +444,39 @@ pub fn next_intermediate_generation(
         activated_at: Some(now.unix_timestamp()),
         retired_at: None,
         removed_at: None,
+        revocation_reason: None,
     })
+}
+
+/// Opens a generation's root key (checked against the root certificate) as a signer: for the
+/// root-signed CRL that lists revoked intermediates. Opened on demand, not kept loaded.
+pub fn open_root(record: &SealedGeneration, kek: &Kek) -> Result<Issuer<'static, CaKey>, Error> {
+    let name = record.trust_domain.as_str();
+    let inconsistent = |message: String| Error::Inconsistent {
+        trust_domain: name.to_owned(),
+        message,
+    };
+    let algorithm = KeyAlgorithm::parse(&record.key_algorithm)
+        .ok_or_else(|| inconsistent(format!("unknown key algorithm {}", record.key_algorithm)))?;
+    let root_key = CaKey::open(
+        kek,
+        algorithm,
+        &record.root_key,
+        &seal_context(name, record.generation, "root"),
+    )
+    .map_err(|source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
+    })?;
+    let (_, root) = X509Certificate::from_der(&record.root_cert)
+        .map_err(|e| inconsistent(format!("root certificate does not parse: {e}")))?;
+    if root.public_key().raw != root_key.spki_der().as_slice() {
+        return Err(inconsistent(
+            "root key does not match the root certificate".to_owned(),
+        ));
+    }
+    Issuer::from_ca_cert_der(&record.root_cert.as_slice().into(), root_key)
+        .map_err(|e| inconsistent(format!("root certificate: {e}")))
 }
 
 /// Decrypts a stored generation and checks every key against its certificate.
@@ -499,6 +559,18 @@ pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority
         intermediate_subject_der,
         intermediate_ski,
         issuer,
+        revoked: record
+            .removed_at
+            .filter(|_| record.state == "revoked")
+            .map(|at| {
+                (
+                    at,
+                    record
+                        .revocation_reason
+                        .clone()
+                        .unwrap_or_else(|| "cACompromise".to_owned()),
+                )
+            }),
     })
 }
 

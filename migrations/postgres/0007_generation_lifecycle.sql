@@ -7,4 +7,6 @@ ALTER TABLE ca_generations ADD CONSTRAINT ca_generations_state_check
 ALTER TABLE ca_generations ADD COLUMN activated_at BIGINT;
 ALTER TABLE ca_generations ADD COLUMN retired_at BIGINT;
 ALTER TABLE ca_generations ADD COLUMN removed_at BIGINT;
+-- An emergency revocation's RFC 5280 reason (the root-signed CRL lists the intermediate).
+ALTER TABLE ca_generations ADD COLUMN revocation_reason TEXT;
 UPDATE ca_generations SET activated_at = created_at WHERE state IN ('active', 'retired');

@@ -17,6 +17,7 @@ CREATE TABLE ca_generations_new (
     activated_at       BIGINT,
     retired_at         BIGINT,
     removed_at         BIGINT,
+    revocation_reason  TEXT,
     UNIQUE (trust_domain, generation)
 );
 INSERT INTO ca_generations_new (id, trust_domain, generation, state, key_algorithm, root_cert,

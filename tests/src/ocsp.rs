@@ -72,6 +72,18 @@ pub fn answer(response_der: &[u8]) -> Answer {
     }
 }
 
+/// The revocation reason (RFC 5280 CRLReason code) of the first answer, if it is `revoked`
+/// with a reason.
+pub fn revocation_reason(response_der: &[u8]) -> Option<u8> {
+    let response = OcspResponse::from_der(response_der).ok()?;
+    let bytes = response.response_bytes?;
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes()).ok()?;
+    match &basic.tbs_response_data.responses.first()?.cert_status {
+        CertStatus::Revoked(info) => info.revocation_reason.map(|r| r as u8),
+        _ => None,
+    }
+}
+
 /// SHA-1 (what openssl and Go send by default).
 pub const SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 /// SHA-256.

@@ -18,14 +18,23 @@
 //! - Every transition is an audit event and counted (`ca_rotations_total`,
 //!   `ca_generation_state`).
 //!
+//! - **Emergency revocation** of a generation ([`Ca::revoke_generation`]): an active one is
+//!   replaced first (a fresh intermediate under the same root becomes active at once); the
+//!   generation becomes `revoked`: it signs and renews nothing (mTLS renewal with its leaves is
+//!   refused; the workload falls back to its token), OCSP answers `revoked` (`cACompromise`
+//!   unless another reason is given) for its leaves, and its intermediate is listed on the
+//!   root-signed CRL at `/v1/crl/{td}/root`. The root, hence every trust set, is unchanged:
+//!   this is an intermediate compromise; a root compromise needs root rotation.
+//!
 //! Not built yet: root rotation (publish, convergence-gated activation, retirement of the old
-//! root), emergency revocation of a generation, plug-in CAs. When the root would not let a new
+//! root), plug-in CAs. When the root would not let a new
 //! intermediate outlive the current one, the rotation is refused and logged: the root must be
 //! rotated, which is an operator action for now.
 
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use x509_parser::prelude::FromDer;
 
 use crate::audit::AuditEvent;
 use crate::authority::{self, Authorities, Authority};
@@ -33,8 +42,10 @@ use crate::ca::Ca;
 use crate::config::TrustDomainConfig;
 use crate::keys::Kek;
 use crate::metrics::RotationLabels;
+use crate::revocation::{CachedCrl, Reason, crl};
 use crate::spiffe::TrustDomain;
 use crate::store;
+use crate::store::RevokedRecord;
 
 /// A retired generation stays loaded this long after its last leaf expired.
 pub const REMOVAL_MARGIN: Duration = Duration::from_secs(3600);
@@ -77,6 +88,13 @@ pub enum Error {
         "the root of {trust_domain} expires before a new intermediate would outlive the current one; rotate the root"
     )]
     RootTooShort { trust_domain: String },
+    #[error("trust domain {trust_domain} has no CA generation {generation}")]
+    UnknownGeneration {
+        trust_domain: String,
+        generation: i32,
+    },
+    #[error("cannot build the root-signed CRL: {0}")]
+    Crl(String),
     #[error(transparent)]
     Authority(#[from] authority::Error),
     #[error("cannot read or write the CA generations")]
@@ -109,7 +127,188 @@ pub fn rotation_due_at(authority: &Authority, config: &TrustDomainConfig) -> i64
     half.min(authority.intermediate_not_after - 2 * max_ttl)
 }
 
+/// A generation revoked in an emergency.
+#[derive(Debug, Clone)]
+pub struct RevokedGeneration {
+    pub trust_domain: String,
+    pub generation: i32,
+    pub reason: Reason,
+    pub revoked_at: i64,
+    /// False when it was already revoked (nothing changed).
+    pub newly_revoked: bool,
+    /// The generation active afterwards.
+    pub active_generation: i32,
+}
+
 impl Ca {
+    /// Revokes a CA generation in an emergency (see the module docs). Revoking the active one
+    /// activates a fresh one first. Idempotent: an already revoked generation is reported as such.
+    pub async fn revoke_generation(
+        &self,
+        kek: &Kek,
+        trust_domain: &TrustDomain,
+        generation: i32,
+        reason: Reason,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokedGeneration, Error> {
+        if self.config.trust_domain(trust_domain).is_none() {
+            return Err(Error::UnknownTrustDomain(trust_domain.to_string()));
+        }
+        let unknown = || Error::UnknownGeneration {
+            trust_domain: trust_domain.to_string(),
+            generation,
+        };
+        let record = self
+            .store
+            .generations(trust_domain.as_str())
+            .await?
+            .into_iter()
+            .find(|g| g.generation == generation)
+            .ok_or_else(unknown)?;
+        let now_s = now.unix_timestamp();
+        if record.state == "revoked" {
+            let active = self
+                .store
+                .active_generation_number(trust_domain.as_str())
+                .await?;
+            return Ok(RevokedGeneration {
+                trust_domain: trust_domain.to_string(),
+                generation,
+                reason: record
+                    .revocation_reason
+                    .as_deref()
+                    .and_then(Reason::parse)
+                    .unwrap_or(reason),
+                revoked_at: record.removed_at.unwrap_or(now_s),
+                newly_revoked: false,
+                active_generation: active.unwrap_or(0),
+            });
+        }
+        if record.state == "active" {
+            // Never leave the trust domain without a signer: a fresh generation first.
+            self.rotate(
+                kek,
+                trust_domain,
+                Scope::Intermediate,
+                "emergency",
+                actor,
+                now,
+            )
+            .await?;
+        }
+        if !self
+            .store
+            .revoke_generation(trust_domain.as_str(), generation, reason.as_str(), now_s)
+            .await?
+        {
+            self.reload_trust_domain(kek, trust_domain).await?;
+            return Err(Error::InFlight(trust_domain.to_string()));
+        }
+        self.audit(AuditEvent {
+            at: now_s,
+            actor: actor.to_owned(),
+            action: "ca.generation.revoke".to_owned(),
+            target: trust_domain.to_string(),
+            outcome: "success".to_owned(),
+            request_id: String::new(),
+            detail: format!(
+                "generation {generation} (intermediate {}) revoked: {}",
+                record.issuer_key_id,
+                reason.as_str()
+            ),
+        })
+        .await;
+        tracing::warn!(trust_domain = %trust_domain, generation, reason = reason.as_str(), "CA generation revoked");
+        self.reload_trust_domain(kek, trust_domain).await?;
+        // Cached OCSP answers are keyed by status, which is read afresh on every request: a
+        // cached `good` for one of its leaves is simply not used any more.
+        let active = self
+            .authorities()
+            .get(trust_domain)
+            .map(|a| a.generation)
+            .unwrap_or(0);
+        Ok(RevokedGeneration {
+            trust_domain: trust_domain.to_string(),
+            generation,
+            reason,
+            revoked_at: now_s,
+            newly_revoked: true,
+            active_generation: active,
+        })
+    }
+
+    /// The CRL signed by the trust domain's root, listing the intermediates revoked in an
+    /// emergency (`/v1/crl/{td}/root`). Cached like the others; the root key is opened only to
+    /// build it.
+    pub async fn root_crl(
+        &self,
+        kek: &Kek,
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+    ) -> Result<CachedCrl, Error> {
+        let key = format!("root:{trust_domain}");
+        if let Some(cached) = self.crls.fresh(&key, now.unix_timestamp()) {
+            return Ok(cached);
+        }
+        let _building = self.crls.building().await;
+        if let Some(cached) = self.crls.fresh(&key, now.unix_timestamp()) {
+            return Ok(cached);
+        }
+        let config = self
+            .config
+            .trust_domain(trust_domain)
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        let generations = self.store.generations(trust_domain.as_str()).await?;
+        let active = generations
+            .iter()
+            .find(|g| g.state == "active")
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        let mut entries = Vec::new();
+        for g in generations
+            .iter()
+            .filter(|g| g.state == "revoked" && g.root_cert == active.root_cert)
+        {
+            let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&g.intermediate_cert)
+                .map_err(|e| Error::Crl(e.to_string()))?;
+            entries.push(RevokedRecord {
+                serial: hex::encode(cert.raw_serial()),
+                revoked_at: g.removed_at.unwrap_or(g.created_at),
+                revocation_reason: g.revocation_reason.clone(),
+            });
+        }
+        entries.sort_by(|a, b| a.serial.cmp(&b.serial));
+        let root = authority::open_root(active, kek)?;
+        let marker = self.store.revocation_marker(&active.issuer_key_id).await?;
+        let root_serial = {
+            let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&active.root_cert)
+                .map_err(|e| Error::Crl(e.to_string()))?;
+            hex::encode(cert.raw_serial())
+        };
+        let number = self
+            .store
+            .next_crl_number(&format!("root:{root_serial}"))
+            .await?;
+        let built = crl::build_by(
+            &root,
+            &active.root_cert,
+            &entries,
+            number,
+            now,
+            config.crl_validity,
+        )
+        .map_err(Error::Crl)?;
+        let cached = CachedCrl {
+            der: std::sync::Arc::new(built.der),
+            number,
+            this_update: built.this_update,
+            next_update: built.next_update,
+            marker,
+        };
+        self.crls.insert(&key, trust_domain.clone(), cached.clone());
+        Ok(cached)
+    }
+
     /// Replaces the active intermediate of `trust_domain` now (same root).
     pub async fn rotate(
         &self,
@@ -331,7 +530,7 @@ impl Ca {
         for record in self.store.generations(td.as_str()).await? {
             self.metrics
                 .generation_state(td.as_str(), record.generation, &record.state);
-            if !matches!(record.state.as_str(), "active" | "retired") {
+            if !matches!(record.state.as_str(), "active" | "retired" | "revoked") {
                 continue;
             }
             let mut authority = authority::open_generation(&record, kek)?;
@@ -345,10 +544,10 @@ impl Ca {
                 self.metrics
                     .cert_expiry(td.as_str(), kind, &authority.issuer_key_id, not_after);
             }
-            if record.state == "active" {
-                loaded.insert(authority);
-            } else {
-                loaded.insert_retired(authority);
+            match record.state.as_str() {
+                "active" => loaded.insert(authority),
+                "retired" => loaded.insert_retired(authority),
+                _ => loaded.insert_revoked(authority),
             }
         }
         if loaded.get(td).is_none() {

@@ -35,7 +35,11 @@ impl Ca {
         // CA's certificate is not ours to answer for.
         let authorities = self.authorities();
         let mut found = None;
-        for authority in authorities.generations(&trust_domain) {
+        // Revoked generations too: their leaves answer `revoked` (the CA's compromise).
+        for authority in authorities
+            .generations(&trust_domain)
+            .chain(authorities.revoked(&trust_domain))
+        {
             let hashes = IssuerHashes::of(authority).map_err(|e| {
                 tracing::error!(error = %e, "OCSP: issuer certificate unreadable");
                 Refusal::Internal
@@ -48,7 +52,22 @@ impl Ca {
         let (authority, hashes) = found.ok_or(Refusal::Unauthorized)?;
         let authority = authority.as_ref();
         let serial = ocsp::serial_hex(&cert_id);
-        let status = self.certificate_status(authority, &serial).await?;
+        let mut status = self.certificate_status(authority, &serial).await?;
+        // A leaf of a generation revoked in an emergency is revoked from then on (an earlier
+        // revocation of the leaf itself stands).
+        if let Some((at, reason)) = &authority.revoked {
+            let superseded = match status {
+                Status::Good => true,
+                Status::Revoked { at: leaf_at, .. } => leaf_at > *at,
+                Status::Unknown => false,
+            };
+            if superseded {
+                status = Status::Revoked {
+                    at: *at,
+                    reason: Reason::parse(reason).or(Some(Reason::CaCompromise)),
+                };
+            }
+        }
         let now = now.unix_timestamp();
         let responses = self.crls.ocsp();
         let sign = |nonce: Option<&[u8]>| {

@@ -149,6 +149,12 @@ impl From<ca::lifecycle::Error> for ApiError {
             Error::NotBuilt(what) => {
                 ApiError::not_implemented(format!("{what} rotation is not built yet"))
             }
+            Error::UnknownGeneration {
+                trust_domain,
+                generation,
+            } => ApiError::not_found(format!(
+                "trust domain {trust_domain} has no CA generation {generation}"
+            )),
             Error::RootTooShort { trust_domain } => ApiError::conflict(format!(
                 "the root of {trust_domain} expires too soon for a new intermediate; rotate the root"
             )),

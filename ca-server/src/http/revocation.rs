@@ -1,5 +1,7 @@
 //! Public revocation endpoints: `GET /v1/crl/{td}` (the active generation's DER CRL),
-//! `GET /v1/crl/{td}/{generation}` (one generation's, the URL its leaves name) and the OCSP
+//! `GET /v1/crl/{td}/{generation}` (one generation's, the URL its leaves name),
+//! `GET /v1/crl/{td}/root` (signed by the root: the intermediates revoked in an emergency) and
+//! the OCSP
 //! responder,
 //! `POST /v1/ocsp/{td}` and `GET /v1/ocsp/{td}/{base64 request}` (RFC 6960 appendix A).
 
@@ -44,6 +46,16 @@ async fn generation_crl(
 ) -> Result<Response, ApiError> {
     let trust_domain =
         TrustDomain::parse(&td).map_err(|_| ApiError::not_found("unknown trust domain"))?;
+    if generation == "root" {
+        if state.ca.config().trust_domain(&trust_domain).is_none() {
+            return Err(ApiError::not_found("unknown trust domain"));
+        }
+        let crl = state
+            .ca
+            .root_crl(&state.kek, &trust_domain, OffsetDateTime::now_utc())
+            .await?;
+        return Ok(crl_response(&crl));
+    }
     let generation: i32 = generation
         .parse()
         .ok()

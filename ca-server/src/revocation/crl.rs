@@ -30,9 +30,29 @@ pub fn build(
     now: OffsetDateTime,
     validity: Duration,
 ) -> Result<BuiltCrl, String> {
-    let (_, intermediate) =
-        X509Certificate::from_der(&authority.intermediate_der).map_err(|e| e.to_string())?;
-    let ski = intermediate
+    build_by(
+        &authority.issuer,
+        &authority.intermediate_der,
+        entries,
+        number,
+        now,
+        validity,
+    )
+}
+
+/// Signs a CRL over `entries` with `issuer`, whose certificate is `issuer_der` (an intermediate
+/// for its leaves, or a root for the intermediates it revoked).
+pub fn build_by(
+    issuer: &rcgen::Issuer<'static, crate::keys::CaKey>,
+    issuer_der: &[u8],
+    entries: &[RevokedRecord],
+    number: i64,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> Result<BuiltCrl, String> {
+    let (_, issuer_cert) = X509Certificate::from_der(issuer_der).map_err(|e| e.to_string())?;
+    let issuer_not_after = issuer_cert.validity().not_after.timestamp();
+    let ski = issuer_cert
         .iter_extensions()
         .find_map(|e| match e.parsed_extension() {
             x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
@@ -40,7 +60,7 @@ pub fn build(
             }
             _ => None,
         })
-        .ok_or("the intermediate has no subject key identifier")?;
+        .ok_or("the issuer has no subject key identifier")?;
     let mut revoked_certs = Vec::with_capacity(entries.len());
     for entry in entries {
         let serial =
@@ -57,7 +77,7 @@ pub fn build(
     let this_update = now;
     let seconds = i64::try_from(validity.as_secs()).map_err(|e| e.to_string())?;
     // Never promise beyond the issuer's own life.
-    let next_update_s = (now.unix_timestamp() + seconds).min(authority.intermediate_not_after);
+    let next_update_s = (now.unix_timestamp() + seconds).min(issuer_not_after);
     let next_update =
         OffsetDateTime::from_unix_timestamp(next_update_s).map_err(|e| e.to_string())?;
     let params = CertificateRevocationListParams {
@@ -68,9 +88,7 @@ pub fn build(
         revoked_certs,
         key_identifier_method: KeyIdMethod::PreSpecified(ski),
     };
-    let crl = params
-        .signed_by(&authority.issuer)
-        .map_err(|e| e.to_string())?;
+    let crl = params.signed_by(issuer).map_err(|e| e.to_string())?;
     Ok(BuiltCrl {
         der: crl.der().to_vec(),
         this_update: this_update.unix_timestamp(),

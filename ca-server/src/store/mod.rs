@@ -208,7 +208,7 @@ pub(crate) const CERTIFICATE_COLUMNS: &str = "issuer_key_id, serial, trust_domai
 
 const GENERATION_COLUMNS: &str = "trust_domain, generation, state, key_algorithm, root_cert, \
      root_key, intermediate_cert, intermediate_key, issuer_key_id, not_after, created_at, \
-     activated_at, retired_at, removed_at";
+     activated_at, retired_at, removed_at, revocation_reason";
 
 impl Store {
     /// Connects (creating a SQLite file when missing) and applies the migrations. Safe to run from
@@ -287,7 +287,7 @@ impl Store {
     pub async fn insert_generation(&self, record: &SealedGeneration) -> Result<(), Error> {
         let sql = format!(
             "INSERT INTO ca_generations ({GENERATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         on_pool!(self, pool => sqlx::query(&sql)
             .bind(&record.trust_domain)
@@ -304,6 +304,7 @@ impl Store {
             .bind(record.activated_at)
             .bind(record.retired_at)
             .bind(record.removed_at)
+            .bind(&record.revocation_reason)
             .execute(pool)
             .await
             .map(|_| ()))?;
@@ -324,7 +325,7 @@ impl Store {
                       WHERE trust_domain = $1 AND generation = $2 AND state = 'active'";
         let insert = format!(
             "INSERT INTO ca_generations ({GENERATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         );
         let done: Result<bool, sqlx::Error> = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
@@ -354,6 +355,7 @@ impl Store {
                 .bind(next.activated_at)
                 .bind(next.retired_at)
                 .bind(next.removed_at)
+                .bind(&next.revocation_reason)
                 .execute(&mut *tx)
                 .await;
             match inserted {
@@ -388,6 +390,29 @@ impl Store {
             .bind(from)
             .bind(to)
             .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(changed == 1)
+    }
+
+    /// Marks a retired or removed generation `revoked` (an emergency) with its reason; false
+    /// when it is in neither state (active, already revoked, unknown).
+    pub async fn revoke_generation(
+        &self,
+        trust_domain: &str,
+        generation: i32,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let sql = "UPDATE ca_generations SET state = 'revoked', removed_at = $3, \
+                   revocation_reason = $4 \
+                   WHERE trust_domain = $1 AND generation = $2 AND state IN ('retired', 'removed')";
+        let changed = on_pool!(self, pool => sqlx::query(sql)
+            .bind(trust_domain)
+            .bind(generation)
+            .bind(now)
+            .bind(reason)
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))?;

@@ -14,7 +14,6 @@ use ca_tests::{Backend, TestServer, both_backends};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-
 fn token_auth(token: &str) -> TokenAuth {
     TokenAuth {
         token: Some(token.to_owned()),
@@ -484,3 +483,223 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<bool>>) -> Vec<bool> 
     }
     out
 }
+
+async fn emergency_revocation_of_a_generation(backend: Backend) {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster(backend, &kube).await;
+    let td = TrustDomain::parse("cluster.local").unwrap();
+    let first = server.server.ca.authorities().get(&td).unwrap().clone();
+    let client = server.grpc_client(None).await;
+    let none = BTreeMap::new();
+    let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let before = client
+        .create_certificate(
+            &csr.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "web")),
+            &none,
+        )
+        .await
+        .unwrap();
+    let serial = serial_of(&leaf_of(&before));
+    // A leaf revoked on its own earlier keeps its own revocation.
+    let early = client
+        .create_certificate(
+            &csr.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "early")),
+            &none,
+        )
+        .await
+        .unwrap();
+    let early_serial = serial_of(&leaf_of(&early));
+    let admin = server.admin_client();
+    admin.revoke(&early_serial, "keyCompromise").await.unwrap();
+
+    // Revoking the active generation activates a fresh one first.
+    let revoked = admin
+        .revoke_generation("cluster.local", 1, "cACompromise")
+        .await
+        .unwrap();
+    assert!(revoked.body.newly_revoked);
+    assert_eq!(revoked.body.active_generation, 2);
+    let second = server.server.ca.authorities().get(&td).unwrap().clone();
+    assert_eq!(second.generation, 2);
+    assert_eq!(second.root_der, first.root_der);
+
+    // Its leaves: OCSP says revoked; mTLS renewal is refused; the token path works and gets a
+    // leaf of the new generation.
+    assert_eq!(
+        ocsp_status(&server, &first.intermediate_der, &serial).await,
+        Some(Answer::Revoked)
+    );
+    assert_eq!(
+        ocsp_status(&server, &first.intermediate_der, &early_serial).await,
+        Some(Answer::Revoked)
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/ocsp/cluster.local", server.http_url()))
+        .header("content-type", "application/ocsp-request")
+        .body(ocsp::request(&first.intermediate_der, &serial))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        ocsp::revocation_reason(&response),
+        Some(2),
+        "cACompromise (2)"
+    );
+    let early_response = reqwest::Client::new()
+        .post(format!("{}/v1/ocsp/cluster.local", server.http_url()))
+        .header("content-type", "application/ocsp-request")
+        .body(ocsp::request(&first.intermediate_der, &early_serial))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        ocsp::revocation_reason(&early_response),
+        Some(1),
+        "its own earlier keyCompromise (1) stands"
+    );
+    let identity = (chain_pem(&before), csr.key_pem.as_bytes().to_vec());
+    let next = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let result = server
+        .grpc_client(Some(identity))
+        .await
+        .create_certificate(&next.csr_pem, 3600, &TokenAuth::default(), &none)
+        .await;
+    assert!(matches!(result, Err(Error::Server { .. })), "{result:?}");
+    let after = client
+        .create_certificate(
+            &next.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "web")),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(aki_of(&leaf_of(&after)), second.intermediate_ski);
+
+    // The root-signed CRL lists the revoked intermediate, with its reason.
+    let root_crl = get_crl(&server, "/v1/crl/cluster.local/root")
+        .await
+        .unwrap();
+    let (_, crl) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&root_crl).unwrap();
+    let (_, root) = X509Certificate::from_der(&first.root_der).unwrap();
+    crl.verify_signature(root.public_key())
+        .expect("signed by the root");
+    let listed: Vec<(String, Option<u8>)> = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            (
+                hex::encode(r.raw_serial()),
+                r.reason_code().map(|(_, code)| code.0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![(serial_of(&first.intermediate_der), Some(2))],
+        "{listed:?}"
+    );
+    // openssl agrees: the old intermediate is revoked by its root.
+    let dir = server.dir.path();
+    std::fs::write(dir.join("e-root.pem"), ca_tests::cert_pem(&first.root_der)).unwrap();
+    std::fs::write(
+        dir.join("e-int.pem"),
+        ca_tests::cert_pem(&first.intermediate_der),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("e-root-crl.pem"),
+        pem::encode(&pem::Pem::new("X509 CRL", root_crl.clone())),
+    )
+    .unwrap();
+    let (ok, out, err) = ca_tests::run(
+        std::process::Command::new("openssl")
+            .arg("verify")
+            .arg("-crl_check")
+            .arg("-CAfile")
+            .arg(dir.join("e-root.pem"))
+            .arg("-CRLfile")
+            .arg(dir.join("e-root-crl.pem"))
+            .arg(dir.join("e-int.pem")),
+    );
+    assert!(
+        !ok && format!("{out}{err}").contains("revoked"),
+        "{out}{err}"
+    );
+
+    // Idempotent; unknown generation 404; bad reason 400; nothing changed by refusals.
+    let again = admin
+        .revoke_generation("cluster.local", 1, "cACompromise")
+        .await
+        .unwrap();
+    assert!(!again.body.newly_revoked);
+    let raw = reqwest::Client::new();
+    for (path, body, status) in [
+        (
+            "/admin/v1/trust-domains/cluster.local/generations/9/revoke",
+            "{}",
+            404,
+        ),
+        (
+            "/admin/v1/trust-domains/cluster.local/generations/x/revoke",
+            "{}",
+            404,
+        ),
+        (
+            "/admin/v1/trust-domains/nowhere/generations/1/revoke",
+            "{}",
+            404,
+        ),
+        (
+            "/admin/v1/trust-domains/cluster.local/generations/2/revoke",
+            r#"{"reason":"because"}"#,
+            400,
+        ),
+        (
+            "/admin/v1/trust-domains/cluster.local/generations/2/revoke",
+            r#"{"extra":1}"#,
+            400,
+        ),
+    ] {
+        let response = raw
+            .post(format!("{}{path}", server.admin_url()))
+            .bearer_auth(&server.admin_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path} {body}");
+    }
+    let states: Vec<String> = server
+        .store()
+        .await
+        .generations("cluster.local")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.state)
+        .collect();
+    assert_eq!(states, vec!["revoked", "active"]);
+    let audit = server.store().await.recent_audit(50).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "ca.generation.revoke" && e.outcome == "success")
+    );
+    server.stop().await;
+}
+both_backends!(
+    emergency_revocation_of_a_generation,
+    emergency_revocation_of_a_generation
+);

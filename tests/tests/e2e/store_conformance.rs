@@ -45,6 +45,7 @@ fn generation(td: &str, number: i32, key_id: &str) -> SealedGeneration {
         activated_at: Some(1),
         retired_at: None,
         removed_at: None,
+        revocation_reason: None,
     }
 }
 

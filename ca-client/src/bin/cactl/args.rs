@@ -173,6 +173,16 @@ pub enum CaCommand {
         #[arg(long, default_value = "intermediate")]
         scope: String,
     },
+    /// Emergency: revoke a CA generation. Its leaves answer `revoked` in OCSP, may not renew
+    /// over mutual TLS (workloads fall back to their tokens), and its intermediate goes on the
+    /// root-signed CRL. Revoking the active generation activates a fresh one first.
+    Revoke {
+        trust_domain: String,
+        generation: i64,
+        /// RFC 5280 reason name.
+        #[arg(long, default_value = "cACompromise")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,6 @@
 //! `trust-domains`: each trust domain's CA generations, their states and expiries.
 
-use ca_client::admin::{Page, Rotation, TrustDomain};
+use ca_client::admin::{Page, RevokedGeneration, Rotation, TrustDomain};
 
 use crate::args::{CaCommand, Cli};
 use crate::output;
@@ -75,6 +75,17 @@ pub async fn ca(cli: &Cli, command: &CaCommand) -> anyhow::Result<()> {
             let answer = cli.admin_client()?.rotate(trust_domain, scope).await?;
             output::answer(cli.output, &answer, rotated);
         }
+        CaCommand::Revoke {
+            trust_domain,
+            generation,
+            reason,
+        } => {
+            let answer = cli
+                .admin_client()?
+                .revoke_generation(trust_domain, *generation, reason)
+                .await?;
+            output::answer(cli.output, &answer, revoked_generation);
+        }
     }
     Ok(())
 }
@@ -124,5 +135,21 @@ fn rotated(r: &Rotation) -> String {
         retired = r.retired_generation,
         removal = r.retired_removal_at,
         next = r.next_rotation_at,
+    )
+}
+
+fn revoked_generation(r: &RevokedGeneration) -> String {
+    let what = if r.newly_revoked {
+        "revoked"
+    } else {
+        "was already revoked"
+    };
+    format!(
+        "{td}: generation {generation} {what} ({reason}, {at}); generation {active} is active\n",
+        td = r.trust_domain,
+        generation = r.generation,
+        reason = r.reason,
+        at = r.revoked_at,
+        active = r.active_generation,
     )
 }

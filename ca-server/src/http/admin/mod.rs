@@ -79,6 +79,7 @@ pub fn router_and_openapi(state: HttpState) -> (Router, utoipa::openapi::OpenApi
         .routes(routes!(issue::issue))
         .routes(routes!(trust_domains::list))
         .routes(routes!(trust_domains::rotate))
+        .routes(routes!(trust_domains::revoke_generation))
         .routes(routes!(certificates::list))
         .routes(routes!(certificates::show))
         .routes(routes!(certificates::revoke))

@@ -208,3 +208,98 @@ pub async fn rotate(
     .await;
     result.map(|view| (StatusCode::ACCEPTED, Json(view)))
 }
+
+/// `POST /admin/v1/trust-domains/{td}/generations/{n}/revoke`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeGenerationBody {
+    /// RFC 5280 reason name (default `cACompromise`).
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RevokedGenerationView {
+    pub trust_domain: String,
+    pub generation: i32,
+    pub reason: String,
+    pub revoked_at: String,
+    /// False when it was already revoked.
+    pub newly_revoked: bool,
+    /// The generation active afterwards (a fresh one when the active one was revoked).
+    pub active_generation: i32,
+}
+
+#[utoipa::path(operation_id = "trust_domains_revoke_generation", post, path = "/admin/v1/trust-domains/{td}/generations/{generation}/revoke", tag = "trust domains",
+    params(("td" = String, Path), ("generation" = i32, Path)), request_body = RevokeGenerationBody, security(("bearer" = [])),
+    responses((status = 200, description = "Revoked (or already revoked)", body = RevokedGenerationView), (status = 400, description = "Bad input (stable error code)", body = ErrorBody),
+        (status = 404, description = "Unknown trust domain or generation", body = ErrorBody), (status = 409, description = "A rotation of this trust domain is in flight", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
+pub async fn revoke_generation(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((td, generation)): Path<(String, String)>,
+    body: Result<Json<RevokeGenerationBody>, JsonRejection>,
+) -> Result<Json<RevokedGenerationView>, ApiError> {
+    let caller = caller_with(&state, &headers, Role::Admin).await?;
+    let request_id = request_id(&headers);
+    let target =
+        crate::untrusted::bounded(&format!("{td}/{generation}"), crate::untrusted::LOG_CHARS);
+    let result = async {
+        let body = json_body(body)?;
+        let reason_name = body.reason.unwrap_or_else(|| "cACompromise".to_owned());
+        let reason = crate::revocation::Reason::parse(&reason_name).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_reason",
+                format!(
+                    "unknown reason {:?}; use an RFC 5280 name such as cACompromise or superseded",
+                    crate::untrusted::bounded(&reason_name, 64)
+                ),
+            )
+        })?;
+        let trust_domain = TrustDomain::parse(&td)
+            .ok()
+            .filter(|t| state.ca.config().trust_domain(t).is_some())
+            .ok_or_else(|| ApiError::not_found("unknown trust domain"))?;
+        let number: i32 = generation
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ApiError::not_found("unknown CA generation"))?;
+        let revoked = state
+            .ca
+            .revoke_generation(
+                &state.kek,
+                &trust_domain,
+                number,
+                reason,
+                &caller.name,
+                OffsetDateTime::now_utc(),
+            )
+            .await?;
+        Ok::<_, ApiError>(RevokedGenerationView {
+            trust_domain: revoked.trust_domain,
+            generation: revoked.generation,
+            reason: revoked.reason.as_str().to_owned(),
+            revoked_at: rfc3339(revoked.revoked_at),
+            newly_revoked: revoked.newly_revoked,
+            active_generation: revoked.active_generation,
+        })
+    }
+    .await;
+    let (outcome, detail) = match &result {
+        Ok(r) if r.newly_revoked => ("success", format!("reason {}", r.reason)),
+        Ok(_) => ("unchanged", "already revoked".to_owned()),
+        Err(e) => ("rejected", format!("{}: {}", e.code, e.message)),
+    };
+    audit(
+        &state,
+        &caller,
+        "ca.generation.revoke.request",
+        &target,
+        outcome,
+        &request_id,
+        detail,
+    )
+    .await;
+    result.map(Json)
+}
