@@ -46,7 +46,7 @@ KNOWN_CA_METRICS = {
     "ca_federation_last_success_timestamp_seconds", "ca_federation_fetch_errors_total",
     "ca_issuance_in_flight", "ca_issuance_waiting", "ca_issuance_shed_total",
     "ca_federation_refresh_hint_seconds", "ca_workload_identities_expiring",
-    "ca_generation_state", "ca_rotations_total",
+    "ca_generation_state", "ca_rotations_total", "ca_rotation_convergence_ratio",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -111,6 +111,13 @@ pub struct Generation {
     /// The active generation: when its automatic rotation is due.
     #[serde(default)]
     pub rotation_due_at: Option<String>,
+    /// A prepared generation (root rotation in flight): published, and its activation window.
+    #[serde(default)]
+    pub published_at: Option<String>,
+    #[serde(default)]
+    pub activation_earliest: Option<String>,
+    #[serde(default)]
+    pub activation_latest: Option<String>,
 }
 
 /// A generation revoked in an emergency.
@@ -131,7 +138,11 @@ pub struct Rotation {
     pub scope: String,
     pub generation: i64,
     pub retired_generation: i64,
+    /// `active` (intermediate) or `prepared` (root: published, activated when converged).
+    pub state: String,
+    pub published_at: String,
     pub activated_at: String,
+    pub activation_latest: String,
     pub not_after: String,
     pub next_rotation_at: String,
     pub retired_removal_at: String,
@@ -435,7 +446,8 @@ impl AdminClient {
             .await
     }
 
-    /// Rotates a trust domain's CA now (`scope`: `intermediate`; `root` is not built yet).
+    /// Rotates a trust domain's CA (`scope`: `intermediate`, done at once; `root`, published
+    /// now and activated when converged).
     pub async fn rotate(&self, trust_domain: &str, scope: &str) -> Result<Answer<Rotation>, Error> {
         let path = format!(
             "/admin/v1/trust-domains/{}/rotate",

@@ -121,6 +121,8 @@ pub struct Authorities {
     /// Generations revoked in an emergency: kept only so OCSP can say `revoked` for their
     /// leaves; they sign nothing and renew nothing.
     revoked: BTreeMap<TrustDomain, Vec<Arc<Authority>>>,
+    /// A generation with a new root, published (in every trust set) but not yet signing.
+    prepared: BTreeMap<TrustDomain, Arc<Authority>>,
 }
 
 impl Authorities {
@@ -180,6 +182,33 @@ impl Authorities {
         list.sort_by_key(|a| std::cmp::Reverse(a.generation));
     }
 
+    /// Adds the prepared generation (a root rotation in flight).
+    pub fn insert_prepared(&mut self, authority: Authority) {
+        self.prepared
+            .insert(authority.trust_domain.clone(), Arc::new(authority));
+    }
+
+    /// The prepared generation of a trust domain, if a root rotation is in flight.
+    pub fn prepared(&self, trust_domain: &TrustDomain) -> Option<&Arc<Authority>> {
+        self.prepared.get(trust_domain)
+    }
+
+    /// Every root a workload of this trust domain must trust: the active generation's, then
+    /// the others still in use (a published new root, retired generations' roots while their
+    /// leaves live), each once.
+    pub fn trust_roots(&self, trust_domain: &TrustDomain) -> Vec<Vec<u8>> {
+        let mut roots: Vec<Vec<u8>> = Vec::new();
+        for authority in self
+            .generations(trust_domain)
+            .chain(self.prepared.get(trust_domain))
+        {
+            if !roots.contains(&authority.root_der) {
+                roots.push(authority.root_der.clone());
+            }
+        }
+        roots
+    }
+
     /// Adds a generation revoked in an emergency (OCSP only).
     pub fn insert_revoked(&mut self, authority: Authority) {
         self.revoked
@@ -201,6 +230,10 @@ impl Authorities {
         self.by_name.remove(trust_domain);
         self.retired.remove(trust_domain);
         self.revoked.remove(trust_domain);
+        self.prepared.remove(trust_domain);
+        if let Some(prepared) = from.prepared.get(trust_domain) {
+            self.prepared.insert(trust_domain.clone(), prepared.clone());
+        }
         if let Some(revoked) = from.revoked.get(trust_domain) {
             self.revoked.insert(trust_domain.clone(), revoked.clone());
         }

@@ -131,6 +131,9 @@ pub struct TrustDomainConfig {
     pub federates_with: Vec<TrustDomain>,
     /// How long a CRL is valid (nextUpdate - thisUpdate); it is rebuilt at half that.
     pub crl_validity: Duration,
+    /// Root rotation: the longest a published new root waits for convergence before it is
+    /// activated anyway (default twice `max_ttl`: by then every old leaf has expired).
+    pub root_activation_max_wait: Duration,
 }
 
 /// A Kubernetes cluster whose service-account tokens may call the gRPC API.
@@ -388,6 +391,16 @@ impl Config {
                 .iter()
                 .map(|f| TrustDomain::parse(f).map_err(|e| invalid(&key("federates_with"), e)))
                 .collect::<Result<Vec<_>, _>>()?;
+            let root_activation_max_wait = match &td.root_activation_max_wait {
+                Some(text) => parse_duration(&key("root_activation_max_wait"), text)?,
+                None => max_ttl * 2,
+            };
+            if root_activation_max_wait < refresh_hint * 3 {
+                return Err(invalid(
+                    &key("root_activation_max_wait"),
+                    "must be at least 3 x refresh_hint (federated peers must see the new root)",
+                ));
+            }
             trust_domains.push(TrustDomainConfig {
                 name,
                 key_algorithm,
@@ -401,6 +414,7 @@ impl Config {
                 refresh_hint,
                 federates_with,
                 crl_validity,
+                root_activation_max_wait,
             });
         }
         let serving_trust_domain = TrustDomain::parse(&raw.tls.serving_trust_domain)
@@ -1074,6 +1088,7 @@ struct RawTrustDomain {
     refresh_hint: String,
     federates_with: Vec<String>,
     crl_validity: String,
+    root_activation_max_wait: Option<String>,
 }
 
 impl Default for RawTrustDomain {
@@ -1091,6 +1106,7 @@ impl Default for RawTrustDomain {
             refresh_hint: "5m".to_owned(),
             federates_with: Vec::new(),
             crl_validity: "24h".to_owned(),
+            root_activation_max_wait: None,
         }
     }
 }

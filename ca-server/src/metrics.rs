@@ -84,6 +84,9 @@ pub struct Metrics {
     /// 1 for each generation's current state (SPEC 10), 0 for the states it left.
     pub generation_state: Family<GenerationLabels, Gauge>,
     pub rotations: Family<RotationLabels, Counter>,
+    /// Root rotation: the share of live leaves issued since the new root was published (1 when
+    /// no root rotation is in flight).
+    pub rotation_convergence: Family<TrustDomainLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 /// Issuance latency buckets (seconds).
@@ -157,6 +160,13 @@ impl Metrics {
             "ca_rotations",
             "CA rotations performed by this replica, by scope and trigger",
             rotations.clone(),
+        );
+        let rotation_convergence =
+            Family::<TrustDomainLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "ca_rotation_convergence_ratio",
+            "Root rotation: share of live leaves issued since the new root was published",
+            rotation_convergence.clone(),
         );
         let store_errors = Family::<OpLabels, Counter>::default();
         registry.register(
@@ -241,6 +251,7 @@ impl Metrics {
             cert_not_after,
             generation_state,
             rotations,
+            rotation_convergence,
             store_errors,
             revoked,
             denied,
@@ -269,7 +280,18 @@ impl Metrics {
                 let _ = self.issued.get_or_create(&labels);
                 let _ = self.issuance_duration.get_or_create(&labels);
             }
-            for (scope, trigger) in [("intermediate", "schedule"), ("intermediate", "admin")] {
+            self.rotation_convergence
+                .get_or_create(&TrustDomainLabels {
+                    trust_domain: trust_domain.clone(),
+                })
+                .set(1.0);
+            for (scope, trigger) in [
+                ("intermediate", "schedule"),
+                ("intermediate", "admin"),
+                ("intermediate", "emergency"),
+                ("root", "schedule"),
+                ("root", "admin"),
+            ] {
                 let _ = self.rotations.get_or_create(&RotationLabels {
                     trust_domain: trust_domain.clone(),
                     scope: scope.to_owned(),

@@ -1,11 +1,13 @@
 //! TLS for the gRPC port: a serving certificate the CA issues to itself (renewed before it
-//! expires, swapped in without a restart) and an optional client-certificate verifier over our
-//! own trust domains' roots. A client that presents a certificate that does not verify fails the
+//! expires, swapped in without a restart) and an optional client-certificate verifier over the
+//! roots our trust domains' workloads trust now (following root rotations). A client that presents a certificate that does not verify fails the
 //! handshake; a client that presents none goes on to bearer-token authentication.
 
 use std::sync::{Arc, RwLock};
 
 use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -267,22 +269,132 @@ pub fn certified_key_from_files(
     )))
 }
 
+/// Client certificates are verified against the roots every trust domain's workloads trust
+/// *now*: they change with a root rotation (a published new root, a dropped old one), so the
+/// webpki verifier is rebuilt whenever that set differs from the one it was built over. No
+/// root hints are sent (clients present their certificate without them).
+#[derive(Debug)]
+struct CurrentRootsVerifier {
+    ca: Ca,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<BuiltVerifier>,
+}
+
+/// A webpki client verifier and the roots (DER) it was built over.
+type BuiltVerifier = (Vec<Vec<u8>>, Arc<dyn ClientCertVerifier>);
+
+impl CurrentRootsVerifier {
+    fn new(ca: &Ca, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Self, Error> {
+        let roots = current_roots(ca);
+        let verifier = build_client_verifier(&roots, &provider)?;
+        Ok(CurrentRootsVerifier {
+            ca: ca.clone(),
+            provider,
+            current: RwLock::new((roots, verifier)),
+        })
+    }
+
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        let roots = current_roots(&self.ca);
+        if let Ok(current) = self.current.read()
+            && current.0 == roots
+        {
+            return Ok(current.1.clone());
+        }
+        let verifier = build_client_verifier(&roots, &self.provider)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        if let Ok(mut current) = self.current.write() {
+            *current = (roots, verifier.clone());
+        }
+        Ok(verifier)
+    }
+}
+
+fn current_roots(ca: &Ca) -> Vec<Vec<u8>> {
+    let authorities = ca.authorities();
+    let mut roots = Vec::new();
+    for authority in authorities.iter() {
+        for root in authorities.trust_roots(&authority.trust_domain) {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+    }
+    roots
+}
+
+fn build_client_verifier(
+    roots: &[Vec<u8>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store
+            .add(CertificateDer::from(root.clone()))
+            .map_err(|e| Error::Verifier(e.to_string()))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Verifier(e.to_string()))
+}
+
+impl ClientCertVerifier for CurrentRootsVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()?
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// The rustls server configuration of the gRPC port.
 pub fn server_config(
     ca: &Ca,
     serving: Arc<ServingIdentity>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let mut roots = RootCertStore::empty();
-    for authority in ca.authorities().iter() {
-        roots
-            .add(CertificateDer::from(authority.root_der.clone()))
-            .map_err(|e| Error::Verifier(e.to_string()))?;
-    }
     let provider = server_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| Error::Verifier(e.to_string()))?;
+    let verifier: Arc<dyn ClientCertVerifier> =
+        Arc::new(CurrentRootsVerifier::new(ca, provider.clone())?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

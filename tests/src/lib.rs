@@ -186,6 +186,14 @@ impl TestServer {
         cert_pem(&authority.root_der).into_bytes()
     }
 
+    /// Every root a client of the serving trust domain trusts now (during a root rotation, old
+    /// and new), PEM: what the test kit's gRPC clients verify the port with.
+    pub fn serving_trust_pem(&self) -> Vec<u8> {
+        let td = &self.config.tls.serving_trust_domain;
+        let authority = self.server.ca.authorities().get(td).unwrap().clone();
+        self.server.ca.roots_pem_for(&authority).into_bytes()
+    }
+
     /// The server's database, opened separately (its own pool): what a test reads to check what
     /// was recorded.
     pub async fn store(&self) -> ca_server::store::Store {
@@ -203,7 +211,7 @@ impl TestServer {
     ) -> ca_client::WorkloadClient {
         ca_client::WorkloadClient::connect(&ca_client::ConnectOptions {
             address: self.server.grpc_addr.to_string(),
-            ca_pem: self.serving_root_pem(),
+            ca_pem: self.serving_trust_pem(),
             server_name: Some("localhost".to_owned()),
             client_identity: identity,
         })

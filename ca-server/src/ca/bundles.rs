@@ -13,25 +13,39 @@ impl Ca {
     /// Publishes our own trust domains' roots (bumping the stored sequence when they changed) and
     /// loads the last good federated bundles.
     pub async fn load_bundles(&self, now: i64) -> Result<(), store::Error> {
-        for authority in self.authorities().iter() {
-            let roots = vec![authority.root_der.clone()];
-            let pem_text: String = roots
-                .iter()
-                .map(|der| crate::pem::certificate(der))
-                .collect();
-            let record = self
-                .store
-                .put_local_bundle(
-                    authority.trust_domain.as_str(),
-                    &pem_text,
-                    &trust::bundle::content_hash(&roots),
-                    now,
-                )
+        let authorities = self.authorities();
+        for authority in authorities.iter() {
+            let roots = authorities.trust_roots(&authority.trust_domain);
+            self.publish_own_bundle(&authority.trust_domain, &roots, now)
                 .await?;
-            self.bundles
-                .set(authority.trust_domain.clone(), trust::from_record(&record));
         }
         self.reload_federated_bundles().await
+    }
+
+    /// Publishes a trust domain's own roots (every root its workloads must trust: during a root
+    /// rotation, old and new); the stored sequence goes up only when they changed.
+    pub async fn publish_own_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+        roots: &[Vec<u8>],
+        now: i64,
+    ) -> Result<(), store::Error> {
+        let pem_text: String = roots
+            .iter()
+            .map(|der| crate::pem::certificate(der))
+            .collect();
+        let record = self
+            .store
+            .put_local_bundle(
+                trust_domain.as_str(),
+                &pem_text,
+                &trust::bundle::content_hash(roots),
+                now,
+            )
+            .await?;
+        self.bundles
+            .set(trust_domain.clone(), trust::from_record(&record));
+        Ok(())
     }
 
     /// Mirrors the federated bundles the store holds (another replica's fetch, an earlier run,
@@ -115,7 +129,10 @@ impl Ca {
     ///
     /// Its own roots, then the last good roots of every trust domain in its `federates_with`.
     pub fn roots_for(&self, authority: &Authority) -> Vec<Vec<u8>> {
-        let mut roots = vec![authority.root_der.clone()];
+        let mut roots = match self.bundles.get(&authority.trust_domain) {
+            Some(own) => own.roots.clone(),
+            None => vec![authority.root_der.clone()],
+        };
         for bundle in self.federated_bundles(authority) {
             roots.extend(bundle.roots.iter().cloned());
         }
@@ -125,7 +142,10 @@ impl Ca {
     /// [`Ca::roots_for`] as concatenated PEM; every root is encoded once (the trust domain's own
     /// at load, a bundle's when it is taken in).
     pub fn roots_pem_for(&self, authority: &Authority) -> String {
-        let mut pem = authority.root_pem.clone();
+        let mut pem = match self.bundles.get(&authority.trust_domain) {
+            Some(own) => own.roots_pem().to_owned(),
+            None => authority.root_pem.clone(),
+        };
         for bundle in self.federated_bundles(authority) {
             pem.push_str(bundle.roots_pem());
         }

@@ -26,8 +26,24 @@
 //!   root-signed CRL at `/v1/crl/{td}/root`. The root, hence every trust set, is unchanged:
 //!   this is an intermediate compromise; a root compromise needs root rotation.
 //!
-//! Not built yet: root rotation (publish, convergence-gated activation, retirement of the old
-//! root), plug-in CAs. When the root would not let a new
+//! - **Root rotation** (`scope = root`, or when less than twice `intermediate_ttl` of the
+//!   root's life remains): a new root and intermediate are made as generation n+1, `prepared`:
+//!   they sign nothing, but the new root is **published** at once in every trust set (our
+//!   bundle's sequence bumps; Istio answers, `ca.v1`, WatchBundles, root ConfigMaps and
+//!   federated peers carry old + new roots). It is **activated** (n+1 active, n retired) once
+//!   **converged**: every live leaf of the trust domain was issued after the publication (its
+//!   holder received the new trust set with it) and at least three refresh hints have passed
+//!   (federated peers fetched it); or anyway after `root_activation_max_wait` (default twice
+//!   `max_ttl`, by when every old leaf has expired). `ca_rotation_convergence_ratio` reports the
+//!   share. The old root stays in every trust set while a generation under it is loaded
+//!   (retired, until its last leaf expired + margin), then drops out (sequence bumps again).
+//!   **Decision: no cross-signing.** The new intermediate is signed by the new root only:
+//!   publish-first gives every relying party the new root before any leaf chains to it, so a
+//!   cross-certificate would add nothing but a second chain shape, which Istio's agents
+//!   (last element = roots) and ztunnel would have to handle; and an old-root cross-signature
+//!   would extend the old root's reach past its retirement.
+//!
+//! Not built yet: plug-in CAs. When the root would not let a new
 //! intermediate outlive the current one, the rotation is refused and logged: the root must be
 //! rotated, which is an operator action for now.
 
@@ -82,8 +98,6 @@ pub enum Error {
     /// Another replica (or request) changed the generation first.
     #[error("a rotation of {0} is in flight or just happened; look again")]
     InFlight(String),
-    #[error("{0} rotation is not built yet")]
-    NotBuilt(&'static str),
     #[error(
         "the root of {trust_domain} expires before a new intermediate would outlive the current one; rotate the root"
     )]
@@ -101,14 +115,23 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
-/// A completed rotation.
+/// A rotation performed (intermediate: the new generation is active) or started (root: the new
+/// generation is published, `prepared`, and activated by the lifecycle once converged).
 #[derive(Debug, Clone)]
 pub struct Rotated {
     pub trust_domain: String,
     pub scope: Scope,
+    /// The generation that was active (retired now, or at the root's activation).
     pub retired_generation: i32,
     pub generation: i32,
+    /// `active` or `prepared`.
+    pub state: &'static str,
+    /// When the new generation was published (its root in every trust set).
+    pub published_at: i64,
+    /// When it became active, or the earliest it can (root: 3 refresh hints after publishing,
+    /// once converged) and the latest (`root_activation_max_wait`).
     pub activated_at: i64,
+    pub activation_latest: i64,
     /// The new intermediate's notAfter.
     pub not_after: i64,
     /// When the next automatic rotation is due.
@@ -116,6 +139,23 @@ pub struct Rotated {
     /// When the retired generation will be removed at the latest (its leaves' last notAfter,
     /// bounded by `max_ttl` from now, plus the margin).
     pub retired_removal_at: i64,
+}
+
+/// When a root rotation starts on its own: when less than twice `intermediate_ttl` of the root's
+/// life remains (intermediates would soon be cut short by it).
+pub fn root_rotation_due_at(authority: &Authority, config: &TrustDomainConfig) -> i64 {
+    let lead = i64::try_from(config.intermediate_ttl.as_secs()).unwrap_or(i64::MAX / 4);
+    authority
+        .root_not_after
+        .saturating_sub(lead.saturating_mul(2))
+}
+
+/// The earliest and latest activation of a root published at `published`: 3 refresh hints
+/// after it (federated peers have fetched it), and `root_activation_max_wait` after it.
+pub fn activation_window(config: &TrustDomainConfig, published: i64) -> (i64, i64) {
+    let hints = i64::try_from(config.refresh_hint.as_secs()).unwrap_or(0) * 3;
+    let max_wait = i64::try_from(config.root_activation_max_wait.as_secs()).unwrap_or(i64::MAX / 4);
+    (published + hints, published + max_wait.max(hints))
 }
 
 /// When the active intermediate of a trust domain is due for replacement: at half its life, or
@@ -320,7 +360,13 @@ impl Ca {
         now: OffsetDateTime,
     ) -> Result<Rotated, Error> {
         if scope == Scope::Root {
-            return Err(Error::NotBuilt("root"));
+            return self
+                .publish_root(kek, trust_domain, trigger, actor, now)
+                .await;
+        }
+        if self.authorities().prepared(trust_domain).is_some() {
+            // A root rotation is in flight: its activation replaces the intermediate anyway.
+            return Err(Error::InFlight(trust_domain.to_string()));
         }
         let config = self
             .config
@@ -405,11 +451,181 @@ impl Ca {
             scope,
             retired_generation: current.generation,
             generation: next.generation,
+            state: "active",
+            published_at: now_s,
             activated_at: now_s,
+            activation_latest: now_s,
             not_after: next.not_after,
             next_rotation_at,
             retired_removal_at: last_leaf + REMOVAL_MARGIN.as_secs() as i64,
         })
+    }
+
+    /// Starts a root rotation: a new root and intermediate, `prepared` (signing nothing) and
+    /// published at once in every trust set (bundle sequence bump, every Istio answer's last
+    /// element, `ca.v1` bundles, WatchBundles, the root ConfigMaps, federated peers' next fetch).
+    /// The lifecycle activates it once converged (see [`Ca::lifecycle_tick`]).
+    async fn publish_root(
+        &self,
+        kek: &Kek,
+        trust_domain: &TrustDomain,
+        trigger: &str,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> Result<Rotated, Error> {
+        let config = self
+            .config
+            .trust_domain(trust_domain)
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?
+            .clone();
+        let generations = self.store.generations(trust_domain.as_str()).await?;
+        if generations.iter().any(|g| g.state == "prepared") {
+            return Err(Error::InFlight(trust_domain.to_string()));
+        }
+        let active = generations
+            .iter()
+            .find(|g| g.state == "active")
+            .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        let number = generations.iter().map(|g| g.generation).max().unwrap_or(0) + 1;
+        let mut next = authority::create_generation(&config, kek, number, now)?;
+        next.state = "prepared".to_owned();
+        next.activated_at = None;
+        match self.store.insert_generation(&next).await {
+            Ok(()) => {}
+            Err(store::Error::Conflict(_)) => {
+                self.reload_trust_domain(kek, trust_domain).await?;
+                return Err(Error::InFlight(trust_domain.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let now_s = now.unix_timestamp();
+        self.metrics
+            .rotations
+            .get_or_create(&RotationLabels {
+                trust_domain: trust_domain.to_string(),
+                scope: Scope::Root.as_str().to_owned(),
+                trigger: trigger.to_owned(),
+            })
+            .inc();
+        self.audit(AuditEvent {
+            at: now_s,
+            actor: actor.to_owned(),
+            action: "ca.root.publish".to_owned(),
+            target: trust_domain.to_string(),
+            outcome: "success".to_owned(),
+            request_id: String::new(),
+            detail: format!(
+                "root rotation by {trigger}: generation {number} (new root, intermediate {}) published, prepared",
+                next.issuer_key_id
+            ),
+        })
+        .await;
+        tracing::info!(trust_domain = %trust_domain, trigger, generation = number, "new root published; activation waits for convergence");
+        self.reload_trust_domain(kek, trust_domain).await?;
+        let (earliest, latest) = activation_window(&config, now_s);
+        let next_rotation_at = self
+            .authorities()
+            .prepared(trust_domain)
+            .map(|a| rotation_due_at(a, &config))
+            .unwrap_or(next.not_after);
+        Ok(Rotated {
+            trust_domain: trust_domain.to_string(),
+            scope: Scope::Root,
+            retired_generation: active.generation,
+            generation: number,
+            state: "prepared",
+            published_at: now_s,
+            activated_at: earliest,
+            activation_latest: latest,
+            not_after: next.not_after,
+            next_rotation_at,
+            retired_removal_at: latest
+                + i64::try_from(config.max_ttl.as_secs()).unwrap_or(0)
+                + REMOVAL_MARGIN.as_secs() as i64,
+        })
+    }
+
+    /// Activates a prepared root when converged: every live leaf was issued after the new root
+    /// was published (their holders received the new trust set with them) and at least three
+    /// refresh hints have passed (federated peers fetched it), or anyway once
+    /// `root_activation_max_wait` has passed. Reports the convergence in
+    /// `ca_rotation_convergence_ratio`. Returns whether it activated.
+    async fn activate_root_if_converged(
+        &self,
+        kek: &Kek,
+        config: &TrustDomainConfig,
+        now: OffsetDateTime,
+    ) -> Result<bool, Error> {
+        let td = &config.name;
+        let generations = self.store.generations(td.as_str()).await?;
+        let (Some(prepared), Some(active)) = (
+            generations.iter().find(|g| g.state == "prepared"),
+            generations.iter().find(|g| g.state == "active"),
+        ) else {
+            self.metrics
+                .rotation_convergence
+                .get_or_create(&crate::metrics::TrustDomainLabels {
+                    trust_domain: td.to_string(),
+                })
+                .set(1.0);
+            return Ok(false);
+        };
+        let now_s = now.unix_timestamp();
+        let published = prepared.created_at;
+        let issuers: Vec<String> = generations
+            .iter()
+            .filter(|g| matches!(g.state.as_str(), "active" | "retired"))
+            .map(|g| g.issuer_key_id.clone())
+            .collect();
+        let (total, fresh) = self
+            .store
+            .live_leaves_since(&issuers, published, now_s)
+            .await?;
+        let ratio = if total == 0 {
+            1.0
+        } else {
+            fresh as f64 / total as f64
+        };
+        self.metrics
+            .rotation_convergence
+            .get_or_create(&crate::metrics::TrustDomainLabels {
+                trust_domain: td.to_string(),
+            })
+            .set(ratio);
+        let (earliest, latest) = activation_window(config, published);
+        let converged = fresh == total && now_s >= earliest;
+        if !converged && now_s < latest {
+            return Ok(false);
+        }
+        if !self
+            .store
+            .activate_prepared(td.as_str(), active.generation, prepared.generation, now_s)
+            .await?
+        {
+            self.reload_trust_domain(kek, td).await?;
+            return Ok(false);
+        }
+        let why = if converged {
+            format!("converged ({fresh}/{total} live leaves issued since the root was published)")
+        } else {
+            format!("maximum wait reached ({fresh}/{total} converged)")
+        };
+        self.audit(AuditEvent {
+            at: now_s,
+            actor: "server".to_owned(),
+            action: "ca.root.activate".to_owned(),
+            target: td.to_string(),
+            outcome: "success".to_owned(),
+            request_id: String::new(),
+            detail: format!(
+                "generation {} (new root) active, generation {} retired: {why}",
+                prepared.generation, active.generation
+            ),
+        })
+        .await;
+        tracing::info!(trust_domain = %td, generation = prepared.generation, why = %why, "new root activated");
+        self.reload_trust_domain(kek, td).await?;
+        Ok(true)
     }
 
     /// One pass of the lifecycle for every trust domain (the job tick runs it on every
@@ -451,7 +667,20 @@ impl Ca {
         let Some(active) = self.authorities().get(td).cloned() else {
             return Ok(());
         };
-        if now.unix_timestamp() >= rotation_due_at(&active, config) {
+        let root_in_flight = self.authorities().prepared(td).is_some();
+        if root_in_flight {
+            if with_removal {
+                self.activate_root_if_converged(kek, config, now).await?;
+            }
+        } else if now.unix_timestamp() >= root_rotation_due_at(&active, config) {
+            match self
+                .rotate(kek, td, Scope::Root, "schedule", "server", now)
+                .await
+            {
+                Ok(_) | Err(Error::InFlight(_)) => {}
+                Err(e) => return Err(e),
+            }
+        } else if now.unix_timestamp() >= rotation_due_at(&active, config) {
             match self
                 .rotate(kek, td, Scope::Intermediate, "schedule", "server", now)
                 .await
@@ -530,7 +759,10 @@ impl Ca {
         for record in self.store.generations(td.as_str()).await? {
             self.metrics
                 .generation_state(td.as_str(), record.generation, &record.state);
-            if !matches!(record.state.as_str(), "active" | "retired" | "revoked") {
+            if !matches!(
+                record.state.as_str(),
+                "active" | "retired" | "revoked" | "prepared"
+            ) {
                 continue;
             }
             let mut authority = authority::open_generation(&record, kek)?;
@@ -547,6 +779,7 @@ impl Ca {
             match record.state.as_str() {
                 "active" => loaded.insert(authority),
                 "retired" => loaded.insert_retired(authority),
+                "prepared" => loaded.insert_prepared(authority),
                 _ => loaded.insert_revoked(authority),
             }
         }
@@ -557,9 +790,14 @@ impl Ca {
             }
             .into());
         }
+        let roots = loaded.trust_roots(td);
         self.set_trust_domain_authorities(td, loaded);
         // CRLs are per generation; the next fetch builds what is now loaded.
         self.crls.mark_stale(td.as_str());
+        // The trust set may have changed (a published or dropped root): publish it (the stored
+        // sequence goes up only when the content changed).
+        self.publish_own_bundle(td, &roots, OffsetDateTime::now_utc().unix_timestamp())
+            .await?;
         Ok(())
     }
 }

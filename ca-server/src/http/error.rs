@@ -146,9 +146,6 @@ impl From<ca::lifecycle::Error> for ApiError {
             Error::InFlight(td) => ApiError::conflict(format!(
                 "a rotation of {td} is in flight or just happened; look at GET /admin/v1/trust-domains"
             )),
-            Error::NotBuilt(what) => {
-                ApiError::not_implemented(format!("{what} rotation is not built yet"))
-            }
             Error::UnknownGeneration {
                 trust_domain,
                 generation,

@@ -396,6 +396,79 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// Activates the prepared generation `prepared` in place of the active `active`, in one
+    /// transaction; false, changing nothing, when either is no longer in that state (another
+    /// replica activated it first).
+    pub async fn activate_prepared(
+        &self,
+        trust_domain: &str,
+        active: i32,
+        prepared: i32,
+        now: i64,
+    ) -> Result<bool, Error> {
+        let retire = "UPDATE ca_generations SET state = 'retired', retired_at = $3 \
+                      WHERE trust_domain = $1 AND generation = $2 AND state = 'active'";
+        let activate = "UPDATE ca_generations SET state = 'active', activated_at = $3 \
+                        WHERE trust_domain = $1 AND generation = $2 AND state = 'prepared'";
+        let done: Result<bool, sqlx::Error> = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let retired = sqlx::query(retire)
+                .bind(trust_domain)
+                .bind(active)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if retired != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let activated = sqlx::query(activate)
+                .bind(trust_domain)
+                .bind(prepared)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if activated != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        }.await);
+        Ok(done?)
+    }
+
+    /// Live (unexpired, unrevoked) leaves of a trust domain's issuers at `now`: how many, and
+    /// how many of them were issued after `since` (root rotation's convergence; a leaf of the
+    /// very second of the publication counts as not converged, as it may predate it). Our own
+    /// serving certificates (`api` `serving`, `istiod`) are not workloads' and do not count:
+    /// their relying parties take the trust set from the root ConfigMap or bundle.
+    pub async fn live_leaves_since(
+        &self,
+        issuer_key_ids: &[String],
+        since: i64,
+        now: i64,
+    ) -> Result<(i64, i64), Error> {
+        let mut total = 0;
+        let mut fresh = 0;
+        let sql = "SELECT COUNT(*), COALESCE(SUM(CASE WHEN created_at > $2 THEN 1 ELSE 0 END), 0) \
+                   FROM certificates WHERE issuer_key_id = $1 AND revoked_at IS NULL AND not_after > $3 \
+                   AND api NOT IN ('serving', 'istiod')";
+        for issuer in issuer_key_ids {
+            let (all, new): (i64, i64) = on_pool!(self, pool => sqlx::query_as(sql)
+                .bind(issuer)
+                .bind(since)
+                .bind(now)
+                .fetch_one(pool)
+                .await)?;
+            total += all;
+            fresh += new;
+        }
+        Ok((total, fresh))
+    }
+
     /// Marks a retired or removed generation `revoked` (an emergency) with its reason; false
     /// when it is in neither state (active, already revoked, unknown).
     pub async fn revoke_generation(

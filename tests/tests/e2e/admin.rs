@@ -153,6 +153,12 @@ async fn role_matrix(backend: Backend) {
         ),
         (
             Method::POST,
+            "/admin/v1/trust-domains/cluster.local/generations/999/revoke".into(),
+            Some(json!({})),
+            3,
+        ),
+        (
+            Method::POST,
             "/admin/v1/tokens".into(),
             Some(json!({"name": "made-by-matrix", "role": "viewer"})),
             3,
@@ -421,7 +427,8 @@ async fn openapi_matches_routes_and_validates() {
                 .replace("{serial}", "00ff")
                 .replace("{id}", "1")
                 .replace("{name}", "x")
-                .replace("{td}", "cluster.local");
+                .replace("{td}", "cluster.local")
+                .replace("{generation}", "1");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let (status, answer) =
                 call(&server, None, method.clone(), &concrete, Some(json!({}))).await;
@@ -435,6 +442,10 @@ async fn openapi_matches_routes_and_validates() {
         ("POST", "/admin/v1/issue"),
         ("GET", "/admin/v1/trust-domains"),
         ("POST", "/admin/v1/trust-domains/{td}/rotate"),
+        (
+            "POST",
+            "/admin/v1/trust-domains/{td}/generations/{generation}/revoke",
+        ),
         ("POST", "/admin/v1/federation/{td}/reset"),
         ("GET", "/admin/v1/certificates"),
         ("GET", "/admin/v1/certificates/{serial}"),

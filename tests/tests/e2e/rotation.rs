@@ -703,3 +703,202 @@ both_backends!(
     emergency_revocation_of_a_generation,
     emergency_revocation_of_a_generation
 );
+
+fn pem_count(text: &str) -> usize {
+    pem::parse_many(text).unwrap().len()
+}
+
+async fn root_rotation_publishes_first_and_activates_when_converged(backend: Backend) {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster_and(backend, &kube, |config| {
+        for td in &mut config.trust_domains {
+            td.refresh_hint = Duration::from_secs(2);
+            td.root_activation_max_wait = Duration::from_secs(3600);
+        }
+    })
+    .await;
+    let ca = &server.server.ca;
+    let td = TrustDomain::parse("cluster.local").unwrap();
+    let first = ca.authorities().get(&td).unwrap().clone();
+    let sequence_before = ca.bundle_sequence(&td);
+    let client = server.grpc_client(None).await;
+    let none = BTreeMap::new();
+    let old_csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let old = client
+        .create_certificate(
+            &old_csr.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "old")),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pem_count(old.last().unwrap()), 1);
+
+    // Start: the new root is published (prepared), signs nothing yet.
+    let admin = server.admin_client();
+    let started = admin.rotate("cluster.local", "root").await.unwrap();
+    assert_eq!(started.body.state, "prepared");
+    assert_eq!(started.body.generation, 2);
+    let prepared = ca.authorities().prepared(&td).unwrap().clone();
+    assert_ne!(prepared.root_der, first.root_der, "a new root");
+    assert_eq!(
+        ca.authorities().get(&td).unwrap().generation,
+        1,
+        "still signing"
+    );
+    assert_eq!(ca.bundle_sequence(&td), sequence_before + 1, "published");
+    let bundle = reqwest::get(format!(
+        "{}/v1/bundles/cluster.local.pem",
+        server.http_url()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(pem_count(&bundle), 2, "old and new roots: {bundle}");
+
+    // A leaf issued now still chains to the old root, and its holder gets both roots. (Leaves
+    // of the publication's own second count as unconverged: wait for the next one.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh_csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let fresh = client
+        .create_certificate(
+            &fresh_csr.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "fresh")),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(aki_of(&leaf_of(&fresh)), first.intermediate_ski);
+    assert_eq!(pem_count(fresh.last().unwrap()), 2);
+    assert!(openssl_verifies(
+        server.dir.path(),
+        fresh.last().unwrap(),
+        &fresh
+    ));
+
+    // In flight: a second root rotation or an intermediate rotation is refused (409).
+    for scope in ["root", "intermediate"] {
+        match admin.rotate("cluster.local", scope).await {
+            Err(Error::Server { status: 409, .. }) => {}
+            other => panic!("{scope}: {other:?}"),
+        }
+    }
+
+    // Not converged: the old leaf (issued before publication) is live. Half converged.
+    let kek = Kek::load_or_create(&server.config.kek_file).unwrap().0;
+    let now = OffsetDateTime::now_utc();
+    ca.lifecycle_tick(&kek, now + time::Duration::seconds(10), true)
+        .await;
+    assert_eq!(ca.authorities().get(&td).unwrap().generation, 1);
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("ca_rotation_convergence_ratio{trust_domain=\"cluster.local\"} 0.5")
+    );
+    // Its holder is gone (revoked): every live leaf is fresh, 3 refresh hints passed: activate.
+    admin
+        .revoke(&serial_of(&leaf_of(&old)), "superseded")
+        .await
+        .unwrap();
+    ca.lifecycle_tick(&kek, now + time::Duration::seconds(10), true)
+        .await;
+    let active = ca.authorities().get(&td).unwrap().clone();
+    assert_eq!(active.generation, 2);
+    assert_eq!(active.root_der, prepared.root_der);
+    assert!(ca.authorities().prepared(&td).is_none());
+
+    // New leaves chain to the new root; the old root stays trusted while its leaves live.
+    let new_csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    let new = client
+        .create_certificate(
+            &new_csr.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "new")),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(aki_of(&leaf_of(&new)), active.intermediate_ski);
+    assert_eq!(pem_count(new.last().unwrap()), 2);
+    assert!(openssl_verifies(
+        server.dir.path(),
+        new.last().unwrap(),
+        &new
+    ));
+    // Both renew over mutual TLS: the new root's leaf (the client verifier follows the roots)
+    // and the old root's (its generation is retired, not gone).
+    for (chain, csr) in [(&new, &new_csr), (&fresh, &fresh_csr)] {
+        let identity = (chain_pem(chain), csr.key_pem.as_bytes().to_vec());
+        let next = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+        let renewed = server
+            .grpc_client(Some(identity))
+            .await
+            .create_certificate(&next.csr_pem, 3600, &TokenAuth::default(), &none)
+            .await
+            .unwrap();
+        assert_eq!(aki_of(&leaf_of(&renewed)), active.intermediate_ski);
+    }
+
+    // Once the old generation's leaves have expired it is removed and the old root leaves
+    // every trust set (the sequence bumps again).
+    let sequence_overlap = ca.bundle_sequence(&td);
+    ca.lifecycle_tick(&kek, now + time::Duration::days(3), true)
+        .await;
+    assert_eq!(ca.bundle_sequence(&td), sequence_overlap + 1);
+    let last = client
+        .create_certificate(
+            &new_csr.csr_pem,
+            3600,
+            &token_auth(&kube.token("default", "new")),
+            &none,
+        )
+        .await
+        .unwrap();
+    assert_eq!(pem_count(last.last().unwrap()), 1);
+    assert_eq!(
+        pem::parse(last.last().unwrap()).unwrap().contents(),
+        prepared.root_der.as_slice()
+    );
+    let audit = server.store().await.recent_audit(100).await.unwrap();
+    for action in [
+        "ca.root.publish",
+        "ca.root.activate",
+        "ca.generation.remove",
+    ] {
+        assert!(audit.iter().any(|e| e.action == action), "{action}");
+    }
+
+    // The other trust domain: a leaf that never converges does not block activation past
+    // root_activation_max_wait (1 h here).
+    let eu = TrustDomain::parse("eu.cluster.local").unwrap();
+    let eu_csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+    admin
+        .issue(
+            &eu_csr.csr_pem,
+            "spiffe://eu.cluster.local/ns/a/sa/b",
+            Some("20h"),
+        )
+        .await
+        .unwrap();
+    admin.rotate("eu.cluster.local", "root").await.unwrap();
+    ca.lifecycle_tick(&kek, now + time::Duration::minutes(30), true)
+        .await;
+    assert_eq!(ca.authorities().get(&eu).unwrap().generation, 1, "waits");
+    ca.lifecycle_tick(&kek, now + time::Duration::minutes(61), true)
+        .await;
+    assert_eq!(
+        ca.authorities().get(&eu).unwrap().generation,
+        2,
+        "maximum wait"
+    );
+    server.stop().await;
+}
+both_backends!(
+    root_rotation_publishes_first_and_activates_when_converged,
+    root_rotation_publishes_first_and_activates_when_converged
+);

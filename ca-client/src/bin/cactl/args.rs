@@ -169,7 +169,7 @@ pub enum CaCommand {
     /// one is retired (still answering for its leaves until they expire).
     Rotate {
         trust_domain: String,
-        /// `intermediate` (root rotation is not built yet).
+        /// `intermediate` (done at once) or `root` (published now, activated once converged).
         #[arg(long, default_value = "intermediate")]
         scope: String,
     },

@@ -112,6 +112,18 @@ fn timeline(td: &TrustDomain) -> String {
                 out.push_str(&format!("    {what:<10} {at}\n"));
             }
         }
+        if let Some(published) = &g.published_at {
+            out.push_str(&format!(
+                "    {:<10} {published} (new root in every trust set)\n",
+                "published"
+            ));
+        }
+        if let (Some(earliest), Some(latest)) = (&g.activation_earliest, &g.activation_latest) {
+            out.push_str(&format!(
+                "    {:<10} between {earliest} (once converged) and {latest} (planned)\n",
+                "activates"
+            ));
+        }
         if let Some(due) = &g.rotation_due_at {
             out.push_str(&format!(
                 "    {:<10} {due} (planned: next intermediate)\n",
@@ -123,6 +135,19 @@ fn timeline(td: &TrustDomain) -> String {
 }
 
 fn rotated(r: &Rotation) -> String {
+    if r.state == "prepared" {
+        return format!(
+            "{td}: root rotation started: generation {generation} (new root) published {published}; \
+             it activates between {earliest} (once every live leaf was issued after publication) \
+             and {latest}; generation {retired} is retired then\n",
+            td = r.trust_domain,
+            generation = r.generation,
+            published = r.published_at,
+            earliest = r.activated_at,
+            latest = r.activation_latest,
+            retired = r.retired_generation,
+        );
+    }
     format!(
         "{td}: {scope} rotated: generation {generation} active since {activated} (expires {not_after}); \
          generation {retired} retired, answers for its leaves until {removal} at the latest; \

@@ -1,6 +1,7 @@
 //! `GET /admin/v1/trust-domains` (every CA generation: state, certificates, key ids, when it was
-//! activated, retired, removed, and what is planned) and `POST .../{td}/rotate` (intermediate
-//! rotation now; root rotation is not built: 501).
+//! activated, retired, removed, and what is planned), `POST .../{td}/rotate` (intermediate:
+//! done at once; root: published now, activated by the lifecycle when converged) and
+//! `POST .../{td}/generations/{n}/revoke` (emergency).
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -42,6 +43,11 @@ pub struct GenerationView {
     pub removed_at: Option<String>,
     /// The active generation: when the next automatic rotation is due.
     pub rotation_due_at: Option<String>,
+    /// A prepared generation (root rotation in flight): when its root was published, and the
+    /// window of its activation (earliest once converged, latest regardless).
+    pub published_at: Option<String>,
+    pub activation_earliest: Option<String>,
+    pub activation_latest: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -104,6 +110,11 @@ pub async fn list(
                     rotation_due_at: due
                         .filter(|(n, _)| *n == g.generation && g.state == "active")
                         .map(|(_, at)| rfc3339(at)),
+                    published_at: (g.state == "prepared").then(|| rfc3339(g.created_at)),
+                    activation_earliest: (g.state == "prepared")
+                        .then(|| rfc3339(lifecycle::activation_window(td, g.created_at).0)),
+                    activation_latest: (g.state == "prepared")
+                        .then(|| rfc3339(lifecycle::activation_window(td, g.created_at).1)),
                 })
                 .collect(),
         });
@@ -118,19 +129,26 @@ pub async fn list(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateBody {
-    /// `intermediate` (default) or `root` (not built yet).
+    /// `intermediate` (default) or `root`.
     pub scope: Option<String>,
 }
 
-/// The timeline of a rotation that happened.
+/// The timeline of a rotation: done (intermediate) or started (root).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RotationView {
     pub trust_domain: String,
     pub scope: String,
-    /// The generation now active, and the one it replaced (now retired).
+    /// The new generation and the one it replaces (retired now, or at the root's activation).
     pub generation: i32,
     pub retired_generation: i32,
+    /// `active` (intermediate: done) or `prepared` (root: published, activation pending).
+    pub state: String,
+    pub published_at: String,
+    /// When it became active, or (root) the earliest it can: 3 refresh hints after publishing,
+    /// once every live leaf was issued after the publication.
     pub activated_at: String,
+    /// Root: the latest activation (`root_activation_max_wait`).
+    pub activation_latest: String,
     pub not_after: String,
     /// When the next automatic rotation is due.
     pub next_rotation_at: String,
@@ -142,7 +160,6 @@ pub struct RotationView {
     params(("td" = String, Path)), request_body = RotateBody, security(("bearer" = [])),
     responses((status = 202, description = "Rotated: the new generation is active", body = RotationView), (status = 400, description = "Bad input (stable error code)", body = ErrorBody),
         (status = 404, description = "Unknown trust domain", body = ErrorBody), (status = 409, description = "A rotation of this trust domain is in flight", body = ErrorBody),
-        (status = 501, description = "Root rotation is not built yet", body = ErrorBody),
         (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody), (status = 403, description = "The token's role does not allow this", body = ErrorBody)))]
 pub async fn rotate(
     State(state): State<HttpState>,
@@ -182,7 +199,10 @@ pub async fn rotate(
             scope: rotated.scope.as_str().to_owned(),
             generation: rotated.generation,
             retired_generation: rotated.retired_generation,
+            state: rotated.state.to_owned(),
+            published_at: rfc3339(rotated.published_at),
             activated_at: rfc3339(rotated.activated_at),
+            activation_latest: rfc3339(rotated.activation_latest),
             not_after: rfc3339(rotated.not_after),
             next_rotation_at: rfc3339(rotated.next_rotation_at),
             retired_removal_at: rfc3339(rotated.retired_removal_at),
