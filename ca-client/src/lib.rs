@@ -17,6 +17,8 @@
 //! - `csr`: key pair and CSR generation (the private key never leaves this process).
 //! - `admin`: the admin HTTP API, typed answers that keep the server's JSON.
 //! - `workload`: the gRPC API as a workload calls it (Istio's and ours).
+//! - `svid`: the SVID source: a workload's certificate kept renewed, trust followed through
+//!   `WatchBundles`, and rustls configs that change without a restart.
 //! - `token`: the SPIFFE ID a service-account token names (read, not verified).
 //! - `audit`: checking the admin audit log's hash chain.
 //! - `inspect`, `verify`: reading and verifying certificates, CSRs, CRLs and bundles.
@@ -29,6 +31,7 @@ pub mod csr;
 pub mod error;
 pub mod files;
 pub mod inspect;
+pub mod svid;
 pub mod token;
 pub mod verify;
 pub mod workload;
