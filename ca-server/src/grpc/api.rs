@@ -23,6 +23,8 @@ pub struct ApiService {
     pub ca: Ca,
     /// Open `WatchBundles` streams per caller (capped at `limits::MAX_WATCHES_PER_CALLER`).
     pub(crate) watchers: PerCaller,
+    /// Turns true when the server stops: open `WatchBundles` streams end then.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 #[tonic::async_trait]
@@ -100,8 +102,12 @@ impl CertificateAuthority for ApiService {
             return Err(status::too_many_watches());
         };
         let ca = self.ca.clone();
-        let changes = tokio_stream::wrappers::WatchStream::new(ca.bundles().subscribe());
-        let stream = changes.map(move |_| {
+        let changes =
+            tokio_stream::wrappers::WatchStream::new(ca.bundles().subscribe()).map(|_| true);
+        let stop = tokio_stream::wrappers::WatchStream::new(self.stopping.clone())
+            .filter(|stopping| *stopping)
+            .map(|_| false);
+        let stream = changes.merge(stop).take_while(|open| *open).map(move |_| {
             // The stream owns the slot: dropping the stream frees it.
             let _slot = &slot;
             Ok(current_bundles(&ca))

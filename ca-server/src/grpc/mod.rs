@@ -99,10 +99,18 @@ pub async fn serve(
             istio::IstioService { ca: ca.clone() },
         )
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Long-lived `WatchBundles` streams end when the server stops (a graceful shutdown waits
+    // for every open stream).
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let api = ca_proto::ca_v1::certificate_authority_server::CertificateAuthorityServer::new(
         api::ApiService {
             ca,
             watchers: PerCaller::new(limits::MAX_WATCHES_PER_CALLER),
+            stopping: stop_signal,
         },
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES);

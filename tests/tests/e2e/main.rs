@@ -24,4 +24,5 @@ mod rotation;
 mod slow_clients;
 mod start_errors;
 mod store_conformance;
+mod svid;
 mod tidy;
