@@ -85,6 +85,23 @@ pub struct Svid {
     identity_pem: (Vec<u8>, Vec<u8>),
 }
 
+impl Svid {
+    /// The chain (leaf, then intermediates) as PEM.
+    pub fn chain_pem(&self) -> String {
+        String::from_utf8_lossy(&self.identity_pem.0).into_owned()
+    }
+
+    /// The private key (PKCS #8) as PEM.
+    pub fn key_pem(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(String::from_utf8_lossy(&self.identity_pem.1).into_owned())
+    }
+
+    /// The trust set as PEM.
+    pub fn roots_pem(&self) -> String {
+        String::from_utf8_lossy(&pem_roots(&self.trust_roots)).into_owned()
+    }
+}
+
 impl std::fmt::Debug for Svid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Svid")

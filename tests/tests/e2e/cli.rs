@@ -716,3 +716,81 @@ async fn cactl_bundle_commands() {
     assert!(stderr.contains("404"), "{stderr}");
     server.stop().await;
 }
+
+/// `cactl renew --watch` keeps the files current: it renews at once when a trust bundle
+/// changes (here a root rotation publishes a new root) and rewrites root-cert.pem with both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cactl_renew_watch_follows_a_root_publication() {
+    let kube = ca_tests::kube::FakeKube::new();
+    let server = ca_tests::TestServer::start_with_cluster(ca_tests::Backend::Sqlite, &kube).await;
+    let dir = server.dir.path().to_owned();
+    let token_file = dir.join("istio-token");
+    std::fs::write(&token_file, kube.token("default", "web")).unwrap();
+    let ca_file = dir.join("ca-root.pem");
+    std::fs::write(&ca_file, server.serving_root_pem()).unwrap();
+    let grpc = server.server.grpc_addr.to_string();
+    let out = dir.join("workload");
+    let mut issue = Command::new(bin("cactl"));
+    issue
+        .env_remove("CA_TOKEN_FILE")
+        .args(["--grpc", &grpc, "--server-name", "localhost", "--ca-file"])
+        .arg(&ca_file)
+        .args(["issue", "--token-file"])
+        .arg(&token_file)
+        .arg("--out")
+        .arg(&out);
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || run(&mut issue))
+        .await
+        .unwrap();
+    assert!(ok, "{stdout}{stderr}");
+    let first_chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
+
+    let mut watch = Command::new(bin("cactl"))
+        .env_remove("CA_TOKEN_FILE")
+        .args([
+            "--grpc",
+            &grpc,
+            "--server-name",
+            "localhost",
+            "--output",
+            "json",
+        ])
+        .args(["renew", "--watch", "--dir"])
+        .arg(&out)
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let roots_in = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| pem::parse_many(text).ok())
+            .map_or(0, |blocks| blocks.len())
+    };
+    // It renews at start (a fresh key and chain) ...
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(out.join("cert-chain.pem")).unwrap() == first_chain {
+        assert!(start.elapsed().as_secs() < 20, "no renewal at start");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // ... and again when the trust bundle changes: both roots land in root-cert.pem.
+    assert_eq!(roots_in(&out.join("root-cert.pem")), 1);
+    server
+        .admin_client()
+        .rotate("cluster.local", "root")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while roots_in(&out.join("root-cert.pem")) != 2 {
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "root-cert.pem never got the new root"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    watch.kill().unwrap();
+    let _ = watch.wait();
+    server.stop().await;
+}

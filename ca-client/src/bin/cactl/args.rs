@@ -157,6 +157,17 @@ pub enum Command {
         /// Key type of the new key.
         #[arg(long, default_value = "ecdsa-p256")]
         key: String,
+        /// Keep renewing (at about half-life, and at once when a trust bundle changes), rewriting
+        /// the files each time, until interrupted; built on `ca_client::svid::SvidSource`.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: a service-account token file to fall back to when renewal over mutual
+        /// TLS is refused (for example after an emergency revocation of the CA generation).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// With --watch: the `clusterid` sent with the token.
+        #[arg(long)]
+        cluster_id: Option<String>,
     },
 }
 

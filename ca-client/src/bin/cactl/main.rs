@@ -65,7 +65,20 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             )
             .await?
         }
-        Command::Renew { dir, key } => workload::renew(cli, dir, key).await?,
+        Command::Renew {
+            dir,
+            key,
+            watch,
+            token_file,
+            cluster_id,
+        } => {
+            if *watch {
+                workload::renew_watch(cli, dir, key, token_file.as_deref(), cluster_id.clone())
+                    .await?
+            } else {
+                workload::renew(cli, dir, key).await?
+            }
+        }
         Command::Bundle { command } => bundle::run(cli, command).await?,
         Command::Verify {
             file,

@@ -56,6 +56,40 @@ pub async fn renew(cli: &Cli, dir: &Path, key: &str) -> anyhow::Result<()> {
     report(cli, &certs, dir)
 }
 
+/// `renew --watch`: an SVID source started from the files in `dir`, rewriting them at every
+/// renewal (key 0600, chain, roots; each atomically) until interrupted.
+pub async fn renew_watch(
+    cli: &Cli,
+    dir: &Path,
+    key: &str,
+    token_file: Option<&Path>,
+    cluster_id: Option<String>,
+) -> anyhow::Result<()> {
+    let key_type = KeyType::parse(key)?;
+    let chain_pem = files::read(&dir.join(files::CHAIN_FILE))?;
+    let key_pem = files::read(&dir.join(files::KEY_FILE))?;
+    let default_roots = dir.join(files::ROOT_FILE);
+    let options = cli.connect_options(Some(&default_roots), Some((chain_pem, key_pem)))?;
+    let source = ca_client::svid::SvidSource::start(ca_client::svid::SvidSourceOptions {
+        connect: options,
+        token_file: token_file.map(Path::to_path_buf),
+        cluster_id,
+        key_type,
+        ttl_seconds: 0,
+    })
+    .await?;
+    let mut updates = source.updates();
+    loop {
+        let svid = source.current();
+        files::write_identity(dir, &svid.key_pem(), &svid.chain_pem(), &svid.roots_pem())?;
+        report(cli, &svid.chain_pem(), dir)?;
+        tokio::select! {
+            changed = updates.changed() => changed?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
 async fn issue_with_admin(
     cli: &Cli,
     spiffe_id: &str,
