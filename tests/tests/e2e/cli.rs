@@ -759,8 +759,8 @@ async fn cactl_renew_watch_follows_a_root_publication() {
         .arg(&out)
         .arg("--token-file")
         .arg(&token_file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let roots_in = |path: &std::path::Path| {
