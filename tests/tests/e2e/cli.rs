@@ -770,10 +770,10 @@ async fn cactl_renew_watch_follows_a_root_publication() {
             .map_or(0, |blocks| blocks.len())
     };
     // It renews at start (a fresh key and chain) ...
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     while std::fs::read_to_string(out.join("cert-chain.pem")).unwrap() == first_chain {
         assert!(start.elapsed().as_secs() < 20, "no renewal at start");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // ... and again when the trust bundle changes: both roots land in root-cert.pem.
     assert_eq!(roots_in(&out.join("root-cert.pem")), 1);
@@ -782,13 +782,13 @@ async fn cactl_renew_watch_follows_a_root_publication() {
         .rotate("cluster.local", "root")
         .await
         .unwrap();
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     while roots_in(&out.join("root-cert.pem")) != 2 {
         assert!(
             start.elapsed().as_secs() < 20,
             "root-cert.pem never got the new root"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     watch.kill().unwrap();
     let _ = watch.wait();
