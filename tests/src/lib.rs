@@ -8,6 +8,7 @@
 pub mod kube;
 pub mod kube_api;
 pub mod ocsp;
+pub mod private_postgres;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};

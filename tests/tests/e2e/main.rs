@@ -16,6 +16,7 @@ mod istiod;
 mod kubernetes;
 mod lifecycle;
 mod ocsp_hardening;
+mod postgres_tls;
 mod profile;
 mod renewal;
 mod revocation;
