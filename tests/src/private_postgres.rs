@@ -160,6 +160,40 @@ impl PrivatePostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// Kills it as a crash would: SIGKILL to the postmaster and every backend.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::trim).map(str::to_owned))
+            .unwrap_or_default();
+        if pid.is_empty() {
+            return;
+        }
+        // The postmaster first (so it cannot restart its children), then every backend.
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        let _ = Command::new("pkill").args(["-9", "-P", &pid]).status();
+        // Wait for the port to close.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // A killed postmaster may linger as a zombie nobody reaps here (no init in this
+        // sandbox), which Postgres would take for a live one: drop its lock file, as a restarted
+        // container's fresh PID namespace would.
+        let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+        if let Some(sockets) = self.data.parent() {
+            let _ = std::fs::remove_file(sockets.join(format!(".s.PGSQL.{}.lock", self.port)));
+            let _ = std::fs::remove_file(sockets.join(format!(".s.PGSQL.{}", self.port)));
+        }
+    }
+
+    /// Starts it again after a stop or a kill (crash recovery runs first).
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
     /// Stops it at once (`pg_ctl stop -m immediate`).
     pub fn stop(&self) {
         let _ = as_postgres("pg_ctl")
