@@ -1,5 +1,5 @@
 //! A loopback TCP proxy for fault tests: forwards to a target until `cut` is called, after which
-//! every open connection is dropped and new ones are refused.
+//! every open connection is dropped and new ones are closed at once, until `restore`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// A running proxy.
+/// A running proxy (it stops with the test's runtime).
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<watch::Sender<bool>>,
@@ -21,13 +21,15 @@ impl Proxy {
         let cut = Arc::new(cut);
         let cut_accept = cut.clone();
         tokio::spawn(async move {
-            let mut stop = cut_accept.subscribe();
             loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    _ = stop.wait_for(|c| *c) => return,
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
                 };
-                let Ok((client, _)) = accepted else { return };
+                if *cut_accept.borrow() {
+                    // Cut: the connection is closed at once.
+                    drop(client);
+                    continue;
+                }
                 let mut stop = cut_accept.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = TcpStream::connect(target).await else {
@@ -44,8 +46,13 @@ impl Proxy {
         Proxy { addr, cut }
     }
 
-    /// Drops every connection and stops accepting (the listener closes: connects are refused).
+    /// Drops every connection and closes new ones at once, until [`Proxy::restore`].
     pub fn cut(&self) {
-        let _ = self.cut.send(true);
+        self.cut.send_replace(true);
+    }
+
+    /// Forwards again.
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
     }
 }

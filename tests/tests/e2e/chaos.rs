@@ -1,9 +1,10 @@
-//! Faults of the database under load (SPEC 11): a private Postgres cluster (its own directory and
-//! port, so it can be killed) behind three replicas serving a steady stream of workload
-//! issuances, killed with SIGKILL and restarted ten times in a row. After it all: every
-//! certificate any client received has its committed record (0 unrecorded), no serial twice,
-//! the audit chain verifies, every replica was ready again within 10 s of the database's return,
-//! and during each outage clients got `UNAVAILABLE` (or were shed), never anything else.
+//! Faults of the database under load (SPEC 11): three replicas serving a steady stream of
+//! workload issuances while their Postgres (a private cluster: its own directory and port, so it
+//! can be killed) is killed with SIGKILL and restarted ten times in a row, or while the network
+//! to it is cut for 5 s and for 15 s. After each scenario: every certificate any client received
+//! has its committed record (0 unrecorded), no serial twice, the audit chain verifies, every
+//! replica was not ready during the outage and ready again within 10 s of the database's
+//! return, and clients got `UNAVAILABLE` (or were shed), never anything else.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use ca_client::{Error, KeyType, TokenAuth};
 use ca_tests::TestServer;
 use ca_tests::kube::FakeKube;
 use ca_tests::private_postgres::PrivatePostgres;
+use ca_tests::proxy::Proxy;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Default)]
@@ -30,173 +32,247 @@ async fn ready(server: &TestServer) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_killed_and_restarted_ten_times_under_load() {
-    let postgres = PrivatePostgres::start(false);
-    let url = postgres.url();
-    let kube = FakeKube::new();
-    let shared = tempfile::tempdir().unwrap();
-    let kek_file = shared.path().join("kek");
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        let dir = tempfile::tempdir().unwrap();
-        let jwks = dir.path().join("jwks.json");
-        kube.write_jwks(&jwks);
-        let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
-        config.kek_file = kek_file.clone();
-        config.db_max_connections = 4;
-        config.clusters = ca_server::config::Config::from_toml(&format!(
-            "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"{}\"\njwks_file = \"{}\"\n",
-            ca_tests::kube::ISSUER,
-            jwks.display()
-        ))
-        .unwrap()
-        .clusters;
-        replicas.push(TestServer::start_with(config, dir).await);
-    }
+/// Three replicas on one database with a load client each.
+struct Cluster {
+    replicas: Vec<TestServer>,
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Outcomes>>,
+    load: Vec<tokio::task::JoinHandle<()>>,
+    _kek: tempfile::TempDir,
+}
 
-    // Steady load: one client per replica, each a few workloads, back to back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let mut load = Vec::new();
-    for (i, replica) in replicas.iter().enumerate() {
-        let client = replica.grpc_client(None).await;
-        let tokens: Vec<String> = (0..4)
-            .map(|n| kube.token("default", &format!("app-{i}-{n}")))
-            .collect();
-        let (stop, outcomes) = (stop.clone(), outcomes.clone());
-        load.push(tokio::spawn(async move {
-            let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let auth = TokenAuth {
-                    token: Some(tokens[n % tokens.len()].clone()),
-                    cluster_id: Some("Kubernetes".to_owned()),
-                };
-                n += 1;
-                let result = client
-                    .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
-                    .await;
-                match result {
-                    Ok(chain) => {
-                        let der = pem::parse(&chain[0]).unwrap().into_contents();
-                        let (_, cert) = X509Certificate::from_der(&der).unwrap();
-                        let aki = cert
-                            .iter_extensions()
-                            .find_map(|e| match e.parsed_extension() {
-                                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                                    a.key_identifier.as_ref().map(|k| hex::encode(k.0))
-                                }
-                                _ => None,
-                            })
-                            .unwrap();
-                        let serial = hex::encode(cert.raw_serial());
-                        outcomes.lock().unwrap().received.push((aki, serial));
+impl Cluster {
+    async fn start(url: &str) -> Cluster {
+        let kube = FakeKube::new();
+        let shared = tempfile::tempdir().unwrap();
+        let kek_file = shared.path().join("kek");
+        let mut replicas = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let jwks = dir.path().join("jwks.json");
+            kube.write_jwks(&jwks);
+            let mut config = ca_server::config::Config::ephemeral(dir.path(), url);
+            config.kek_file = kek_file.clone();
+            config.db_max_connections = 4;
+            config.clusters = ca_server::config::Config::from_toml(&format!(
+                "[[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"{}\"\njwks_file = \"{}\"\n",
+                ca_tests::kube::ISSUER,
+                jwks.display()
+            ))
+            .unwrap()
+            .clusters;
+            replicas.push(TestServer::start_with(config, dir).await);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let mut load = Vec::new();
+        for (i, replica) in replicas.iter().enumerate() {
+            let client = replica.grpc_client(None).await;
+            let tokens: Vec<String> = (0..4)
+                .map(|n| kube.token("default", &format!("app-{i}-{n}")))
+                .collect();
+            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            load.push(tokio::spawn(async move {
+                let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let auth = TokenAuth {
+                        token: Some(tokens[n % tokens.len()].clone()),
+                        cluster_id: Some("Kubernetes".to_owned()),
+                    };
+                    n += 1;
+                    let result = client
+                        .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
+                        .await;
+                    match result {
+                        Ok(chain) => {
+                            let der = pem::parse(&chain[0]).unwrap().into_contents();
+                            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+                            let aki = cert
+                                .iter_extensions()
+                                .find_map(|e| match e.parsed_extension() {
+                                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                                        a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+                                    }
+                                    _ => None,
+                                })
+                                .unwrap();
+                            let serial = hex::encode(cert.raw_serial());
+                            outcomes.lock().unwrap().received.push((aki, serial));
+                        }
+                        Err(Error::Server { status, .. }) => {
+                            *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(other) => panic!("not a gRPC status: {other:?}"),
                     }
-                    Err(Error::Server { status, .. }) => {
-                        *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(other) => panic!("not a gRPC status: {other:?}"),
                 }
-            }
-        }));
+            }));
+        }
+        Cluster {
+            replicas,
+            stop,
+            outcomes,
+            load,
+            _kek: shared,
+        }
     }
 
-    let mut recoveries = Vec::new();
-    for round in 0..10 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let before = outcomes.lock().unwrap().received.len();
-        postgres.kill();
-        // Out: every replica says not ready (within a few seconds: the next ping fails).
+    fn received(&self) -> usize {
+        self.outcomes.lock().unwrap().received.len()
+    }
+
+    /// Every replica says not ready within 10 s.
+    async fn all_unready(&self, what: &str) {
         let start = Instant::now();
-        for replica in &replicas {
+        for replica in &self.replicas {
             while ready(replica).await {
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
-                    "round {round}: a replica stayed ready without its database"
+                    "{what}: a replica stayed ready without its database"
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let during = outcomes.lock().unwrap().received.len();
-        postgres.restart();
+    }
+
+    /// Every replica ready again within 10 s; then issuance resumes. Returns the recovery time.
+    async fn all_ready_and_issuing(&self, what: &str) -> Duration {
         let back = Instant::now();
-        for replica in &replicas {
+        for replica in &self.replicas {
             while !ready(replica).await {
                 assert!(
                     back.elapsed() < Duration::from_secs(10),
-                    "round {round}: a replica was not ready 10 s after the database returned"
+                    "{what}: a replica was not ready 10 s after the database returned"
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        recoveries.push(back.elapsed());
-        // Issuance resumes.
-        let resumed = Instant::now();
-        while outcomes.lock().unwrap().received.len() <= during {
+        let recovered = back.elapsed();
+        let before = self.received();
+        while self.received() <= before {
             assert!(
-                resumed.elapsed() < Duration::from_secs(10),
-                "round {round}: no issuance after recovery"
+                back.elapsed() < Duration::from_secs(20),
+                "{what}: no issuance after recovery"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(during >= before, "round {round}");
-    }
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
+        recovered
     }
 
-    // Nothing delivered unrecorded; nothing twice.
-    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
-    let store = replicas[0].store().await;
-    let mut unrecorded = 0;
-    for (issuer, serial) in &outcomes.received {
-        if store.certificate(issuer, serial).await.unwrap().is_none() {
-            unrecorded += 1;
+    /// Stops the load and checks what was delivered against the database at `direct_url`.
+    /// Returns a one-line report.
+    async fn finish(self, direct_url: &str, recoveries: &[Duration]) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.load {
+            task.await.unwrap();
         }
-    }
-    let distinct: BTreeSet<_> = outcomes.received.iter().collect();
-    assert_eq!(unrecorded, 0, "certificates delivered without a record");
-    assert_eq!(distinct.len(), outcomes.received.len(), "a serial twice");
-    // Refusals were only "retry later": UNAVAILABLE (14) or RESOURCE_EXHAUSTED (8).
-    assert!(
-        outcomes
-            .refused
-            .keys()
-            .all(|code| *code == 14 || *code == 8),
-        "{:?}",
-        outcomes.refused
-    );
-    assert!(
-        outcomes.refused.get(&14).copied().unwrap_or(0) > 0,
-        "the outages were seen"
-    );
-    // The audit chain holds across the crashes.
-    let mut events = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store.audit_page(before, 1000).await.unwrap();
-        if page.is_empty() {
-            break;
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap());
+        let store = ca_server::store::Store::open(&ca_server::store::StoreOptions::new(direct_url))
+            .await
+            .unwrap();
+        let mut unrecorded = 0;
+        for (issuer, serial) in &outcomes.received {
+            if store.certificate(issuer, serial).await.unwrap().is_none() {
+                unrecorded += 1;
+            }
         }
-        before = page.last().map(|e| e.id);
-        events.extend(page);
+        let distinct: BTreeSet<_> = outcomes.received.iter().collect();
+        assert_eq!(unrecorded, 0, "certificates delivered without a record");
+        assert_eq!(distinct.len(), outcomes.received.len(), "a serial twice");
+        // Refusals were only "retry later": UNAVAILABLE (14) or RESOURCE_EXHAUSTED (8).
+        assert!(
+            outcomes
+                .refused
+                .keys()
+                .all(|code| *code == 14 || *code == 8),
+            "{:?}",
+            outcomes.refused
+        );
+        assert!(
+            outcomes.refused.get(&14).copied().unwrap_or(0) > 0,
+            "the outages were seen"
+        );
+        // The audit chain holds across the faults.
+        let mut events = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store.audit_page(before, 1000).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            before = page.last().map(|e| e.id);
+            events.extend(page);
+        }
+        events.reverse();
+        ca_server::audit::verify(&events).expect("audit chain");
+        store.close().await;
+        for replica in self.replicas {
+            replica.server.shutdown().await;
+        }
+        format!(
+            "{} issued, refused {:?}, 0 unrecorded, {} audit events verified, slowest recovery {:.1} s",
+            outcomes.received.len(),
+            outcomes.refused,
+            events.len(),
+            recoveries
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+        )
     }
-    events.reverse();
-    ca_server::audit::verify(&events).expect("audit chain");
-    let slowest = recoveries.iter().max().unwrap();
-    println!(
-        "10 kills: {} issued, refused {:?}, 0 unrecorded, {} audit events verified, slowest recovery {:.1} s",
-        outcomes.received.len(),
-        outcomes.refused,
-        events.len(),
-        slowest.as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_killed_and_restarted_ten_times_under_load() {
+    let postgres = PrivatePostgres::start(false);
+    let cluster = Cluster::start(&postgres.url()).await;
+    let mut recoveries = Vec::new();
+    for round in 0..10 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        postgres.kill();
+        cluster.all_unready(&format!("kill {round}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        postgres.restart();
+        recoveries.push(
+            cluster
+                .all_ready_and_issuing(&format!("kill {round}"))
+                .await,
+        );
+    }
+    let report = cluster.finish(&postgres.url(), &recoveries).await;
+    println!("10 kills: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn network_to_postgres_cut_for_5_and_15_seconds_under_load() {
+    let postgres = PrivatePostgres::start(false);
+    let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], postgres.port))).await;
+    let proxied = postgres.url().replace(
+        &format!("127.0.0.1:{}", postgres.port),
+        &proxy.addr.to_string(),
     );
-    store.close().await;
-    for replica in replicas {
-        replica.server.shutdown().await;
+    let cluster = Cluster::start(&proxied).await;
+    let mut recoveries = Vec::new();
+    for seconds in [5, 15] {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.cut();
+        cluster.all_unready(&format!("cut {seconds} s")).await;
+        let during = cluster.received();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        assert!(
+            cluster.received() <= during + 12,
+            "certificates kept coming during the cut"
+        );
+        proxy.restore();
+        recoveries.push(
+            cluster
+                .all_ready_and_issuing(&format!("cut {seconds} s"))
+                .await,
+        );
     }
+    let report = cluster.finish(&postgres.url(), &recoveries).await;
+    println!("cuts of 5 s and 15 s: {report}");
 }
