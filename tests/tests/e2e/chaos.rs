@@ -276,3 +276,269 @@ async fn network_to_postgres_cut_for_5_and_15_seconds_under_load() {
     let report = cluster.finish(&postgres.url(), &recoveries).await;
     println!("cuts of 5 s and 15 s: {report}");
 }
+
+/// A `ca-server` process (the release or debug binary), so it can be killed with SIGKILL.
+struct ReplicaProcess {
+    child: std::process::Child,
+    config: std::path::PathBuf,
+    grpc: u16,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ReplicaProcess {
+    fn start(url: &str, kek: &std::path::Path, jwks: &std::path::Path) -> ReplicaProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let (grpc, http, admin) = (free_port(), free_port(), free_port());
+        let text = format!(
+            "database_url = {url:?}\ndata_dir = {data:?}\ndb_max_connections = 4\n\
+             [listen]\ngrpc = \"127.0.0.1:{grpc}\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\n\
+             [keys]\nkek_file = {kek:?}\n[admin]\nbootstrap_token_file = {token:?}\n\
+             [[clusters]]\nname = \"Kubernetes\"\ntrust_domain = \"cluster.local\"\nissuer = \"{issuer}\"\njwks_file = {jwks:?}\n",
+            data = dir.path().join("data").display().to_string(),
+            kek = kek.display().to_string(),
+            token = dir.path().join("admin.token").display().to_string(),
+            issuer = ca_tests::kube::ISSUER,
+            jwks = jwks.display().to_string(),
+        );
+        let config = dir.path().join("ca.toml");
+        std::fs::write(&config, text).unwrap();
+        let child = Self::spawn(&config);
+        ReplicaProcess {
+            child,
+            config,
+            grpc,
+            http,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(config: &std::path::Path) -> std::process::Child {
+        std::process::Command::new(ca_tests::bin("ca-server"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn ready(&self) -> bool {
+        reqwest::get(format!("http://127.0.0.1:{}/readyz", self.http))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Waits until ready; returns how long it took.
+    async fn wait_ready(&self, what: &str) -> Duration {
+        let start = Instant::now();
+        while !self.ready().await {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: not ready after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        start.elapsed()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.config);
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Replicas as processes: one killed with SIGKILL under load (its group commits cut midway),
+/// then restarted; then every replica restarted in turn (SIGTERM, a rolling restart) under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_killed_and_rolled_under_load() {
+    let postgres = PrivatePostgres::start(false);
+    let url = postgres.url();
+    let kube = FakeKube::new();
+    let shared = tempfile::tempdir().unwrap();
+    let kek = shared.path().join("kek");
+    let jwks = shared.path().join("jwks.json");
+    kube.write_jwks(&jwks);
+    // The first starts alone (it makes the CA), then the others.
+    let mut replicas = vec![ReplicaProcess::start(&url, &kek, &jwks)];
+    replicas[0].wait_ready("first replica").await;
+    for _ in 0..2 {
+        replicas.push(ReplicaProcess::start(&url, &kek, &jwks));
+    }
+    for replica in &replicas {
+        replica.wait_ready("replica").await;
+    }
+    let root_pem = reqwest::get(format!(
+        "http://127.0.0.1:{}/v1/bundles/cluster.local.pem",
+        replicas[0].http
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let mut load = Vec::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        let options = ca_client::ConnectOptions {
+            address: format!("127.0.0.1:{}", replica.grpc),
+            ca_pem: root_pem.clone().into_bytes(),
+            server_name: Some("localhost".to_owned()),
+            client_identity: None,
+        };
+        let tokens: Vec<String> = (0..4)
+            .map(|n| kube.token("default", &format!("proc-{i}-{n}")))
+            .collect();
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
+        load.push(tokio::spawn(async move {
+            let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+            let mut client = None;
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = ca_client::WorkloadClient::connect(&options).await.ok();
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+                let auth = TokenAuth {
+                    token: Some(tokens[n % tokens.len()].clone()),
+                    cluster_id: Some("Kubernetes".to_owned()),
+                };
+                n += 1;
+                let result = client
+                    .as_ref()
+                    .unwrap()
+                    .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
+                    .await;
+                match result {
+                    Ok(chain) => {
+                        let der = pem::parse(&chain[0]).unwrap().into_contents();
+                        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+                        let aki = cert
+                            .iter_extensions()
+                            .find_map(|e| match e.parsed_extension() {
+                                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                                    a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+                                }
+                                _ => None,
+                            })
+                            .unwrap();
+                        let serial = hex::encode(cert.raw_serial());
+                        outcomes.lock().unwrap().received.push((aki, serial));
+                    }
+                    Err(Error::Server { status, .. }) => {
+                        // The replica went away under the request (transport error) or shed it.
+                        *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => {
+                        client = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let issued = |outcomes: &Arc<Mutex<Outcomes>>| outcomes.lock().unwrap().received.len();
+    let until_more = |outcomes: Arc<Mutex<Outcomes>>, what: &'static str| async move {
+        let before = issued(&outcomes);
+        let start = Instant::now();
+        while issued(&outcomes) < before + 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: no progress"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until_more(outcomes.clone(), "warm-up").await;
+
+    // SIGKILL in the middle of the load (group commits in flight), then a restart.
+    replicas[1].kill();
+    until_more(outcomes.clone(), "with one replica killed").await;
+    replicas[1].restart();
+    let killed_back = replicas[1].wait_ready("the killed replica").await;
+    until_more(outcomes.clone(), "after the restart").await;
+
+    // A rolling restart: each replica stopped (SIGTERM) and started again in turn.
+    let mut rolled = Vec::new();
+    for i in 0..replicas.len() {
+        replicas[i].terminate();
+        replicas[i].restart();
+        rolled.push(replicas[i].wait_ready("rolling restart").await);
+        until_more(outcomes.clone(), "rolling restart").await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let store = ca_server::store::Store::open(&ca_server::store::StoreOptions::new(&url))
+        .await
+        .unwrap();
+    let mut unrecorded = 0;
+    for (issuer, serial) in &outcomes.received {
+        if store.certificate(issuer, serial).await.unwrap().is_none() {
+            unrecorded += 1;
+        }
+    }
+    let distinct: BTreeSet<_> = outcomes.received.iter().collect();
+    assert_eq!(unrecorded, 0, "certificates delivered without a record");
+    assert_eq!(distinct.len(), outcomes.received.len(), "a serial twice");
+    let mut events = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.audit_page(before, 1000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|e| e.id);
+        events.extend(page);
+    }
+    events.reverse();
+    ca_server::audit::verify(&events).expect("audit chain");
+    store.close().await;
+    println!(
+        "replica SIGKILL + rolling restart: {} issued, refused {:?}, 0 unrecorded, {} audit events verified, killed replica ready in {:.1} s, rolling restarts ready in {:?}",
+        outcomes.received.len(),
+        outcomes.refused,
+        events.len(),
+        killed_back.as_secs_f64(),
+        rolled
+            .iter()
+            .map(|d| format!("{:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+    );
+}
