@@ -493,10 +493,10 @@ async fn replicas_killed_and_rolled_under_load() {
 
     // A rolling restart: each replica stopped (SIGTERM) and started again in turn.
     let mut rolled = Vec::new();
-    for i in 0..replicas.len() {
-        replicas[i].terminate();
-        replicas[i].restart();
-        rolled.push(replicas[i].wait_ready("rolling restart").await);
+    for replica in &mut replicas {
+        replica.terminate();
+        replica.restart();
+        rolled.push(replica.wait_ready("rolling restart").await);
         until_more(outcomes.clone(), "rolling restart").await;
     }
     stop.store(true, Ordering::Relaxed);
