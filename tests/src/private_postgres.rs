@@ -66,6 +66,82 @@ impl PrivatePostgres {
     /// Starts a cluster; with `tls`, it accepts TLS connections only (`hostssl` in pg_hba.conf,
     /// plain TCP rejected).
     pub fn start(tls: bool) -> PrivatePostgres {
+        Self::start_with(tls, "")
+    }
+
+    /// A primary that commits only once a synchronous standby has the WAL
+    /// (`synchronous_standby_names = '*'`), accepting replication connections.
+    pub fn start_primary() -> PrivatePostgres {
+        Self::start_with(
+            false,
+            "synchronous_standby_names = '*'\nwal_level = replica\n",
+        )
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`), started; promote it with
+    /// [`PrivatePostgres::promote`].
+    pub fn start_standby(primary: &PrivatePostgres) -> PrivatePostgres {
+        let dir = tempfile::Builder::new()
+            .prefix("mesh-ca-pg-standby-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let _ = Command::new("chmod").arg("755").arg(dir.path()).status();
+        chown_postgres(dir.path());
+        let data = dir.path().join("data");
+        let out = as_postgres("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nsynchronous_standby_names = ''\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name=standby'\n",
+            dir.path().display(),
+            primary.port
+        ));
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        chown_postgres(dir.path());
+        let standby = PrivatePostgres {
+            port,
+            data,
+            _dir: dir,
+            tls: None,
+        };
+        standby.pg_ctl_start();
+        standby
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting for it).
+    pub fn promote(&self) {
+        let out = as_postgres("pg_ctl")
+            .args(["-D"])
+            .arg(&self.data)
+            .args(["-w", "promote"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_with(tls: bool, extra_conf: &str) -> PrivatePostgres {
         let dir = tempfile::Builder::new()
             .prefix("mesh-ca-pg-")
             .tempdir_in("/tmp")
@@ -92,7 +168,9 @@ impl PrivatePostgres {
             dir.path().display()
         );
         let mut server_tls = None;
-        let mut hba = String::from("local all all trust\n");
+        conf.push_str(extra_conf);
+        let mut hba =
+            String::from("local all all trust\nhost replication all 127.0.0.1/32 trust\n");
         if tls {
             let ca_key = rcgen::KeyPair::generate().unwrap();
             let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

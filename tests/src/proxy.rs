@@ -11,6 +11,7 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<watch::Sender<bool>>,
+    target: Arc<watch::Sender<SocketAddr>>,
 }
 
 impl Proxy {
@@ -20,6 +21,9 @@ impl Proxy {
         let (cut, _) = watch::channel(false);
         let cut = Arc::new(cut);
         let cut_accept = cut.clone();
+        let (target, _) = watch::channel(target);
+        let target = Arc::new(target);
+        let target_accept = target.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -31,6 +35,7 @@ impl Proxy {
                     continue;
                 }
                 let mut stop = cut_accept.subscribe();
+                let target = *target_accept.borrow();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = TcpStream::connect(target).await else {
                         return;
@@ -43,12 +48,17 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, cut }
+        Proxy { addr, cut, target }
     }
 
     /// Drops every connection and closes new ones at once, until [`Proxy::restore`].
     pub fn cut(&self) {
         self.cut.send_replace(true);
+    }
+
+    /// Forwards new connections to another target (a promoted standby).
+    pub fn retarget(&self, target: SocketAddr) {
+        self.target.send_replace(target);
     }
 
     /// Forwards again.

@@ -542,3 +542,49 @@ async fn replicas_killed_and_rolled_under_load() {
             .collect::<Vec<_>>()
     );
 }
+
+/// A failover: the primary (synchronous replication to a streaming standby) is killed under
+/// load, the standby promoted and the proxy switched to it. Every certificate a client received
+/// is on the promoted standby: synchronous commit made each record durable there first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_to_a_synchronous_standby_under_load() {
+    let primary = PrivatePostgres::start_primary();
+    let standby = PrivatePostgres::start_standby(&primary);
+    let direct = sqlx::PgPool::connect(&primary.url()).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT sync_state FROM pg_stat_replication LIMIT 1")
+                .fetch_optional(&direct)
+                .await
+                .unwrap();
+        if state.as_deref() == Some("sync") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "standby not in sync: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    direct.close().await;
+    let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], primary.port))).await;
+    let proxied = primary.url().replace(
+        &format!("127.0.0.1:{}", primary.port),
+        &proxy.addr.to_string(),
+    );
+    let cluster = Cluster::start(&proxied).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    primary.kill();
+    proxy.cut();
+    cluster.all_unready("failover").await;
+    standby.promote();
+    proxy.retarget(std::net::SocketAddr::from(([127, 0, 0, 1], standby.port)));
+    proxy.restore();
+    let recovery = cluster.all_ready_and_issuing("failover").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Checked against the promoted standby: what the clients got is there.
+    let report = cluster.finish(&standby.url(), &[recovery]).await;
+    println!("failover to a synchronous standby: {report}");
+}
