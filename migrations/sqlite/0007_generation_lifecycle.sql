@@ -30,3 +30,4 @@ FROM ca_generations;
 DROP TABLE ca_generations;
 ALTER TABLE ca_generations_new RENAME TO ca_generations;
 CREATE UNIQUE INDEX ca_generations_one_active ON ca_generations (trust_domain) WHERE state = 'active';
+CREATE UNIQUE INDEX ca_generations_one_prepared ON ca_generations (trust_domain) WHERE state = 'prepared';
