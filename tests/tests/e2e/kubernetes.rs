@@ -434,6 +434,24 @@ async fn root_configmap_is_kept_current_in_every_selected_namespace() {
     )
     .await;
 
+    // A trust change (a root rotation publishes a new root): every ConfigMap carries old and
+    // new roots within seconds.
+    server
+        .admin_client()
+        .rotate("cluster.local", "root")
+        .await
+        .unwrap();
+    let trust = server.server.ca.roots_pem_for(&authority);
+    assert_eq!(pem::parse_many(&trust).unwrap().len(), 2);
+    let changed = Instant::now();
+    for ns in ["default", "istio-system", "team-a", "team-b", "team-c"] {
+        eventually(ns, Duration::from_secs(10), || async {
+            (root_cert_of(&api, ns).as_deref() == Some(trust.as_str())).then_some(())
+        })
+        .await;
+    }
+    assert!(changed.elapsed() < Duration::from_secs(10));
+
     // One replica wrote: the Lease names it.
     let lease = api
         .get("leases", Some("istio-system"), "mesh-ca-writers")
