@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--token", required=True)
     parser.add_argument("--cluster-id", default="Kubernetes")
     parser.add_argument("--spiffe-id", required=True)
+    parser.add_argument("--validity", type=int, default=3600)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as out_dir:
@@ -69,7 +70,7 @@ def main():
         options = [("grpc.ssl_target_name_override", args.server_name)]
         with grpc.secure_channel(args.addr, credentials, options=options) as channel:
             stub = pb2_grpc.IstioCertificateServiceStub(channel)
-            request = pb2.IstioCertificateRequest(csr=make_csr(args.spiffe_id), validity_duration=3600)
+            request = pb2.IstioCertificateRequest(csr=make_csr(args.spiffe_id), validity_duration=args.validity)
             request.metadata.update({"CertSigner": ""})
             response = stub.CreateCertificate(
                 request,

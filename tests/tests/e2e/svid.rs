@@ -32,6 +32,55 @@ fn aki(der: &[u8]) -> Vec<u8> {
         .unwrap()
 }
 
+/// An independent client in every phase: Python grpcio (istio-agent's request) gets a leaf with
+/// a token, and `openssl verify` checks it against the roots of its own response's last element
+/// (during a root rotation: old and new). Returns how many roots that element held.
+async fn grpcio_leaf_verifies(server: &TestServer, kube: &FakeKube, phase: &str) -> usize {
+    let dir = server
+        .dir
+        .path()
+        .join(format!("grpcio-{}", phase.replace(' ', "-")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("serving-trust.pem");
+    std::fs::write(&ca_file, server.serving_trust_pem()).unwrap();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let token = kube.keys[1].sign(&FakeKube::claims("default", "python"));
+    let addr = server.server.grpc_addr.to_string();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        ca_tests::run(
+            std::process::Command::new(ca_tests::python_tool("python"))
+                .arg(workspace.join("tests/python/istio_client.py"))
+                .arg("--proto-root")
+                .arg(workspace.join("proto"))
+                .args([
+                    "--addr",
+                    &addr,
+                    "--token",
+                    &token,
+                    "--spiffe-id",
+                    "spiffe://cluster.local/ns/default/sa/python",
+                    // Short-lived like the rest of the run (min_ttl is 10 s here).
+                    "--validity",
+                    "20",
+                    "--ca-file",
+                ])
+                .arg(&ca_file),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{phase}: python client failed: {stdout}{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let chain: Vec<String> = serde_json::from_value(answer["cert_chain"].clone()).unwrap();
+    let roots = chain.last().unwrap();
+    let (ok, out) = crate::profile::openssl_verify(server.dir.path(), roots, &chain[1], &chain[0]);
+    assert!(ok, "{phase}: openssl: {out}");
+    pem::parse_many(roots).unwrap().len()
+}
+
 async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -138,6 +187,8 @@ async fn two_workloads_keep_talking_through_every_rotation() {
     };
     let began = Instant::now();
 
+    assert_eq!(grpcio_leaf_verifies(&server, &kube, "start").await, 1);
+
     // 1. Intermediate rotation: both move to the new intermediate at their next renewal.
     admin.rotate("cluster.local", "intermediate").await.unwrap();
     until(
@@ -146,6 +197,10 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         || under_active(&web) && under_active(&api),
     )
     .await;
+    assert_eq!(
+        grpcio_leaf_verifies(&server, &kube, "after intermediate").await,
+        1
+    );
 
     // 2. Root rotation: publication reaches both at once through WatchBundles.
     admin.rotate("cluster.local", "root").await.unwrap();
@@ -155,6 +210,11 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         || web.current().trust_roots.len() == 2 && api.current().trust_roots.len() == 2,
     )
     .await;
+    assert_eq!(
+        grpcio_leaf_verifies(&server, &kube, "root published").await,
+        2,
+        "old and new roots in the last element"
+    );
     // Activation, once converged (both renewed after publication; old leaves expired).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut activated = false;
@@ -174,6 +234,7 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         under_active(&web) && under_active(&api)
     })
     .await;
+    assert_eq!(grpcio_leaf_verifies(&server, &kube, "root active").await, 2);
 
     // 3. Emergency: the active generation is revoked. mTLS renewal with its leaves is refused;
     // the sources fall back to their tokens and get leaves of the fresh generation.
@@ -188,6 +249,7 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         || under_active(&web) && under_active(&api),
     )
     .await;
+    grpcio_leaf_verifies(&server, &kube, "after emergency").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     stop.store(true, Ordering::Relaxed);
