@@ -32,6 +32,7 @@
 //!     cluster_id: Some("Kubernetes".to_owned()),
 //!     key_type: ca_client::KeyType::EcdsaP256,
 //!     ttl_seconds: 0,
+//!     follow_bundles: true,
 //! })
 //! .await?;
 //! // Accept only the frontend of the same trust domain.
@@ -68,6 +69,9 @@ pub struct SvidSourceOptions {
     pub key_type: KeyType,
     /// Requested lifetime; 0 for the trust domain's default.
     pub ttl_seconds: i64,
+    /// Renew at once on every `WatchBundles` change (default in practice: true). Without it the
+    /// trust set changes only at the half-life renewals, as istio-agent's does.
+    pub follow_bundles: bool,
 }
 
 /// One X.509-SVID with the trust set it came with.
@@ -216,7 +220,7 @@ async fn keep_current(
     let mut first_bundle = true;
     loop {
         let svid = read(&current);
-        if bundles.is_none() {
+        if bundles.is_none() && options.follow_bundles {
             bundles = watch_bundles(&options, &svid).await.ok();
             first_bundle = true;
         }

@@ -81,6 +81,14 @@ async fn grpcio_leaf_verifies(server: &TestServer, kube: &FakeKube, phase: &str)
     pem::parse_many(roots).unwrap().len()
 }
 
+/// The client config without session resumption: every handshake verifies the peer's current
+/// certificate against the current trust set (a resumed session would skip both).
+fn full_handshakes(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut config = (*config).clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
 async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -115,6 +123,7 @@ async fn two_workloads_keep_talking_through_every_rotation() {
             cluster_id: Some("Kubernetes".to_owned()),
             key_type: KeyType::EcdsaP256,
             ttl_seconds: 20,
+            follow_bundles: true,
         })
     };
     let web = Arc::new(start("web").await.unwrap());
@@ -141,9 +150,9 @@ async fn two_workloads_keep_talking_through_every_rotation() {
             });
         }
     });
-    let connector = tokio_rustls::TlsConnector::from(
+    let connector = tokio_rustls::TlsConnector::from(full_handshakes(
         api.client_config(Arc::new(|id: &str| id == WEB)).unwrap(),
-    );
+    ));
     let handshake = move || {
         let connector = connector.clone();
         async move {
@@ -268,4 +277,114 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         .await
         .expect("shutdown with open WatchBundles streams");
     drop((web, api));
+}
+
+/// The negative control: the same two workloads, but learning their trust set only when they
+/// renew (as istio-agent does), and the new root activated about at once after its publication
+/// (the publish lead forced to the minimum, before the workloads converged). One of them then
+/// presents a leaf under the new root to a peer that does not trust it yet: handshakes fail, so
+/// the zero-downtime test above can fail, and publish-first with convergence is what prevents it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn negative_control_activating_a_new_root_at_once_breaks_handshakes() {
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster_and(Backend::Sqlite, &kube, |config| {
+        for td in &mut config.trust_domains {
+            td.min_ttl = Duration::from_secs(10);
+            td.refresh_hint = Duration::from_secs(1);
+            // Below what the config accepts (3 x refresh_hint): the lead forced down.
+            td.root_activation_max_wait = Duration::from_secs(1);
+        }
+    })
+    .await;
+    let dir = server.dir.path().to_owned();
+    let start = |sa: &str| {
+        let token_file = dir.join(format!("{sa}.token"));
+        std::fs::write(&token_file, kube.token("default", sa)).unwrap();
+        SvidSource::start(SvidSourceOptions {
+            connect: ca_client::ConnectOptions {
+                address: server.server.grpc_addr.to_string(),
+                ca_pem: server.serving_trust_pem(),
+                server_name: Some("localhost".to_owned()),
+                client_identity: None,
+            },
+            token_file: Some(token_file),
+            cluster_id: Some("Kubernetes".to_owned()),
+            key_type: KeyType::EcdsaP256,
+            ttl_seconds: 20,
+            follow_bundles: false,
+        })
+    };
+    let web = Arc::new(start("web").await.unwrap());
+    // Renewals out of step (about half of the 10 s renewal period apart).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let api = Arc::new(start("api").await.unwrap());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(web.server_config(Arc::new(|id: &str| id == API)).unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"ok").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(full_handshakes(
+        api.client_config(Arc::new(|id: &str| id == WEB)).unwrap(),
+    ));
+    let handshake = move || {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            let name = rustls_pki_types::ServerName::try_from("web.invalid").unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            let mut answer = [0u8; 2];
+            tls.read_exact(&mut answer).await?;
+            Ok::<(), anyhow::Error>(())
+        }
+    };
+    handshake().await.expect("first handshake");
+
+    // Publish and activate at once.
+    server
+        .admin_client()
+        .rotate("cluster.local", "root")
+        .await
+        .unwrap();
+    let kek = Kek::load_or_create(&server.config.kek_file).unwrap().0;
+    let ca = server.server.ca.clone();
+    let td = TrustDomain::parse("cluster.local").unwrap();
+    ca.lifecycle_tick(
+        &kek,
+        OffsetDateTime::now_utc() + time::Duration::seconds(4),
+        true,
+    )
+    .await;
+    assert!(ca.authorities().prepared(&td).is_none(), "activated");
+
+    let mut failed = 0;
+    let mut ok = 0;
+    let until = Instant::now() + Duration::from_secs(25);
+    while Instant::now() < until {
+        match handshake().await {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("negative control: {failed} failed, {ok} succeeded");
+    assert!(
+        failed > 0,
+        "activating a root before the workloads held it must break handshakes"
+    );
+    drop((web, api));
+    server.stop().await;
 }

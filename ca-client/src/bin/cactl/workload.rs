@@ -76,6 +76,7 @@ pub async fn renew_watch(
         cluster_id,
         key_type,
         ttl_seconds: 0,
+        follow_bundles: true,
     })
     .await?;
     let mut updates = source.updates();
