@@ -24,6 +24,35 @@ struct Outcomes {
     received: Vec<(String, String)>,
     /// gRPC status code -> count, for refusals.
     refused: BTreeMap<u16, usize>,
+    /// Open-loop ticks skipped because 64 requests of that replica were already in flight.
+    skipped: usize,
+    /// Successful renewals over mutual TLS (also counted in `received`).
+    renewals: usize,
+}
+
+/// Records one answer: the certificate's (issuer, serial), or the refusal's gRPC code.
+fn record(outcomes: &Mutex<Outcomes>, result: Result<Vec<String>, Error>) {
+    match result {
+        Ok(chain) => {
+            let der = pem::parse(&chain[0]).unwrap().into_contents();
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            let aki = cert
+                .iter_extensions()
+                .find_map(|e| match e.parsed_extension() {
+                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
+                        a.key_identifier.as_ref().map(|k| hex::encode(k.0))
+                    }
+                    _ => None,
+                })
+                .unwrap();
+            let serial = hex::encode(cert.raw_serial());
+            outcomes.lock().unwrap().received.push((aki, serial));
+        }
+        Err(Error::Server { status, .. }) => {
+            *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
+        }
+        Err(other) => panic!("not a gRPC status: {other:?}"),
+    }
 }
 
 async fn ready(server: &TestServer) -> bool {
@@ -67,45 +96,102 @@ impl Cluster {
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let mut load = Vec::new();
         for (i, replica) in replicas.iter().enumerate() {
+            // Open loop: a request every 10 ms per replica (about 300/s in all), whatever the
+            // answers' pace, with at most 64 in flight per replica (beyond, the tick is skipped
+            // and counted).
             let client = replica.grpc_client(None).await;
             let tokens: Vec<String> = (0..4)
                 .map(|n| kube.token("default", &format!("app-{i}-{n}")))
                 .collect();
-            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            let (stop_load, outcomes_load) = (stop.clone(), outcomes.clone());
+            let load_client = client.clone();
             load.push(tokio::spawn(async move {
-                let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+                let client = load_client;
+                let csr = Arc::new(ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap());
+                let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+                let mut ticker = tokio::time::interval(Duration::from_millis(10));
+                let mut requests = tokio::task::JoinSet::new();
                 let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                while !stop_load.load(Ordering::Relaxed) {
+                    ticker.tick().await;
+                    let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                        outcomes_load.lock().unwrap().skipped += 1;
+                        continue;
+                    };
                     let auth = TokenAuth {
                         token: Some(tokens[n % tokens.len()].clone()),
                         cluster_id: Some("Kubernetes".to_owned()),
                     };
                     n += 1;
-                    let result = client
-                        .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
+                    let (client, csr, outcomes) =
+                        (client.clone(), csr.clone(), outcomes_load.clone());
+                    requests.spawn(async move {
+                        let result = client
+                            .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
+                            .await;
+                        record(&outcomes, result);
+                        drop(permit);
+                    });
+                    while requests.try_join_next().is_some() {}
+                }
+                while requests.join_next().await.is_some() {}
+            }));
+            // A renewing workload: renews over mutual TLS with its current certificate, back to
+            // back; after a failure it keeps its certificate and tries again.
+            let trust = replica.serving_trust_pem();
+            let address = replica.server.grpc_addr.to_string();
+            let first_key = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+            let first = client
+                .create_certificate(
+                    &first_key.csr_pem,
+                    3600,
+                    &TokenAuth {
+                        token: Some(kube.token("default", &format!("renewer-{i}"))),
+                        cluster_id: Some("Kubernetes".to_owned()),
+                    },
+                    &BTreeMap::new(),
+                )
+                .await
+                .unwrap();
+            let mut identity = (
+                first[..first.len() - 1].concat().into_bytes(),
+                first_key.key_pem.as_bytes().to_vec(),
+            );
+            let (stop_renew, outcomes_renew) = (stop.clone(), outcomes.clone());
+            load.push(tokio::spawn(async move {
+                while !stop_renew.load(Ordering::Relaxed) {
+                    let next = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+                    let connected =
+                        ca_client::WorkloadClient::connect(&ca_client::ConnectOptions {
+                            address: address.clone(),
+                            ca_pem: trust.clone(),
+                            server_name: Some("localhost".to_owned()),
+                            client_identity: Some(identity.clone()),
+                        })
                         .await;
-                    match result {
+                    let Ok(renewing) = connected else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let result = renewing
+                        .create_certificate(
+                            &next.csr_pem,
+                            3600,
+                            &TokenAuth::default(),
+                            &BTreeMap::new(),
+                        )
+                        .await;
+                    match &result {
                         Ok(chain) => {
-                            let der = pem::parse(&chain[0]).unwrap().into_contents();
-                            let (_, cert) = X509Certificate::from_der(&der).unwrap();
-                            let aki = cert
-                                .iter_extensions()
-                                .find_map(|e| match e.parsed_extension() {
-                                    x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                                        a.key_identifier.as_ref().map(|k| hex::encode(k.0))
-                                    }
-                                    _ => None,
-                                })
-                                .unwrap();
-                            let serial = hex::encode(cert.raw_serial());
-                            outcomes.lock().unwrap().received.push((aki, serial));
+                            identity = (
+                                chain[..chain.len() - 1].concat().into_bytes(),
+                                next.key_pem.as_bytes().to_vec(),
+                            );
+                            outcomes_renew.lock().unwrap().renewals += 1;
                         }
-                        Err(Error::Server { status, .. }) => {
-                            *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(other) => panic!("not a gRPC status: {other:?}"),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
+                    record(&outcomes_renew, result);
                 }
             }));
         }
@@ -211,9 +297,11 @@ impl Cluster {
             replica.server.shutdown().await;
         }
         format!(
-            "{} issued, refused {:?}, 0 unrecorded, {} audit events verified, slowest recovery {:.1} s",
+            "{} issued ({} of them mTLS renewals), refused {:?}, {} open-loop ticks skipped, 0 unrecorded, {} audit events verified, slowest recovery {:.1} s",
             outcomes.received.len(),
+            outcomes.renewals,
             outcomes.refused,
+            outcomes.skipped,
             events.len(),
             recoveries
                 .iter()
