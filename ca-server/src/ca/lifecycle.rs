@@ -704,9 +704,25 @@ impl Ca {
         now: OffsetDateTime,
     ) -> Result<(), Error> {
         let now_s = now.unix_timestamp();
+        let max_ttl = self
+            .config
+            .trust_domain(td)
+            .map(|c| i64::try_from(c.max_ttl.as_secs()).unwrap_or(i64::MAX / 4))
+            .unwrap_or(0);
         let mut changed = false;
         for generation in self.store.generations(td.as_str()).await? {
             if generation.state != "retired" {
+                continue;
+            }
+            // A retired generation signs nothing after `retired_at`: until `max_ttl` (+ the
+            // margin) has passed since, some leaf of it may be live. Skip the query over its
+            // leaves until then (it reads every row of the issuer).
+            let retired_at = generation.retired_at.unwrap_or(generation.created_at);
+            if now_s
+                < retired_at
+                    .saturating_add(max_ttl)
+                    .saturating_add(REMOVAL_MARGIN.as_secs() as i64)
+            {
                 continue;
             }
             let last = self
