@@ -154,18 +154,6 @@ impl Authorities {
             .find(|a| a.generation == number)
     }
 
-    /// The loaded generation whose intermediate has this key id (the store's `issuer_key_id`,
-    /// the hex of the subject key identifier that issued leaves carry as their authority key
-    /// identifier).
-    pub fn by_issuer(
-        &self,
-        trust_domain: &TrustDomain,
-        issuer_key_id: &str,
-    ) -> Option<&Arc<Authority>> {
-        self.generations(trust_domain)
-            .find(|a| a.issuer_key_id == issuer_key_id)
-    }
-
     /// Adds a trust domain's active generation (a later one of the same name replaces it).
     pub fn insert(&mut self, authority: Authority) {
         self.by_name
@@ -319,12 +307,40 @@ pub fn create_generation(
         generation,
         now,
     )?;
+    seal_generation(
+        name,
+        generation,
+        root_cert.der(),
+        &root_key,
+        &intermediate_key,
+        made,
+        kek,
+        now,
+    )
+}
+
+/// A new active generation as the store keeps it: both keys sealed for it under the KEK.
+#[allow(clippy::too_many_arguments)]
+fn seal_generation(
+    name: &str,
+    generation: i32,
+    root_cert: &[u8],
+    root_key: &CaKey,
+    intermediate_key: &CaKey,
+    made: MadeIntermediate,
+    kek: &Kek,
+    now: OffsetDateTime,
+) -> Result<SealedGeneration, Error> {
+    let key_err = |source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
+    };
     Ok(SealedGeneration {
         trust_domain: name.to_owned(),
         generation,
         state: "active".to_owned(),
-        key_algorithm: config.key_algorithm.as_str().to_owned(),
-        root_cert: root_cert.der().to_vec(),
+        key_algorithm: root_key.algorithm().as_str().to_owned(),
+        root_cert: root_cert.to_vec(),
         root_key: root_key
             .seal(kek, &seal_context(name, generation, "root"))
             .map_err(key_err)?,
@@ -339,6 +355,31 @@ pub fn create_generation(
         retired_at: None,
         removed_at: None,
         revocation_reason: None,
+    })
+}
+
+/// Decrypts one of a stored generation's keys (`root` or `intermediate`).
+fn open_key(record: &SealedGeneration, kek: &Kek, role: &str) -> Result<CaKey, Error> {
+    let name = record.trust_domain.as_str();
+    let algorithm =
+        KeyAlgorithm::parse(&record.key_algorithm).ok_or_else(|| Error::Inconsistent {
+            trust_domain: name.to_owned(),
+            message: format!("unknown key algorithm {}", record.key_algorithm),
+        })?;
+    let sealed = if role == "root" {
+        &record.root_key
+    } else {
+        &record.intermediate_key
+    };
+    CaKey::open(
+        kek,
+        algorithm,
+        sealed,
+        &seal_context(name, record.generation, role),
+    )
+    .map_err(|source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
     })
 }
 
@@ -431,25 +472,12 @@ pub fn next_intermediate_generation(
     current: &SealedGeneration,
     now: OffsetDateTime,
 ) -> Result<SealedGeneration, Error> {
-    let name = config.name.as_str();
-    let key_err = |source| Error::Key {
-        trust_domain: name.to_owned(),
-        source,
-    };
-    let algorithm =
-        KeyAlgorithm::parse(&current.key_algorithm).ok_or_else(|| Error::Inconsistent {
-            trust_domain: name.to_owned(),
-            message: format!("unknown key algorithm {}", current.key_algorithm),
-        })?;
-    let root_key = CaKey::open(
-        kek,
-        algorithm,
-        &current.root_key,
-        &seal_context(name, current.generation, "root"),
-    )
-    .map_err(key_err)?;
+    let root_key = open_key(current, kek, "root")?;
     let generation = current.generation + 1;
-    let intermediate_key = CaKey::generate(algorithm).map_err(key_err)?;
+    let intermediate_key = CaKey::generate(root_key.algorithm()).map_err(|source| Error::Key {
+        trust_domain: config.name.to_string(),
+        source,
+    })?;
     let made = issue_intermediate(
         config,
         &current.root_cert,
@@ -458,27 +486,16 @@ pub fn next_intermediate_generation(
         generation,
         now,
     )?;
-    Ok(SealedGeneration {
-        trust_domain: name.to_owned(),
+    seal_generation(
+        config.name.as_str(),
         generation,
-        state: "active".to_owned(),
-        key_algorithm: current.key_algorithm.clone(),
-        root_cert: current.root_cert.clone(),
-        root_key: root_key
-            .seal(kek, &seal_context(name, generation, "root"))
-            .map_err(key_err)?,
-        intermediate_cert: made.der,
-        intermediate_key: intermediate_key
-            .seal(kek, &seal_context(name, generation, "intermediate"))
-            .map_err(key_err)?,
-        issuer_key_id: made.issuer_key_id,
-        not_after: made.not_after,
-        created_at: now.unix_timestamp(),
-        activated_at: Some(now.unix_timestamp()),
-        retired_at: None,
-        removed_at: None,
-        revocation_reason: None,
-    })
+        &current.root_cert,
+        &root_key,
+        &intermediate_key,
+        made,
+        kek,
+        now,
+    )
 }
 
 /// Opens a generation's root key (checked against the root certificate) as a signer: for the
@@ -489,18 +506,7 @@ pub fn open_root(record: &SealedGeneration, kek: &Kek) -> Result<Issuer<'static,
         trust_domain: name.to_owned(),
         message,
     };
-    let algorithm = KeyAlgorithm::parse(&record.key_algorithm)
-        .ok_or_else(|| inconsistent(format!("unknown key algorithm {}", record.key_algorithm)))?;
-    let root_key = CaKey::open(
-        kek,
-        algorithm,
-        &record.root_key,
-        &seal_context(name, record.generation, "root"),
-    )
-    .map_err(|source| Error::Key {
-        trust_domain: name.to_owned(),
-        source,
-    })?;
+    let root_key = open_key(record, kek, "root")?;
     let (_, root) = X509Certificate::from_der(&record.root_cert)
         .map_err(|e| inconsistent(format!("root certificate does not parse: {e}")))?;
     if root.public_key().raw != root_key.spki_der().as_slice() {
@@ -519,26 +525,8 @@ pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority
         trust_domain: name.to_owned(),
         message,
     };
-    let key_err = |source| Error::Key {
-        trust_domain: name.to_owned(),
-        source,
-    };
-    let algorithm = KeyAlgorithm::parse(&record.key_algorithm)
-        .ok_or_else(|| inconsistent(format!("unknown key algorithm {}", record.key_algorithm)))?;
-    let root_key = CaKey::open(
-        kek,
-        algorithm,
-        &record.root_key,
-        &seal_context(name, record.generation, "root"),
-    )
-    .map_err(key_err)?;
-    let intermediate_key = CaKey::open(
-        kek,
-        algorithm,
-        &record.intermediate_key,
-        &seal_context(name, record.generation, "intermediate"),
-    )
-    .map_err(key_err)?;
+    let root_key = open_key(record, kek, "root")?;
+    let intermediate_key = open_key(record, kek, "intermediate")?;
 
     let (_, root) = X509Certificate::from_der(&record.root_cert)
         .map_err(|e| inconsistent(format!("root certificate does not parse: {e}")))?;

@@ -130,15 +130,16 @@ impl Signer {
 
     /// Acts on every known CSR that waits for us. Called by the Lease holder only.
     pub async fn tick(&mut self, ca: &Ca, now: OffsetDateTime) {
-        let names: Vec<String> = self.known.keys().cloned().collect();
-        for name in names {
-            let Some(csr) = self.known.get(&name).cloned() else {
-                continue;
-            };
+        // Only those not yet settled at the version the watch last saw.
+        let waiting: Vec<CertificateSigningRequest> = self
+            .known
+            .iter()
+            .filter(|(name, csr)| self.handled.get(*name) != csr.metadata.resource_version.as_ref())
+            .map(|(_, csr)| csr.clone())
+            .collect();
+        for csr in waiting {
+            let name = csr.metadata.name.clone().unwrap_or_default();
             let version = csr.metadata.resource_version.clone().unwrap_or_default();
-            if self.handled.get(&name) == Some(&version) {
-                continue;
-            }
             if self.act(ca, csr, now).await {
                 self.handled.insert(name, version);
             }

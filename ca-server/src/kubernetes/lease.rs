@@ -56,10 +56,6 @@ impl Lease {
         }
     }
 
-    pub fn holder(&self) -> &str {
-        &self.holder
-    }
-
     /// Whether this replica may act now.
     pub fn is_held(&self) -> bool {
         self.held_until

@@ -55,6 +55,37 @@ fn record(outcomes: &Mutex<Outcomes>, result: Result<Vec<String>, Error>) {
     }
 }
 
+/// Every certificate a client received has its record in the database at `url`, no serial came
+/// twice, and the audit chain verifies over all its events; returns how many events.
+async fn delivered_were_recorded(outcomes: &Outcomes, url: &str) -> usize {
+    let store = ca_server::store::Store::open(&ca_server::store::StoreOptions::new(url))
+        .await
+        .unwrap();
+    let mut unrecorded = 0;
+    for (issuer, serial) in &outcomes.received {
+        if store.certificate(issuer, serial).await.unwrap().is_none() {
+            unrecorded += 1;
+        }
+    }
+    let distinct: BTreeSet<_> = outcomes.received.iter().collect();
+    assert_eq!(unrecorded, 0, "certificates delivered without a record");
+    assert_eq!(distinct.len(), outcomes.received.len(), "a serial twice");
+    let mut events = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.audit_page(before, 1000).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|e| e.id);
+        events.extend(page);
+    }
+    events.reverse();
+    ca_server::audit::verify(&events).expect("audit chain");
+    store.close().await;
+    events.len()
+}
+
 async fn ready(server: &TestServer) -> bool {
     reqwest::get(format!("{}/readyz", server.http_url()))
         .await
@@ -254,18 +285,7 @@ impl Cluster {
             task.await.unwrap();
         }
         let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap());
-        let store = ca_server::store::Store::open(&ca_server::store::StoreOptions::new(direct_url))
-            .await
-            .unwrap();
-        let mut unrecorded = 0;
-        for (issuer, serial) in &outcomes.received {
-            if store.certificate(issuer, serial).await.unwrap().is_none() {
-                unrecorded += 1;
-            }
-        }
-        let distinct: BTreeSet<_> = outcomes.received.iter().collect();
-        assert_eq!(unrecorded, 0, "certificates delivered without a record");
-        assert_eq!(distinct.len(), outcomes.received.len(), "a serial twice");
+        let audited = delivered_were_recorded(&outcomes, direct_url).await;
         // Refusals were only "retry later": UNAVAILABLE (14) or RESOURCE_EXHAUSTED (8).
         assert!(
             outcomes
@@ -279,20 +299,6 @@ impl Cluster {
             outcomes.refused.get(&14).copied().unwrap_or(0) > 0,
             "the outages were seen"
         );
-        // The audit chain holds across the faults.
-        let mut events = Vec::new();
-        let mut before = None;
-        loop {
-            let page = store.audit_page(before, 1000).await.unwrap();
-            if page.is_empty() {
-                break;
-            }
-            before = page.last().map(|e| e.id);
-            events.extend(page);
-        }
-        events.reverse();
-        ca_server::audit::verify(&events).expect("audit chain");
-        store.close().await;
         for replica in self.replicas {
             replica.server.shutdown().await;
         }
@@ -302,7 +308,7 @@ impl Cluster {
             outcomes.renewals,
             outcomes.refused,
             outcomes.skipped,
-            events.len(),
+            audited,
             recoveries
                 .iter()
                 .max()
@@ -529,26 +535,14 @@ async fn replicas_killed_and_rolled_under_load() {
                     .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
                     .await;
                 match result {
-                    Ok(chain) => {
-                        let der = pem::parse(&chain[0]).unwrap().into_contents();
-                        let (_, cert) = X509Certificate::from_der(&der).unwrap();
-                        let aki = cert
-                            .iter_extensions()
-                            .find_map(|e| match e.parsed_extension() {
-                                x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(a) => {
-                                    a.key_identifier.as_ref().map(|k| hex::encode(k.0))
-                                }
-                                _ => None,
-                            })
-                            .unwrap();
-                        let serial = hex::encode(cert.raw_serial());
-                        outcomes.lock().unwrap().received.push((aki, serial));
-                    }
-                    Err(Error::Server { status, .. }) => {
-                        // The replica went away under the request (transport error) or shed it.
-                        *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
-                        client = None;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(_) | Err(Error::Server { .. }) => {
+                        // A refusal: the replica went away under the request or shed it.
+                        let refused = result.is_err();
+                        record(&outcomes, result);
+                        if refused {
+                            client = None;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
                     Err(_) => {
                         client = None;
@@ -593,36 +587,12 @@ async fn replicas_killed_and_rolled_under_load() {
     }
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
-    let store = ca_server::store::Store::open(&ca_server::store::StoreOptions::new(&url))
-        .await
-        .unwrap();
-    let mut unrecorded = 0;
-    for (issuer, serial) in &outcomes.received {
-        if store.certificate(issuer, serial).await.unwrap().is_none() {
-            unrecorded += 1;
-        }
-    }
-    let distinct: BTreeSet<_> = outcomes.received.iter().collect();
-    assert_eq!(unrecorded, 0, "certificates delivered without a record");
-    assert_eq!(distinct.len(), outcomes.received.len(), "a serial twice");
-    let mut events = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store.audit_page(before, 1000).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        before = page.last().map(|e| e.id);
-        events.extend(page);
-    }
-    events.reverse();
-    ca_server::audit::verify(&events).expect("audit chain");
-    store.close().await;
+    let audited = delivered_were_recorded(&outcomes, &url).await;
     println!(
         "replica SIGKILL + rolling restart: {} issued, refused {:?}, 0 unrecorded, {} audit events verified, killed replica ready in {:.1} s, rolling restarts ready in {:?}",
         outcomes.received.len(),
         outcomes.refused,
-        events.len(),
+        audited,
         killed_back.as_secs_f64(),
         rolled
             .iter()

@@ -65,7 +65,8 @@ fn crl_serials(der: &[u8]) -> BTreeSet<String> {
         .collect()
 }
 
-async fn ocsp_status(server: &TestServer, issuer_der: &[u8], serial: &str) -> Option<Answer> {
+/// The DER OCSP response about `serial` under `issuer_der` (`None` when not HTTP 200).
+async fn ocsp_response(server: &TestServer, issuer_der: &[u8], serial: &str) -> Option<Vec<u8>> {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/ocsp/cluster.local", server.http_url()))
         .header("content-type", "application/ocsp-request")
@@ -76,7 +77,13 @@ async fn ocsp_status(server: &TestServer, issuer_der: &[u8], serial: &str) -> Op
     if !response.status().is_success() {
         return None;
     }
-    Some(ocsp::answer(&response.bytes().await.unwrap()))
+    Some(response.bytes().await.unwrap().to_vec())
+}
+
+async fn ocsp_status(server: &TestServer, issuer_der: &[u8], serial: &str) -> Option<Answer> {
+    ocsp_response(server, issuer_der, serial)
+        .await
+        .map(|der| ocsp::answer(&der))
 }
 
 async fn get_crl(server: &TestServer, path: &str) -> Option<Vec<u8>> {
@@ -531,14 +538,7 @@ async fn emergency_revocation_of_a_generation(backend: Backend) {
         ocsp_status(&server, &first.intermediate_der, &early_serial).await,
         Some(Answer::Revoked)
     );
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/ocsp/cluster.local", server.http_url()))
-        .header("content-type", "application/ocsp-request")
-        .body(ocsp::request(&first.intermediate_der, &serial))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
+    let response = ocsp_response(&server, &first.intermediate_der, &serial)
         .await
         .unwrap();
     assert_eq!(
@@ -546,14 +546,7 @@ async fn emergency_revocation_of_a_generation(backend: Backend) {
         Some(2),
         "cACompromise (2)"
     );
-    let early_response = reqwest::Client::new()
-        .post(format!("{}/v1/ocsp/cluster.local", server.http_url()))
-        .header("content-type", "application/ocsp-request")
-        .body(ocsp::request(&first.intermediate_der, &early_serial))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
+    let early_response = ocsp_response(&server, &first.intermediate_der, &early_serial)
         .await
         .unwrap();
     assert_eq!(

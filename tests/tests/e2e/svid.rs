@@ -89,6 +89,50 @@ fn full_handshakes(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfi
     Arc::new(config)
 }
 
+/// `web` serves on 127.0.0.1 (accepting only `api`, answering "ok"); the returned handshake
+/// connects as `api` (accepting only `web`), a full handshake each time.
+async fn web_serves_api(
+    web: &SvidSource,
+    api: &SvidSource,
+) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
++ Clone
++ Send
++ 'static {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(web.server_config(Arc::new(|id: &str| id == API)).unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"ok").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(full_handshakes(
+        api.client_config(Arc::new(|id: &str| id == WEB)).unwrap(),
+    ));
+    move || {
+        let connector = connector.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            let name = rustls_pki_types::ServerName::try_from("web.invalid").unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            let mut answer = [0u8; 2];
+            tls.read_exact(&mut answer).await?;
+            anyhow::ensure!(&answer == b"ok", "unexpected answer");
+            Ok(())
+        })
+    }
+}
+
 async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
@@ -132,39 +176,7 @@ async fn two_workloads_keep_talking_through_every_rotation() {
     assert_eq!(api.current().spiffe_id, API);
 
     // web serves, accepting only api; api connects, accepting only web.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(web.server_config(Arc::new(|id: &str| id == API)).unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"ok").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    let connector = tokio_rustls::TlsConnector::from(full_handshakes(
-        api.client_config(Arc::new(|id: &str| id == WEB)).unwrap(),
-    ));
-    let handshake = move || {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(address).await?;
-            let name = rustls_pki_types::ServerName::try_from("web.invalid").unwrap();
-            let mut tls = connector.connect(name, tcp).await?;
-            let mut answer = [0u8; 2];
-            tls.read_exact(&mut answer).await?;
-            anyhow::ensure!(&answer == b"ok", "unexpected answer");
-            Ok::<(), anyhow::Error>(())
-        }
-    };
+    let handshake = web_serves_api(&web, &api).await;
     handshake().await.expect("first handshake");
 
     // Handshakes all along, about ten a second.
@@ -319,38 +331,7 @@ async fn negative_control_activating_a_new_root_at_once_breaks_handshakes() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let api = Arc::new(start("api").await.unwrap());
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let acceptor =
-        tokio_rustls::TlsAcceptor::from(web.server_config(Arc::new(|id: &str| id == API)).unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let _ = tls.write_all(b"ok").await;
-                    let _ = tls.shutdown().await;
-                }
-            });
-        }
-    });
-    let connector = tokio_rustls::TlsConnector::from(full_handshakes(
-        api.client_config(Arc::new(|id: &str| id == WEB)).unwrap(),
-    ));
-    let handshake = move || {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(address).await?;
-            let name = rustls_pki_types::ServerName::try_from("web.invalid").unwrap();
-            let mut tls = connector.connect(name, tcp).await?;
-            let mut answer = [0u8; 2];
-            tls.read_exact(&mut answer).await?;
-            Ok::<(), anyhow::Error>(())
-        }
-    };
+    let handshake = web_serves_api(&web, &api).await;
     handshake().await.expect("first handshake");
 
     // Publish and activate at once.
