@@ -89,6 +89,10 @@ pub struct TrustDomain {
     #[serde(default)]
     pub federates_with: Vec<String>,
     pub generations: Vec<Generation>,
+    /// When the key of a CSR for the next intermediate was made, if one waits for its
+    /// certificate (plug-in CA).
+    #[serde(default)]
+    pub pending_csr_since: Option<String>,
 }
 
 /// A CA generation of a trust domain: its root and intermediate.
@@ -101,6 +105,12 @@ pub struct Generation {
     pub issuer_key_id: String,
     pub root: CaCertificate,
     pub intermediate: CaCertificate,
+    /// A plug-in CA's intermediates between `intermediate` and `root`.
+    #[serde(default)]
+    pub chain: Vec<CaCertificate>,
+    /// The root's key is not in the CA (a plug-in CA).
+    #[serde(default)]
+    pub external_root: bool,
     /// RFC 3339, when it happened.
     #[serde(default)]
     pub activated_at: Option<String>,
@@ -146,6 +156,46 @@ pub struct Rotation {
     pub not_after: String,
     pub next_rotation_at: String,
     pub retired_removal_at: String,
+}
+
+/// Istio's `cacerts` files for `AdminClient::import_ca` (PEM text).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct CaFiles {
+    pub ca_cert_pem: String,
+    /// Absent to install the certificate of a CSR made by the CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_key_pem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_chain_pem: Option<String>,
+    pub root_cert_pem: String,
+}
+
+impl std::fmt::Debug for CaFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaFiles")
+            .field(
+                "ca_key_pem",
+                &self.ca_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an import became.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Imported {
+    pub rotation: Rotation,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// The CSR of the next intermediate, whose key stays in the CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntermediateCsr {
+    pub trust_domain: String,
+    pub csr_pem: String,
+    pub key_algorithm: String,
+    pub created_at: String,
 }
 
 /// A CA certificate as the trust-domain listing shows it.
@@ -454,6 +504,31 @@ impl AdminClient {
             path_segment(trust_domain)
         );
         self.post(&path, &serde_json::json!({ "scope": scope }))
+            .await
+    }
+
+    /// Imports an externally signed intermediate (plug-in CA): with its key, or (no
+    /// `ca_key_pem`) for the key of [`AdminClient::intermediate_csr`].
+    pub async fn import_ca(
+        &self,
+        trust_domain: &str,
+        files: &CaFiles,
+    ) -> Result<Answer<Imported>, Error> {
+        let path = format!(
+            "/admin/v1/trust-domains/{}/import",
+            path_segment(trust_domain)
+        );
+        self.post(&path, files).await
+    }
+
+    /// The CSR of the next intermediate (the waiting one, or a fresh key with `replace`).
+    pub async fn intermediate_csr(
+        &self,
+        trust_domain: &str,
+        replace: bool,
+    ) -> Result<Answer<IntermediateCsr>, Error> {
+        let path = format!("/admin/v1/trust-domains/{}/csr", path_segment(trust_domain));
+        self.post(&path, &serde_json::json!({ "replace": replace }))
             .await
     }
 

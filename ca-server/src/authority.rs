@@ -71,6 +71,17 @@ pub struct SealedGeneration {
     pub removed_at: Option<i64>,
     /// The reason of an emergency revocation (RFC 5280 name).
     pub revocation_reason: Option<String>,
+    /// A plug-in CA's intermediates between the issuing one and the root (DER, concatenated,
+    /// the issuing one's issuer first); `None` when the root signed the intermediate.
+    pub chain: Option<Vec<u8>>,
+}
+
+impl SealedGeneration {
+    /// The root's key is not here (a plug-in CA's external root): no intermediate can be made
+    /// under it, and no root-signed CRL.
+    pub fn external_root(&self) -> bool {
+        self.root_key.is_empty()
+    }
 }
 
 /// The issuing CA of one trust domain, ready to sign.
@@ -79,9 +90,15 @@ pub struct Authority {
     pub generation: i32,
     pub root_der: Vec<u8>,
     pub intermediate_der: Vec<u8>,
-    /// `intermediate_der` and `root_der` as PEM, encoded once (every Istio answer carries them).
-    pub intermediate_pem: String,
+    /// The chain a leaf is sent with: `intermediate_der`, then a plug-in CA's intermediates above
+    /// it, up to (not including) the root.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The same, one PEM per certificate, encoded once (every Istio answer carries them, one
+    /// element each).
+    pub chain_pem: Vec<String>,
     pub root_pem: String,
+    /// The root's key is not here (a plug-in CA): no automatic rotation under it.
+    pub external_root: bool,
     /// Hex of the intermediate's subject key identifier: names the issuer in the store.
     pub issuer_key_id: String,
     /// The intermediate's notAfter (unix seconds): no leaf outlives it.
@@ -355,11 +372,119 @@ fn seal_generation(
         retired_at: None,
         removed_at: None,
         revocation_reason: None,
+        chain: None,
     })
 }
 
+/// A plug-in intermediate as a generation: its key sealed for it under the KEK, the root's key
+/// absent (or, when the external CA's root is one of ours, `root_key` re-sealed for it).
+pub fn seal_imported(
+    name: &str,
+    generation: i32,
+    imported: &crate::external_ca::Validated,
+    root_key: Option<&CaKey>,
+    kek: &Kek,
+    now: OffsetDateTime,
+) -> Result<SealedGeneration, Error> {
+    let key_err = |source| Error::Key {
+        trust_domain: name.to_owned(),
+        source,
+    };
+    let chain: Vec<u8> = imported.upper_chain.concat();
+    Ok(SealedGeneration {
+        trust_domain: name.to_owned(),
+        generation,
+        state: "active".to_owned(),
+        key_algorithm: imported.key.algorithm().as_str().to_owned(),
+        root_cert: imported.root_der.clone(),
+        root_key: match root_key {
+            Some(key) => key
+                .seal(kek, &seal_context(name, generation, "root"))
+                .map_err(key_err)?,
+            None => Vec::new(),
+        },
+        intermediate_cert: imported.intermediate_der.clone(),
+        intermediate_key: imported
+            .key
+            .seal(kek, &seal_context(name, generation, "intermediate"))
+            .map_err(key_err)?,
+        issuer_key_id: imported.issuer_key_id.clone(),
+        not_after: imported.not_after,
+        created_at: now.unix_timestamp(),
+        activated_at: Some(now.unix_timestamp()),
+        retired_at: None,
+        removed_at: None,
+        revocation_reason: None,
+        chain: (!chain.is_empty()).then_some(chain),
+    })
+}
+
+/// Seals the key made for a plug-in intermediate's CSR (bound to the trust domain and the time
+/// it was made).
+pub fn seal_pending_key(
+    name: &str,
+    key: &CaKey,
+    created_at: i64,
+    kek: &Kek,
+) -> Result<Vec<u8>, keys::Error> {
+    key.seal(kek, &pending_context(name, created_at))
+}
+
+/// Opens the key made for a CSR (`sealed` at `created_at` by [`seal_pending_key`]).
+pub fn open_pending_key(
+    name: &str,
+    key_algorithm: &str,
+    sealed: &[u8],
+    created_at: i64,
+    kek: &Kek,
+) -> Result<CaKey, Error> {
+    let algorithm = KeyAlgorithm::parse(key_algorithm).ok_or_else(|| Error::Inconsistent {
+        trust_domain: name.to_owned(),
+        message: format!("unknown key algorithm {key_algorithm}"),
+    })?;
+    CaKey::open(kek, algorithm, sealed, &pending_context(name, created_at)).map_err(|source| {
+        Error::Key {
+            trust_domain: name.to_owned(),
+            source,
+        }
+    })
+}
+
+fn pending_context(trust_domain: &str, created_at: i64) -> Vec<u8> {
+    format!("ca-key/v1/{trust_domain}/pending/{created_at}").into_bytes()
+}
+
+/// A fresh key for the next intermediate and a CSR for it, to be signed outside (the key never
+/// leaves the CA). The CSR asks for a CA with `keyCertSign`, `cRLSign` and `digitalSignature`.
+pub fn intermediate_csr(
+    trust_domain: &TrustDomain,
+    algorithm: KeyAlgorithm,
+) -> Result<(CaKey, String), String> {
+    let key = CaKey::generate(algorithm).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, dn_value(trust_domain.as_str()));
+    name.push(
+        DnType::CommonName,
+        dn_value(&format!("{trust_domain} Intermediate CA")),
+    );
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| e.to_string())?
+        .pem()
+        .map_err(|e| e.to_string())?;
+    Ok((key, csr))
+}
+
 /// Decrypts one of a stored generation's keys (`root` or `intermediate`).
-fn open_key(record: &SealedGeneration, kek: &Kek, role: &str) -> Result<CaKey, Error> {
+pub(crate) fn open_key(record: &SealedGeneration, kek: &Kek, role: &str) -> Result<CaKey, Error> {
     let name = record.trust_domain.as_str();
     let algorithm =
         KeyAlgorithm::parse(&record.key_algorithm).ok_or_else(|| Error::Inconsistent {
@@ -518,33 +643,56 @@ pub fn open_root(record: &SealedGeneration, kek: &Kek) -> Result<Issuer<'static,
         .map_err(|e| inconsistent(format!("root certificate: {e}")))
 }
 
-/// Decrypts a stored generation and checks every key against its certificate.
+/// Decrypts a stored generation and checks every key against its certificate, and the chain
+/// from the intermediate up to the root (a plug-in CA's root key is not here: its chain is
+/// checked by signature only).
 pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority, Error> {
     let name = record.trust_domain.as_str();
     let inconsistent = |message: String| Error::Inconsistent {
         trust_domain: name.to_owned(),
         message,
     };
-    let root_key = open_key(record, kek, "root")?;
     let intermediate_key = open_key(record, kek, "intermediate")?;
-
     let (_, root) = X509Certificate::from_der(&record.root_cert)
         .map_err(|e| inconsistent(format!("root certificate does not parse: {e}")))?;
+    if !record.external_root() {
+        let root_key = open_key(record, kek, "root")?;
+        if root.public_key().raw != root_key.spki_der().as_slice() {
+            return Err(inconsistent(
+                "root key does not match the root certificate".to_owned(),
+            ));
+        }
+    }
     let (_, intermediate) = X509Certificate::from_der(&record.intermediate_cert)
         .map_err(|e| inconsistent(format!("intermediate certificate does not parse: {e}")))?;
-    if root.public_key().raw != root_key.spki_der().as_slice() {
-        return Err(inconsistent(
-            "root key does not match the root certificate".to_owned(),
-        ));
-    }
     if intermediate.public_key().raw != intermediate_key.spki_der().as_slice() {
         return Err(inconsistent(
             "intermediate key does not match the intermediate certificate".to_owned(),
         ));
     }
-    intermediate
-        .verify_signature(Some(root.public_key()))
-        .map_err(|e| inconsistent(format!("intermediate is not signed by the root: {e}")))?;
+    let mut chain_der = vec![record.intermediate_cert.clone()];
+    let mut rest: &[u8] = record.chain.as_deref().unwrap_or_default();
+    while !rest.is_empty() {
+        let (next, cert) = X509Certificate::from_der(rest)
+            .map_err(|e| inconsistent(format!("a chain certificate does not parse: {e}")))?;
+        chain_der.push(rest[..rest.len() - next.len()].to_vec());
+        drop(cert);
+        rest = next;
+    }
+    // Each certificate of the chain is signed by the next, the last by the root.
+    let parsed: Vec<X509Certificate<'_>> = chain_der
+        .iter()
+        .map(|der| X509Certificate::from_der(der).map(|(_, c)| c))
+        .collect::<Result<_, _>>()
+        .map_err(|e| inconsistent(format!("a chain certificate does not parse: {e}")))?;
+    for (k, cert) in parsed.iter().enumerate() {
+        let signer = parsed.get(k + 1).unwrap_or(&root).public_key();
+        cert.verify_signature(Some(signer)).map_err(|e| {
+            inconsistent(format!(
+                "chain certificate {k} is not signed by the one above it: {e}"
+            ))
+        })?;
+    }
     let intermediate_not_after = intermediate.validity().not_after.timestamp();
     let intermediate_not_before = intermediate.validity().not_before.timestamp();
     let root_not_after = root.validity().not_after.timestamp();
@@ -569,8 +717,13 @@ pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority
         generation: record.generation,
         root_der: record.root_cert.clone(),
         intermediate_der: record.intermediate_cert.clone(),
-        intermediate_pem: crate::pem::certificate(&record.intermediate_cert),
+        chain_pem: chain_der
+            .iter()
+            .map(|d| crate::pem::certificate(d))
+            .collect(),
+        chain_der,
         root_pem: crate::pem::certificate(&record.root_cert),
+        external_root: record.external_root(),
         issuer_key_id: record.issuer_key_id.clone(),
         intermediate_not_after,
         intermediate_not_before,
@@ -598,7 +751,7 @@ pub fn open_generation(record: &SealedGeneration, kek: &Kek) -> Result<Authority
 /// A CA name attribute within RFC 5280's upper bound (64 characters for O and CN): as it is
 /// when it fits, else its first 55 characters, `~` and 8 hex digits of its SHA-256 (still
 /// distinct per trust domain). Trust domains may be 255 characters long.
-fn dn_value(text: &str) -> String {
+pub(crate) fn dn_value(text: &str) -> String {
     const UPPER_BOUND: usize = 64;
     if text.chars().count() <= UPPER_BOUND {
         return text.to_owned();

@@ -134,6 +134,11 @@ pub struct TrustDomainConfig {
     /// Root rotation: the longest a published new root waits for convergence before it is
     /// activated anyway (default twice `max_ttl`: by then every old leaf has expired).
     pub root_activation_max_wait: Duration,
+    /// Plug-in CA at the first start: a directory with Istio's `cacerts` files (`ca-cert.pem`,
+    /// `ca-key.pem`, `root-cert.pem`, optional `cert-chain.pem`) that becomes generation 1
+    /// instead of a root made here. Read only while the trust domain has no generation; later
+    /// changes go through `cactl ca import`.
+    pub cacerts_dir: Option<PathBuf>,
 }
 
 /// A Kubernetes cluster whose service-account tokens may call the gRPC API.
@@ -415,6 +420,7 @@ impl Config {
                 federates_with,
                 crl_validity,
                 root_activation_max_wait,
+                cacerts_dir: td.cacerts_dir.clone(),
             });
         }
         let serving_trust_domain = TrustDomain::parse(&raw.tls.serving_trust_domain)
@@ -1089,6 +1095,7 @@ struct RawTrustDomain {
     federates_with: Vec<String>,
     crl_validity: String,
     root_activation_max_wait: Option<String>,
+    cacerts_dir: Option<PathBuf>,
 }
 
 impl Default for RawTrustDomain {
@@ -1107,6 +1114,7 @@ impl Default for RawTrustDomain {
             federates_with: Vec::new(),
             crl_validity: "24h".to_owned(),
             root_activation_max_wait: None,
+            cacerts_dir: None,
         }
     }
 }

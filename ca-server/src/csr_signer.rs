@@ -210,7 +210,7 @@ impl Signer {
         let chain = format!(
             "{}{}",
             crate::pem::certificate(&enrolled.cert.der),
-            enrolled.intermediate_pem
+            enrolled.chain_pem.concat()
         );
         csr.status.get_or_insert_default().certificate = Some(ByteString(chain.into_bytes()));
         match self.write_status(&csr).await {

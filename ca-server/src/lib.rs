@@ -24,6 +24,7 @@ mod authz;
 pub mod ca;
 pub mod config;
 pub mod csr_signer;
+pub mod external_ca;
 pub mod federation;
 pub mod fuzzing;
 mod grpc;

@@ -205,7 +205,9 @@ pub async fn issue_dns_certificate(
     );
     Ok(IssuedServing {
         key_pkcs8: key.serialize_der(),
-        chain: vec![cert.der, authority.intermediate_der.clone()],
+        chain: std::iter::once(cert.der)
+            .chain(authority.chain_der.iter().cloned())
+            .collect(),
         roots_pem: ca.roots_pem_for(&authority),
         serial: cert.serial.to_hex(),
         not_before: cert.not_before,

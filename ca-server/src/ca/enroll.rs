@@ -93,10 +93,11 @@ pub struct Request<'a> {
 #[derive(Debug, Clone)]
 pub struct Enrolled {
     pub cert: IssuedCert,
-    /// The issuing intermediate (DER); the chain is `[cert, intermediate]`.
-    pub intermediate_der: Vec<u8>,
-    /// The same as PEM.
-    pub intermediate_pem: String,
+    /// The issuing intermediate and (plug-in CA) the intermediates above it, DER; the chain is
+    /// `[cert, chain...]`.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The same as PEM, one certificate each.
+    pub chain_pem: Vec<String>,
     /// Every root the workload must trust (DER).
     pub roots: Vec<Vec<u8>>,
     /// The same, concatenated PEM.
@@ -256,8 +257,8 @@ impl Ca {
         );
         Ok(Enrolled {
             cert,
-            intermediate_der: authority.intermediate_der.clone(),
-            intermediate_pem: authority.intermediate_pem.clone(),
+            chain_der: authority.chain_der.clone(),
+            chain_pem: authority.chain_pem.clone(),
             roots: self.roots_for(&authority),
             roots_pem: self.roots_pem_for(&authority),
             issuer_key_id: authority.issuer_key_id.clone(),

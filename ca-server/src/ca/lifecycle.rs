@@ -43,9 +43,14 @@
 //!   (last element = roots) and ztunnel would have to handle; and an old-root cross-signature
 //!   would extend the old root's reach past its retirement.
 //!
-//! Not built yet: plug-in CAs. When the root would not let a new
-//! intermediate outlive the current one, the rotation is refused and logged: the root must be
-//! rotated, which is an operator action for now.
+//! - **Plug-in CAs** (`plug_in`): an intermediate signed outside joins as the next generation,
+//!   active at once under the same root, or `prepared` under a new root and activated as above.
+//!   An external root's key is not here: nothing under it rotates on its own (the lifecycle
+//!   warns when the intermediate is due), and `scope = intermediate` is refused (409
+//!   `external_root`).
+//!
+//! When the root would not let a new intermediate outlive the current one, the rotation is
+//! refused and logged: the root must be rotated (automatic when it is due).
 
 use std::time::Duration;
 
@@ -109,6 +114,24 @@ pub enum Error {
     },
     #[error("cannot build the root-signed CRL: {0}")]
     Crl(String),
+    /// The generation's root key is not here (a plug-in CA).
+    #[error(
+        "the root of {0} is external: the CA cannot make an intermediate under it; import or install the next one (cactl ca import, or cactl ca csr and install)"
+    )]
+    ExternalRoot(String),
+    #[error(
+        "no key waits for a certificate in {0}: make one with cactl ca csr first, or import the key too"
+    )]
+    NoPendingKey(String),
+    #[error("this intermediate is already generation {generation} of {trust_domain}")]
+    AlreadyInstalled {
+        trust_domain: String,
+        generation: i32,
+    },
+    #[error("cannot make the CSR: {0}")]
+    Csr(String),
+    #[error(transparent)]
+    Import(#[from] crate::external_ca::ImportError),
     #[error(transparent)]
     Authority(#[from] authority::Error),
     #[error("cannot read or write the CA generations")]
@@ -304,6 +327,9 @@ impl Ca {
             .iter()
             .find(|g| g.state == "active")
             .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        if active.external_root() {
+            return Err(Error::ExternalRoot(trust_domain.to_string()));
+        }
         let mut entries = Vec::new();
         for g in generations
             .iter()
@@ -378,6 +404,9 @@ impl Ca {
             .active_generation(trust_domain.as_str())
             .await?
             .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
+        if current.external_root() {
+            return Err(Error::ExternalRoot(trust_domain.to_string()));
+        }
         let loaded = self.authorities().get(trust_domain).cloned();
         if loaded.as_ref().map(|a| a.generation) != Some(current.generation) {
             // Another replica rotated since we loaded: take its generation, do not rotate again.
@@ -668,7 +697,23 @@ impl Ca {
             return Ok(());
         };
         let root_in_flight = self.authorities().prepared(td).is_some();
-        if root_in_flight {
+        if active.external_root {
+            // Nothing to rotate with: say so (on the slow tick) once the intermediate is due.
+            if with_removal
+                && !root_in_flight
+                && now.unix_timestamp() >= rotation_due_at(&active, config)
+            {
+                tracing::warn!(
+                    trust_domain = %td,
+                    generation = active.generation,
+                    not_after = active.intermediate_not_after,
+                    "the plug-in intermediate is due for replacement and its root's key is not here: install the next one (cactl ca csr / cactl ca install, or cactl ca import)"
+                );
+            }
+            if root_in_flight && with_removal {
+                self.activate_root_if_converged(kek, config, now).await?;
+            }
+        } else if root_in_flight {
             if with_removal {
                 self.activate_root_if_converged(kek, config, now).await?;
             }

@@ -15,6 +15,7 @@ mod authorities;
 mod bundles;
 mod enroll;
 pub mod lifecycle;
+pub mod plug_in;
 mod rate;
 mod revoke;
 mod status;

@@ -72,7 +72,9 @@ impl CertificateAuthority for ApiService {
             not_before: cert.not_before,
             not_after: cert.not_after,
             renew_after: renew_after(cert.not_before, cert.not_after),
-            chain: vec![cert.der.clone(), enrolled.intermediate_der.clone()],
+            chain: std::iter::once(cert.der.clone())
+                .chain(enrolled.chain_der.iter().cloned())
+                .collect(),
             trust_bundle: enrolled.roots.clone(),
         }))
     }

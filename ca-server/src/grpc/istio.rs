@@ -83,14 +83,14 @@ impl IstioCertificateService for IstioService {
     }
 }
 
-/// `[leaf, intermediate, roots]`: one certificate per element for leaf and intermediate, every
-/// root the workload must trust concatenated into the last element.
+/// `[leaf, intermediate, ..., roots]`: one certificate per element for the leaf and each
+/// intermediate (a plug-in CA's chain has more than one; ztunnel reads one PEM block per
+/// element), every root the workload must trust concatenated into the last element.
 pub fn istio_chain(enrolled: Enrolled) -> Vec<String> {
-    vec![
-        crate::pem::certificate(&enrolled.cert.der),
-        enrolled.intermediate_pem,
-        enrolled.roots_pem,
-    ]
+    std::iter::once(crate::pem::certificate(&enrolled.cert.der))
+        .chain(enrolled.chain_pem)
+        .chain(std::iter::once(enrolled.roots_pem))
+        .collect()
 }
 
 fn metadata_string<'a>(message: &'a IstioCertificateRequest, key: &str) -> Option<&'a str> {

@@ -155,6 +155,16 @@ impl From<ca::lifecycle::Error> for ApiError {
             Error::RootTooShort { trust_domain } => ApiError::conflict(format!(
                 "the root of {trust_domain} expires too soon for a new intermediate; rotate the root"
             )),
+            Error::ExternalRoot(_) => {
+                ApiError::new(StatusCode::CONFLICT, "external_root", error.to_string())
+            }
+            Error::NoPendingKey(_) => {
+                ApiError::new(StatusCode::CONFLICT, "no_pending_csr", error.to_string())
+            }
+            Error::AlreadyInstalled { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_installed", error.to_string())
+            }
+            Error::Import(e) => ApiError::bad_request(e.code(), e.to_string()),
             Error::Store(e) => e.into(),
             other => ApiError::internal(&other),
         }

@@ -53,7 +53,13 @@ async fn generation_crl(
         let crl = state
             .ca
             .root_crl(&state.kek, &trust_domain, OffsetDateTime::now_utc())
-            .await?;
+            .await
+            .map_err(|e| match e {
+                crate::ca::lifecycle::Error::ExternalRoot(td) => ApiError::not_found(format!(
+                    "the root of {td} is external: its CRL is published by the CA that holds it"
+                )),
+                other => other.into(),
+            })?;
         return Ok(crl_response(&crl));
     }
     let generation: i32 = generation

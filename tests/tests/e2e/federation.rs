@@ -13,7 +13,7 @@ use ca_server::federation::{FetchError, FetchOutcome, fetch_once};
 use ca_tests::{Backend, TestServer, python_tool, run};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 }
 
 /// A client that trusts `roots` (PEM) for https and skips nothing else.
-fn https_client(roots_pem: &[u8]) -> reqwest::Client {
+pub(crate) fn https_client(roots_pem: &[u8]) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .danger_accept_invalid_hostnames(true);
@@ -33,7 +33,7 @@ fn https_client(roots_pem: &[u8]) -> reqwest::Client {
     builder.build().unwrap()
 }
 
-async fn region_config(
+pub(crate) async fn region_config(
     dir: &std::path::Path,
     backend: Backend,
     td: &str,
@@ -51,7 +51,7 @@ async fn region_config(
     config
 }
 
-fn with_federation(
+pub(crate) fn with_federation(
     mut config: Config,
     peer: &str,
     peer_port: u16,

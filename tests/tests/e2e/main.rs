@@ -17,6 +17,7 @@ mod istiod;
 mod kubernetes;
 mod lifecycle;
 mod ocsp_hardening;
+mod plug_in;
 mod postgres_tls;
 mod profile;
 mod renewal;

@@ -2,7 +2,7 @@
 
 use ca_server::audit::AuditEvent;
 use ca_server::authority::SealedGeneration;
-use ca_server::store::{CertificateRecord, Error, Store, StoreOptions};
+use ca_server::store::{CertificateRecord, Error, PendingKey, Store, StoreOptions};
 use ca_tests::{Backend, both_backends, fresh_database};
 
 async fn open(backend: Backend, dir: &std::path::Path) -> (Store, String) {
@@ -46,6 +46,7 @@ fn generation(td: &str, number: i32, key_id: &str) -> SealedGeneration {
         retired_at: None,
         removed_at: None,
         revocation_reason: None,
+        chain: None,
     }
 }
 
@@ -174,6 +175,45 @@ async fn rotation_is_a_compare_and_set(backend: Backend) {
     store.close().await;
 }
 both_backends!(rotation_cas_on, rotation_is_a_compare_and_set);
+
+async fn plug_in_chains_and_pending_keys(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(backend, dir.path()).await;
+    store.ensure_trust_domain("td", 1).await.unwrap();
+    // A plug-in generation: no root key, a chain of intermediates above its own.
+    let mut plugged = generation("td", 1, "k1");
+    plugged.root_key = Vec::new();
+    plugged.chain = Some(vec![5, 6, 7]);
+    store.insert_generation(&plugged).await.unwrap();
+    let read = store.active_generation("td").await.unwrap().unwrap();
+    assert_eq!(read.chain, Some(vec![5, 6, 7]));
+    assert!(read.external_root());
+
+    // One pending key per trust domain: put replaces, delete only the one made at that time.
+    assert!(store.pending_key("td").await.unwrap().is_none());
+    let pending = |at: i64| PendingKey {
+        trust_domain: "td".to_owned(),
+        key_algorithm: "ecdsa-p256".to_owned(),
+        sealed_key: vec![at as u8],
+        csr_pem: format!("csr {at}"),
+        created_at: at,
+    };
+    store.put_pending_key(&pending(10)).await.unwrap();
+    store.put_pending_key(&pending(20)).await.unwrap();
+    let read = store.pending_key("td").await.unwrap().unwrap();
+    assert_eq!(
+        (read.created_at, read.csr_pem.as_str(), read.sealed_key),
+        (20, "csr 20", vec![20])
+    );
+    assert!(
+        !store.delete_pending_key("td", 10).await.unwrap(),
+        "the replaced one is gone"
+    );
+    assert!(store.delete_pending_key("td", 20).await.unwrap());
+    assert!(store.pending_key("td").await.unwrap().is_none());
+    store.close().await;
+}
+both_backends!(plug_in_on, plug_in_chains_and_pending_keys);
 
 async fn certificates_are_unique_per_issuer(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,9 @@
 //! with each other over mutual TLS continuously (about 10 handshakes a second) while the CA
 //! rotates its intermediate, publishes and activates a new root, and revokes the active
 //! generation in an emergency. Time is compressed: 20 s leaves, renewed at about half-life.
+//! A federated EU CA fetches the US bundle all along and verifies the US workload's current
+//! leaf against its copy every half second: its copy holds the new root before any leaf chains
+//! to it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -81,6 +84,21 @@ async fn grpcio_leaf_verifies(server: &TestServer, kube: &FakeKube, phase: &str)
     pem::parse_many(roots).unwrap().len()
 }
 
+/// An EU CA (its own trust domain) federated with `us`: it fetches the US bundle over
+/// https_spiffe at the US refresh hint, from a bootstrap of the US root.
+async fn federated_eu(us: &TestServer) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::federation::free_port();
+    let config =
+        crate::federation::region_config(dir.path(), Backend::Sqlite, "eu.cluster.local", port)
+            .await;
+    let bootstrap = dir.path().join("us-bootstrap.pem");
+    std::fs::write(&bootstrap, us.serving_root_pem()).unwrap();
+    let us_port = us.server.http_addr.port();
+    let config = crate::federation::with_federation(config, "cluster.local", us_port, &bootstrap);
+    TestServer::start_with(config, dir).await
+}
+
 /// The client config without session resumption: every handshake verifies the peer's current
 /// certificate against the current trust set (a resumed session would skip both).
 fn full_handshakes(config: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
@@ -150,9 +168,12 @@ async fn two_workloads_keep_talking_through_every_rotation() {
             td.refresh_hint = Duration::from_secs(2);
             td.root_activation_max_wait = Duration::from_secs(3600);
         }
+        // The bundle endpoint over https, so the EU CA can fetch it (https_spiffe).
+        config.tls.http_tls = true;
     })
     .await;
     let dir = server.dir.path().to_owned();
+    let eu = federated_eu(&server).await;
     let start = |sa: &str| {
         let token_file = dir.join(format!("{sa}.token"));
         std::fs::write(&token_file, kube.token("default", sa)).unwrap();
@@ -198,6 +219,46 @@ async fn two_workloads_keep_talking_through_every_rotation() {
             }
         })
     };
+    // The EU CA verifies web's current leaf against its copy of the US bundle, all along.
+    let eu_copy = Arc::new(std::sync::Mutex::new(String::new()));
+    let eu_checks = Arc::new(AtomicUsize::new(0));
+    let eu_failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let eu_checker = {
+        let (stop, eu_copy, eu_checks, eu_failed, web) = (
+            stop.clone(),
+            eu_copy.clone(),
+            eu_checks.clone(),
+            eu_failed.clone(),
+            web.clone(),
+        );
+        let client = crate::federation::https_client(&eu.serving_root_pem());
+        let url = format!(
+            "{}/v1/bundles/cluster.local.pem",
+            eu.http_url().replace("http://", "https://")
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let copy = client.get(&url).send().await.unwrap().text().await.unwrap();
+                let svid = web.current();
+                let chain: String = svid.chain.iter().map(|d| ca_tests::cert_pem(d)).collect();
+                let now = OffsetDateTime::now_utc().unix_timestamp() as u64;
+                match ca_client::verify::verify(
+                    chain.as_bytes(),
+                    copy.as_bytes(),
+                    None,
+                    Some(WEB),
+                    now,
+                ) {
+                    Ok(_) => {
+                        eu_checks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => eu_failed.lock().unwrap().push(format!("{e}")),
+                }
+                *eu_copy.lock().unwrap() = copy;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     let td = TrustDomain::parse("cluster.local").unwrap();
     let ca = server.server.ca.clone();
     let admin = server.admin_client();
@@ -235,6 +296,18 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         grpcio_leaf_verifies(&server, &kube, "root published").await,
         2,
         "old and new roots in the last element"
+    );
+    // The EU CA's copy holds the new root while nothing chains to it yet.
+    let new_root = ca_tests::cert_pem(&ca.authorities().prepared(&td).unwrap().root_der);
+    until(
+        "the new root in the EU CA's copy of the US bundle",
+        Duration::from_secs(15),
+        || eu_copy.lock().unwrap().contains(new_root.trim()),
+    )
+    .await;
+    assert!(
+        ca.authorities().prepared(&td).is_some(),
+        "no leaf under the new root before the EU CA held it"
     );
     // Activation, once converged (both renewed after publication; old leaves expired).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -275,6 +348,13 @@ async fn two_workloads_keep_talking_through_every_rotation() {
 
     stop.store(true, Ordering::Relaxed);
     prober.await.unwrap();
+    eu_checker.await.unwrap();
+    let eu_failures = eu_failed.lock().unwrap().clone();
+    let eu_verified = eu_checks.load(Ordering::Relaxed);
+    assert!(
+        eu_failures.is_empty(),
+        "the EU CA refused US leaves: {eu_failures:?}"
+    );
     let failures = failed.lock().unwrap().clone();
     let handshakes = ok.load(Ordering::Relaxed);
     let seconds = began.elapsed().as_secs_f64();
@@ -283,7 +363,14 @@ async fn two_workloads_keep_talking_through_every_rotation() {
         handshakes as f64 >= 5.0 * seconds,
         "{handshakes} handshakes in {seconds:.0} s"
     );
-    println!("{handshakes} handshakes in {seconds:.0} s, 0 failed");
+    assert!(
+        eu_verified as f64 >= seconds,
+        "{eu_verified} EU verifications in {seconds:.0} s"
+    );
+    println!(
+        "{handshakes} handshakes in {seconds:.0} s, 0 failed; the EU CA verified {eu_verified} US leaves, 0 refused"
+    );
+    eu.stop().await;
     // The sources' WatchBundles streams are still open: the server's shutdown ends them.
     tokio::time::timeout(Duration::from_secs(20), server.stop())
         .await

@@ -90,8 +90,9 @@ const SERVICE_AND_ABOVE: [&str; 11] = [
     "server",
 ];
 /// Domain modules and leaves (no wire, no service).
-const DOMAIN: [&str; 14] = [
+const DOMAIN: [&str; 15] = [
     "untrusted",
+    "external_ca",
     "report",
     "spiffe",
     "serial",

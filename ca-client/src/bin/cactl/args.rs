@@ -194,6 +194,48 @@ pub enum CaCommand {
         #[arg(long, default_value = "cACompromise")]
         reason: String,
     },
+    /// Plug-in CA: import an intermediate signed outside, with its key (Istio's `cacerts`
+    /// files). Under the active root it is active at once; under a new root it is published now
+    /// and activated once converged, as a root rotation.
+    Import {
+        trust_domain: String,
+        /// A directory with ca-cert.pem, ca-key.pem, root-cert.pem and (optional)
+        /// cert-chain.pem; the file options below override its files.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+        #[arg(long)]
+        cert_chain: Option<PathBuf>,
+        #[arg(long)]
+        root_cert: Option<PathBuf>,
+    },
+    /// Plug-in CA: make the next intermediate's key in the CA (it never leaves) and print its
+    /// CSR, to be signed as a CA outside and installed with `cactl ca install`. Asking again
+    /// returns the same CSR unless --replace.
+    Csr {
+        trust_domain: String,
+        #[arg(long)]
+        replace: bool,
+        /// Write the CSR here instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Plug-in CA: install the certificate signed for the CSR of `cactl ca csr`.
+    Install {
+        trust_domain: String,
+        /// The signed intermediate certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The intermediates above it up to the root, if any (PEM).
+        #[arg(long)]
+        chain: Option<PathBuf>,
+        /// The root that signed the chain (PEM).
+        #[arg(long)]
+        root: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

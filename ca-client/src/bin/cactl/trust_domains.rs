@@ -1,6 +1,8 @@
 //! `trust-domains`: each trust domain's CA generations, their states and expiries.
 
-use ca_client::admin::{Page, RevokedGeneration, Rotation, TrustDomain};
+use ca_client::admin::{
+    CaFiles, Imported, IntermediateCsr, Page, RevokedGeneration, Rotation, TrustDomain,
+};
 
 use crate::args::{CaCommand, Cli};
 use crate::output;
@@ -86,8 +88,101 @@ pub async fn ca(cli: &Cli, command: &CaCommand) -> anyhow::Result<()> {
                 .await?;
             output::answer(cli.output, &answer, revoked_generation);
         }
+        CaCommand::Import {
+            trust_domain,
+            dir,
+            ca_cert,
+            ca_key,
+            cert_chain,
+            root_cert,
+        } => {
+            let pick = |given: &Option<std::path::PathBuf>, name: &str| {
+                given.clone().or_else(|| dir.as_ref().map(|d| d.join(name)))
+            };
+            let required = |path: Option<std::path::PathBuf>, name: &str| {
+                path.ok_or_else(|| anyhow::anyhow!("{name}: give --dir or its own option"))
+                    .and_then(|p| read_pem(&p))
+            };
+            let chain = pick(cert_chain, "cert-chain.pem");
+            let files = CaFiles {
+                ca_cert_pem: required(pick(ca_cert, "ca-cert.pem"), "ca-cert.pem")?,
+                ca_key_pem: Some(required(pick(ca_key, "ca-key.pem"), "ca-key.pem")?),
+                // In a directory the chain file is optional; named on its own it must exist.
+                cert_chain_pem: match chain {
+                    Some(path) if cert_chain.is_some() || path.exists() => Some(read_pem(&path)?),
+                    _ => None,
+                },
+                root_cert_pem: required(pick(root_cert, "root-cert.pem"), "root-cert.pem")?,
+            };
+            let answer = cli.admin_client()?.import_ca(trust_domain, &files).await?;
+            output::answer(cli.output, &answer, imported);
+        }
+        CaCommand::Csr {
+            trust_domain,
+            replace,
+            out,
+        } => {
+            let answer = cli
+                .admin_client()?
+                .intermediate_csr(trust_domain, *replace)
+                .await?;
+            match out {
+                Some(path) => {
+                    std::fs::write(path, &answer.body.csr_pem)?;
+                    output::answer(cli.output, &answer, |c: &IntermediateCsr| {
+                        format!(
+                            "{}: CSR of a {} key made {} written to {}; sign it as a CA and run cactl ca install\n",
+                            c.trust_domain,
+                            c.key_algorithm,
+                            c.created_at,
+                            path.display()
+                        )
+                    });
+                }
+                None => {
+                    output::answer(cli.output, &answer, |c: &IntermediateCsr| c.csr_pem.clone())
+                }
+            }
+        }
+        CaCommand::Install {
+            trust_domain,
+            cert,
+            chain,
+            root,
+        } => {
+            let files = CaFiles {
+                ca_cert_pem: read_pem(cert)?,
+                ca_key_pem: None,
+                cert_chain_pem: chain.as_deref().map(read_pem).transpose()?,
+                root_cert_pem: read_pem(root)?,
+            };
+            let answer = cli.admin_client()?.import_ca(trust_domain, &files).await?;
+            output::answer(cli.output, &answer, imported);
+        }
     }
     Ok(())
+}
+
+/// A PEM file of the `cacerts` set (at most 256 KiB: the server takes 64 KiB per file).
+fn read_pem(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        size <= 256 * 1024,
+        "{} is larger than 256 KiB",
+        path.display()
+    );
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn imported(i: &Imported) -> String {
+    let mut out = rotated(&i.rotation);
+    for warning in &i.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
 }
 
 /// A trust domain's generations as a timeline, oldest first.
@@ -124,12 +219,28 @@ fn timeline(td: &TrustDomain) -> String {
                 "activates"
             ));
         }
+        if g.external_root {
+            out.push_str(&format!(
+                "    {:<10} external (plug-in CA{}): no automatic rotation under it\n",
+                "root",
+                if g.chain.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} intermediate(s) above", g.chain.len())
+                }
+            ));
+        }
         if let Some(due) = &g.rotation_due_at {
             out.push_str(&format!(
                 "    {:<10} {due} (planned: next intermediate)\n",
                 "rotates"
             ));
         }
+    }
+    if let Some(since) = &td.pending_csr_since {
+        out.push_str(&format!(
+            "  a CSR for the next intermediate waits for its certificate since {since} (cactl ca install)\n"
+        ));
     }
     out
 }

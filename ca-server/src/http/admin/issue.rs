@@ -95,7 +95,7 @@ pub async fn issue(
             serial: enrolled.cert.serial.to_hex(),
             spiffe_id: spiffe_id.to_string(),
             not_after: rfc3339(enrolled.cert.not_after),
-            chain_pem: format!("{certificate_pem}{}", enrolled.intermediate_pem),
+            chain_pem: format!("{certificate_pem}{}", enrolled.chain_pem.concat()),
             certificate_pem,
             root_pem: enrolled.roots_pem,
         })

@@ -11,6 +11,7 @@ mod certificates;
 mod denied;
 mod federation;
 mod issue;
+mod plug_in;
 mod tokens;
 mod trust_domains;
 
@@ -80,6 +81,8 @@ pub fn router_and_openapi(state: HttpState) -> (Router, utoipa::openapi::OpenApi
         .routes(routes!(trust_domains::list))
         .routes(routes!(trust_domains::rotate))
         .routes(routes!(trust_domains::revoke_generation))
+        .routes(routes!(plug_in::import))
+        .routes(routes!(plug_in::csr))
         .routes(routes!(certificates::list))
         .routes(routes!(certificates::show))
         .routes(routes!(certificates::revoke))

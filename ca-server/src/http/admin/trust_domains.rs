@@ -37,6 +37,10 @@ pub struct GenerationView {
     pub issuer_key_id: String,
     pub root: CertificateSummary,
     pub intermediate: CertificateSummary,
+    /// A plug-in CA's intermediates between `intermediate` and `root` (usually none).
+    pub chain: Vec<CertificateSummary>,
+    /// The root's key is not here (a plug-in CA): nothing under it rotates automatically.
+    pub external_root: bool,
     /// RFC 3339; absent when it has not happened.
     pub activated_at: Option<String>,
     pub retired_at: Option<String>,
@@ -56,6 +60,9 @@ pub struct TrustDomainView {
     pub bundle_sequence: u64,
     pub federates_with: Vec<String>,
     pub generations: Vec<GenerationView>,
+    /// When the key of a CSR for the next intermediate was made (`cactl ca csr`), if one waits
+    /// for its certificate (`cactl ca install`).
+    pub pending_csr_since: Option<String>,
 }
 
 fn summary(der: &[u8]) -> CertificateSummary {
@@ -77,6 +84,16 @@ fn summary(der: &[u8]) -> CertificateSummary {
     }
 }
 
+/// Each certificate of concatenated DER.
+fn chain_summaries(mut rest: &[u8]) -> Vec<CertificateSummary> {
+    let mut out = Vec::new();
+    while let Ok((next, _)) = X509Certificate::from_der(rest) {
+        out.push(summary(&rest[..rest.len() - next.len()]));
+        rest = next;
+    }
+    out
+}
+
 #[utoipa::path(operation_id = "trust_domains_list", get, path = "/admin/v1/trust-domains", tag = "trust domains", security(("bearer" = [])),
     responses((status = 200, description = "OK", body = Page<TrustDomainView>), (status = 401, description = "Missing, invalid, expired or deleted token", body = ErrorBody)))]
 pub async fn list(
@@ -88,6 +105,7 @@ pub async fn list(
     let authorities = state.ca.authorities();
     for td in &state.ca.config().trust_domains {
         let generations = state.ca.store().generations(td.name.as_str()).await?;
+        let pending = state.ca.store().pending_key(td.name.as_str()).await?;
         let due = authorities
             .get(&td.name)
             .map(|a| (a.generation, lifecycle::rotation_due_at(a, td)));
@@ -104,6 +122,8 @@ pub async fn list(
                     issuer_key_id: g.issuer_key_id.clone(),
                     root: summary(&g.root_cert),
                     intermediate: summary(&g.intermediate_cert),
+                    chain: chain_summaries(g.chain.as_deref().unwrap_or_default()),
+                    external_root: g.external_root(),
                     activated_at: g.activated_at.map(rfc3339),
                     retired_at: g.retired_at.map(rfc3339),
                     removed_at: g.removed_at.map(rfc3339),
@@ -117,6 +137,7 @@ pub async fn list(
                         .then(|| rfc3339(lifecycle::activation_window(td, g.created_at).1)),
                 })
                 .collect(),
+            pending_csr_since: pending.map(|p| rfc3339(p.created_at)),
         });
     }
     Ok(Json(Page {
@@ -154,6 +175,24 @@ pub struct RotationView {
     pub next_rotation_at: String,
     /// When the retired generation stops answering for its leaves at the latest.
     pub retired_removal_at: String,
+}
+
+impl From<lifecycle::Rotated> for RotationView {
+    fn from(rotated: lifecycle::Rotated) -> RotationView {
+        RotationView {
+            trust_domain: rotated.trust_domain,
+            scope: rotated.scope.as_str().to_owned(),
+            generation: rotated.generation,
+            retired_generation: rotated.retired_generation,
+            state: rotated.state.to_owned(),
+            published_at: rfc3339(rotated.published_at),
+            activated_at: rfc3339(rotated.activated_at),
+            activation_latest: rfc3339(rotated.activation_latest),
+            not_after: rfc3339(rotated.not_after),
+            next_rotation_at: rfc3339(rotated.next_rotation_at),
+            retired_removal_at: rfc3339(rotated.retired_removal_at),
+        }
+    }
 }
 
 #[utoipa::path(operation_id = "trust_domains_rotate", post, path = "/admin/v1/trust-domains/{td}/rotate", tag = "trust domains",
@@ -194,19 +233,7 @@ pub async fn rotate(
                 OffsetDateTime::now_utc(),
             )
             .await?;
-        Ok::<_, ApiError>(RotationView {
-            trust_domain: rotated.trust_domain,
-            scope: rotated.scope.as_str().to_owned(),
-            generation: rotated.generation,
-            retired_generation: rotated.retired_generation,
-            state: rotated.state.to_owned(),
-            published_at: rfc3339(rotated.published_at),
-            activated_at: rfc3339(rotated.activated_at),
-            activation_latest: rfc3339(rotated.activation_latest),
-            not_after: rfc3339(rotated.not_after),
-            next_rotation_at: rfc3339(rotated.next_rotation_at),
-            retired_removal_at: rfc3339(rotated.retired_removal_at),
-        })
+        Ok::<_, ApiError>(RotationView::from(rotated))
     }
     .await;
     let (outcome, detail) = match &result {

@@ -8,6 +8,8 @@
 //!   concurrent tasks for a bounded time; prints issuances/s and latency percentiles, median of
 //!   R runs.
 //! - `http` (`ocsp`, `bundle`) and `crl`: the HTTP surface and CRL signing.
+//! - `rotation`: the issuance rate through the CA's transitions (rotations, revocation).
+//! - `soak`: an hour (by default) at a fixed rate on Postgres, sampled every minute into a CSV.
 //! - `process` starts and stops the server under test, `sampling` reads CPU time and memory
 //!   from `/proc`, `report` holds a run's figures and their statistics.
 
@@ -18,7 +20,9 @@ mod h2load;
 mod http;
 mod process;
 mod report;
+mod rotation;
 mod sampling;
+mod soak;
 
 use std::time::Duration;
 
@@ -109,6 +113,44 @@ enum Command {
         #[arg(long)]
         ztunnel: bool,
     },
+    /// Issuance through the CA's transitions: a closed-loop load on an in-process server
+    /// (Postgres) while the CA rotates its intermediate, publishes and activates a new root and
+    /// revokes the active generation, `--gap` seconds apart; prints the rate in the second after
+    /// each next to the steady rate.
+    Rotation {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 8)]
+        gap: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// A long run at a fixed rate against the release ca-server on Postgres: every
+    /// `--sample-seconds` a CSV row (rate, errors, p50/p99/max latency, the server's RSS and
+    /// CPU, the database's size); at the end the memory verdict and a check that every
+    /// certificate received was recorded. Plot it with `scripts/soak-plot OUT/soak.csv`.
+    Soak {
+        /// Offered requests/s (pick about half of `ca-bench grpc`'s Postgres P-256 figure).
+        #[arg(long, default_value_t = 3000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 60)]
+        sample_seconds: u64,
+        /// Samples up to this point are not part of the memory verdict.
+        #[arg(long, default_value_t = 300)]
+        warmup_seconds: u64,
+        /// Requests waiting at once; beyond it a due request is skipped (and counted).
+        #[arg(long, default_value_t = 2048)]
+        max_in_flight: usize,
+        #[arg(long, default_value = "ecdsa-p256")]
+        key: String,
+        /// Directory for soak.csv and summary.txt.
+        #[arg(long, default_value = "target/soak")]
+        out: std::path::PathBuf,
+    },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
         /// Backends: sqlite, postgres (comma-separated).
@@ -173,6 +215,31 @@ async fn main() -> anyhow::Result<()> {
                 ztunnel,
             };
             grpc::bench(&backends, &keys, clients, seconds, runs, rate, load).await
+        }
+        Command::Rotation { clients, gap, runs } => {
+            rotation::bench(clients, Duration::from_secs(gap), runs).await
+        }
+        Command::Soak {
+            rate,
+            seconds,
+            clients,
+            sample_seconds,
+            warmup_seconds,
+            max_in_flight,
+            key,
+            out,
+        } => {
+            soak::soak(soak::SoakPlan {
+                rate,
+                duration: Duration::from_secs(seconds),
+                clients,
+                sample: Duration::from_secs(sample_seconds),
+                warmup: Duration::from_secs(warmup_seconds),
+                max_in_flight,
+                key: ca_client::KeyType::parse(&key)?,
+                out,
+            })
+            .await
         }
         Command::Engine {
             backends,

@@ -214,6 +214,14 @@ trusted_node_accounts = ["istio-system/ztunnel"]
         }
     }
 
+    /// The in-process server and the runtime it runs on (`None` for a server process).
+    pub fn in_process(&self) -> Option<(&BackgroundRuntime, &ca_tests::TestServer)> {
+        match self {
+            Sut::InProcess { runtime, server } => Some((runtime, server)),
+            Sut::Process { .. } => None,
+        }
+    }
+
     pub fn database_url(&self) -> &str {
         match self {
             Sut::InProcess { server, .. } => &server.config.database_url,

@@ -2,7 +2,7 @@
 //! release `ca-server` process, or in-process) on loopback, from load threads that each drive
 //! their share of the connections; afterwards every received serial is looked up in the database.
 
-mod load;
+pub mod load;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,354 @@
+//! `ca-bench soak`: a long run at a fixed rate against the release `ca-server` on Postgres, to
+//! show that nothing grows that should not (memory above all) and that latency holds.
+//!
+//! An open loop offers `rate` `CreateCertificate` requests/s spread evenly over `clients`
+//! long-lived connections. Every `sample` seconds one CSV row is written (and printed): the
+//! issuance rate, errors, requests skipped because `max_in_flight` were already waiting, p50,
+//! p99 and max latency of that window, the server's resident memory and CPU, and the Postgres
+//! database's size. At the end every certificate a client received must have its record (the
+//! count of `api = 'istio'` rows equals the count received), and the memory verdict is printed:
+//! growth of the server's RSS from the end of the warm-up to the highest sample after it.
+//! `scripts/soak-plot` draws the CSV as PNG plots.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ca_client::KeyType;
+
+use crate::grpc::ClientKind;
+use crate::grpc::load::{BenchRequest, Conn};
+use crate::process::{ServerMode, Sut};
+use crate::report::percentile_ms;
+
+/// What `ca-bench soak` was asked for.
+#[derive(Debug, Clone)]
+pub struct SoakPlan {
+    pub rate: f64,
+    pub duration: Duration,
+    pub clients: usize,
+    pub sample: Duration,
+    /// Samples before this point are warm-up: not part of the memory verdict.
+    pub warmup: Duration,
+    pub max_in_flight: usize,
+    pub key: KeyType,
+    /// Where the CSV and the summary go.
+    pub out: PathBuf,
+}
+
+/// The answers of one sampling window.
+#[derive(Default)]
+struct Window {
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+/// One CSV row.
+#[derive(Debug, Clone)]
+struct Sample {
+    elapsed_s: f64,
+    issued_per_s: f64,
+    errors: u64,
+    skipped: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    rss_mb: f64,
+    server_cpu_pct: f64,
+    pg_size_mb: f64,
+}
+
+const CSV_HEADER: &str =
+    "elapsed_s,issued_per_s,errors,skipped,p50_ms,p99_ms,max_ms,rss_mb,server_cpu_pct,pg_size_mb";
+
+impl Sample {
+    fn csv(&self) -> String {
+        format!(
+            "{:.0},{:.1},{},{},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1}",
+            self.elapsed_s,
+            self.issued_per_s,
+            self.errors,
+            self.skipped,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.rss_mb,
+            self.server_cpu_pct,
+            self.pg_size_mb
+        )
+    }
+}
+
+/// Shared by the load and the sampler.
+struct Counters {
+    window: std::sync::Mutex<Window>,
+    issued: AtomicU64,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+pub async fn soak(plan: SoakPlan) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        plan.rate > 0.0 && plan.clients > 0,
+        "--rate and --clients are positive"
+    );
+    anyhow::ensure!(
+        plan.sample >= Duration::from_secs(1) && plan.warmup < plan.duration,
+        "--sample-seconds is at least 1 and the warm-up shorter than the run"
+    );
+    std::fs::create_dir_all(&plan.out)?;
+    let kube = Arc::new(ca_tests::kube::FakeKube::new());
+    let server = Sut::start(ServerMode::Process, ca_tests::Backend::Postgres, &kube).await?;
+    let result = run(&plan, &server, &kube).await;
+    let database_url = server.database_url().to_owned();
+    server.stop().await?;
+    ca_tests::drop_postgres_database(&database_url).await?;
+    result
+}
+
+async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let requests: Arc<Vec<BenchRequest>> = Arc::new(
+        (0..64)
+            .map(|_| {
+                let pem = ca_client::csr::generate(plan.key, None)?.csr_pem;
+                let metadata = std::collections::BTreeMap::new();
+                Ok(BenchRequest {
+                    body: crate::h2load::encode_request_for(&pem, 0, &metadata),
+                    csr_pem: pem,
+                    metadata,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let target = server.target();
+    let mut connections = Vec::new();
+    for i in 0..plan.clients {
+        let token = kube.token("bench", &format!("w{i}"));
+        connections.push(Arc::new(
+            Conn::connect(
+                ClientKind::H2,
+                &target,
+                &token,
+                crate::h2load::HeaderStyle::GrpcGo,
+            )
+            .await?,
+        ));
+    }
+    let counters = Arc::new(Counters {
+        window: Default::default(),
+        issued: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let mut db = sqlx::PgConnection::connect(server.database_url()).await?;
+    let csv_path = plan.out.join("soak.csv");
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path)?);
+    writeln!(csv, "{CSV_HEADER}")?;
+    csv.flush()?;
+    println!(
+        "soak: {:.0}/s offered over {} connections for {} s, a sample every {} s, into {}",
+        plan.rate,
+        plan.clients,
+        plan.duration.as_secs(),
+        plan.sample.as_secs(),
+        csv_path.display()
+    );
+    println!("{CSV_HEADER}");
+
+    let started = Instant::now();
+    let deadline = started + plan.duration;
+    let load = tokio::spawn(offer(
+        connections,
+        requests,
+        counters.clone(),
+        plan.rate,
+        plan.max_in_flight,
+        deadline,
+    ));
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut last = (started, server.cpu_us(), 0u64);
+    let mut next = started + plan.sample;
+    while next <= deadline {
+        tokio::time::sleep_until(next.into()).await;
+        next += plan.sample;
+        let now = Instant::now();
+        let window = std::mem::take(&mut *counters.window.lock().expect("window lock"));
+        let mut latencies = window.latencies;
+        latencies.sort();
+        let seconds = now.duration_since(last.0).as_secs_f64();
+        let cpu = server.cpu_us();
+        let skipped = counters.skipped.load(Ordering::Relaxed);
+        let pg_size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&mut db)
+            .await?;
+        let sample = Sample {
+            elapsed_s: now.duration_since(started).as_secs_f64(),
+            issued_per_s: latencies.len() as f64 / seconds,
+            errors: window.errors,
+            skipped: skipped - last.2,
+            p50_ms: percentile_ms(&latencies, 0.5),
+            p99_ms: percentile_ms(&latencies, 0.99),
+            max_ms: latencies
+                .last()
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .unwrap_or(0.0),
+            rss_mb: server.rss_mb(),
+            server_cpu_pct: (cpu - last.1) / (seconds * 1e6) * 100.0,
+            pg_size_mb: pg_size as f64 / (1024.0 * 1024.0),
+        };
+        last = (now, cpu, skipped);
+        println!("{}", sample.csv());
+        writeln!(csv, "{}", sample.csv())?;
+        csv.flush()?;
+        samples.push(sample);
+    }
+    load.await??;
+
+    // Every certificate a client received has its record.
+    let issued = counters.issued.load(Ordering::Relaxed);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM certificates WHERE api = 'istio'")
+        .fetch_one(&mut db)
+        .await?;
+    let summary = summarize(plan, &samples, &counters, recorded)?;
+    print!("{summary}");
+    std::fs::write(plan.out.join("summary.txt"), &summary)?;
+    anyhow::ensure!(
+        recorded as u64 == issued,
+        "{issued} certificates received, {recorded} recorded"
+    );
+    Ok(())
+}
+
+/// The open loop: one request every `1/rate` seconds, round robin over the connections, each in
+/// its own task; a request that would exceed `max_in_flight` is skipped and counted.
+async fn offer(
+    connections: Vec<Arc<Conn>>,
+    requests: Arc<Vec<BenchRequest>>,
+    counters: Arc<Counters>,
+    rate: f64,
+    max_in_flight: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // Sleeping per request would cost a timer wake-up each; requests due by now go out together
+    // every millisecond instead, which at these rates is the same stream.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let due = (now.duration_since(started).as_secs_f64() / interval.as_secs_f64()) as u64;
+        while sent < due {
+            let n = sent as usize;
+            sent += 1;
+            if counters.in_flight.load(Ordering::Relaxed) >= max_in_flight {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            let connection = connections[n % connections.len()].clone();
+            let (requests, counters) = (requests.clone(), counters.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let outcome = connection.call(&requests[n % requests.len()]).await;
+                let latency = t.elapsed();
+                counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let mut window = counters.window.lock().expect("window lock");
+                match outcome {
+                    Ok(_) => {
+                        counters.issued.fetch_add(1, Ordering::Relaxed);
+                        window.latencies.push(latency);
+                    }
+                    Err(()) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        window.errors += 1;
+                    }
+                }
+            });
+        }
+        // Finished tasks are reaped as we go, so the set stays the size of what is in flight.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The run's verdict, as printed and written to `summary.txt`.
+fn summarize(
+    plan: &SoakPlan,
+    samples: &[Sample],
+    counters: &Counters,
+    recorded: i64,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let after: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.elapsed_s > plan.warmup.as_secs_f64())
+        .collect();
+    let (Some(first), Some(last)) = (after.first(), after.last()) else {
+        anyhow::bail!("no sample after the warm-up: lengthen the run or shorten --warmup-seconds");
+    };
+    let peak = after.iter().map(|s| s.rss_mb).fold(0.0, f64::max);
+    let growth = (peak - first.rss_mb) / first.rss_mb * 100.0;
+    let median = |f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = after.iter().map(|s| f(s)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let worst = |f: fn(&Sample) -> f64| after.iter().map(|s| f(s)).fold(0.0, f64::max);
+    let mut out = String::new();
+    writeln!(
+        out,
+        "\nsummary ({} samples after a {} s warm-up)",
+        after.len(),
+        plan.warmup.as_secs()
+    )?;
+    writeln!(
+        out,
+        "issued {} (recorded {recorded}), errors {}, skipped {}",
+        counters.issued.load(Ordering::Relaxed),
+        counters.errors.load(Ordering::Relaxed),
+        counters.skipped.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        out,
+        "rate/s: median {:.0} (offered {:.0}); p50 ms: median {:.2}, worst {:.2}; p99 ms: median {:.2}, worst {:.2}; server CPU %: median {:.0}",
+        median(|s| s.issued_per_s),
+        plan.rate,
+        median(|s| s.p50_ms),
+        worst(|s| s.p50_ms),
+        median(|s| s.p99_ms),
+        worst(|s| s.p99_ms),
+        median(|s| s.server_cpu_pct),
+    )?;
+    writeln!(
+        out,
+        "RSS MiB: {:.1} after the warm-up, peak {:.1} after it, {:.1} at the end: growth {:.1} % ({})",
+        first.rss_mb,
+        peak,
+        last.rss_mb,
+        growth,
+        if growth < 10.0 {
+            "flat: under 10 %"
+        } else {
+            "NOT flat: 10 % or more"
+        }
+    )?;
+    writeln!(
+        out,
+        "Postgres database: {:.0} MiB after the warm-up, {:.0} MiB at the end",
+        first.pg_size_mb, last.pg_size_mb
+    )?;
+    Ok(out)
+}
