@@ -199,7 +199,7 @@ pub fn validate(
         )));
     }
 
-    let usage = issuing.key_usage().ok().flatten().map(|u| u.value.clone());
+    let usage = issuing.key_usage().ok().flatten().map(|u| *u.value);
     if !usage.as_ref().is_some_and(|u| u.crl_sign()) {
         warnings.push(
             "ca-cert.pem lacks cRLSign: this generation's CRL will not verify at strict clients (OCSP still answers)".to_owned(),
@@ -283,7 +283,7 @@ fn one_certificate(name: &str, text: &str) -> Result<Vec<u8>, ImportError> {
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, ImportError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok((&[], cert)) => Ok(cert),
         Ok(_) => Err(ImportError::Malformed(
             "a certificate has bytes after its DER".to_owned(),
         )),
@@ -334,9 +334,7 @@ fn key_algorithm(cert: &X509Certificate<'_>) -> Result<KeyAlgorithm, ImportError
                 bits => Err(unsupported(format!("{bits}-bit RSA"))),
             }
         }
-        other => Err(unsupported(
-            crate::untrusted::bounded(other, 40).to_string(),
-        )),
+        other => Err(unsupported(crate::untrusted::bounded(other, 40))),
     }
 }
 

@@ -736,10 +736,9 @@ async fn cacerts_dir_at_first_start() {
     let url = ca_tests::fresh_database(Backend::Sqlite, dir.path()).await;
     let mut config = ca_server::config::Config::ephemeral(dir.path(), &url);
     config.trust_domains[0].cacerts_dir = Some(cacerts.clone());
-    let err = ca_server::server::Server::start(config.clone())
-        .await
-        .err()
-        .expect("a bad cacerts_dir stops the start");
+    let Err(err) = ca_server::server::Server::start(config.clone()).await else {
+        panic!("a bad cacerts_dir must stop the start");
+    };
     let chain = ca_tests::error_chain(&err);
     assert!(chain.contains("import_key_mismatch"), "{chain}");
     let store = ca_server::store::Store::open(&ca_server::store::StoreOptions::new(&url))

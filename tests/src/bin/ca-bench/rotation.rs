@@ -122,7 +122,9 @@ async fn run(clients: usize, gap: Duration) -> anyhow::Result<RunFigures> {
                 }
                 n += clients;
             }
-            done.lock().expect("results").extend(mine);
+            done.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(mine);
         }));
     }
     // The transitions, `gap` apart.
@@ -167,7 +169,10 @@ async fn run(clients: usize, gap: Duration) -> anyhow::Result<RunFigures> {
     for task in tasks {
         task.await?;
     }
-    let done = done.lock().expect("results").clone();
+    let done = done
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
     anyhow::ensure!(
         errors == 0,

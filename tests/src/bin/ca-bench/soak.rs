@@ -177,7 +177,12 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
         tokio::time::sleep_until(next.into()).await;
         next += plan.sample;
         let now = Instant::now();
-        let window = std::mem::take(&mut *counters.window.lock().expect("window lock"));
+        let window = std::mem::take(
+            &mut *counters
+                .window
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         let mut latencies = window.latencies;
         latencies.sort();
         let seconds = now.duration_since(last.0).as_secs_f64();
@@ -264,7 +269,10 @@ async fn offer(
                 let outcome = connection.call(&requests[n % requests.len()]).await;
                 let latency = t.elapsed();
                 counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                let mut window = counters.window.lock().expect("window lock");
+                let mut window = counters
+                    .window
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match outcome {
                     Ok(_) => {
                         counters.issued.fetch_add(1, Ordering::Relaxed);
