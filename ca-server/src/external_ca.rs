@@ -172,7 +172,7 @@ pub fn validate(
     let mut warnings = Vec::new();
     for (depth, cert) in path.iter().enumerate() {
         let role = role(depth, path.len());
-        check_ca(cert, depth, &role)?;
+        warnings.extend(check_ca(cert, depth, depth + 1 == path.len(), &role)?);
         check_profile(cert, &role, trust_domain)?;
         check_validity(cert, &role, now)?;
         let signer = path.get(depth + 1).unwrap_or(cert);
@@ -200,12 +200,13 @@ pub fn validate(
     }
 
     let usage = issuing.key_usage().ok().flatten().map(|u| *u.value);
-    if !usage.as_ref().is_some_and(|u| u.crl_sign()) {
+    // (Without a keyUsage every use is allowed: `check_ca` warned about that already.)
+    if usage.as_ref().is_some_and(|u| !u.crl_sign()) {
         warnings.push(
             "ca-cert.pem lacks cRLSign: this generation's CRL will not verify at strict clients (OCSP still answers)".to_owned(),
         );
     }
-    if !usage.as_ref().is_some_and(|u| u.digital_signature()) {
+    if usage.as_ref().is_some_and(|u| !u.digital_signature()) {
         warnings.push(
             "ca-cert.pem lacks digitalSignature: strict OCSP clients refuse answers signed by it"
                 .to_owned(),
@@ -417,35 +418,53 @@ fn sec1_to_pkcs8(sec1: &[u8], algorithm: KeyAlgorithm) -> Result<Zeroizing<Vec<u
 }
 
 /// CA with `keyCertSign`, and a path length that lets the CAs below it (all but the issuing
-/// one count) and then leaves follow.
-fn check_ca(cert: &X509Certificate<'_>, depth: usize, role: &str) -> Result<(), ImportError> {
+/// one count) and then leaves follow. An intermediate must say it is a CA (basicConstraints);
+/// the root, a trust anchor, may be a v1 certificate without extensions, as verifiers accept.
+/// A `keyUsage`, where present, must allow `keyCertSign`; where absent, verifiers allow every
+/// use, and the answer is a warning (RFC 5280 wants it on every CA). Returns that warning.
+fn check_ca(
+    cert: &X509Certificate<'_>,
+    depth: usize,
+    is_root: bool,
+    role: &str,
+) -> Result<Option<String>, ImportError> {
     let constraints = cert
         .basic_constraints()
         .map_err(|_| {
             ImportError::Malformed(format!("{role}: basicConstraints is malformed or repeated"))
         })?
         .map(|b| b.value.clone());
-    let Some(constraints) = constraints.filter(|b| b.ca) else {
-        return Err(ImportError::NotCa(format!(
-            "{role} is not a CA certificate (basicConstraints CA is not set)"
-        )));
-    };
+    match &constraints {
+        Some(b) if b.ca => {}
+        None if is_root => {}
+        _ => {
+            return Err(ImportError::NotCa(format!(
+                "{role} is not a CA certificate (basicConstraints CA is not set)"
+            )));
+        }
+    }
     let usage = cert.key_usage().map_err(|_| {
         ImportError::Malformed(format!("{role}: keyUsage is malformed or repeated"))
     })?;
-    if !usage.is_some_and(|u| u.value.key_cert_sign()) {
-        return Err(ImportError::NotCa(format!(
-            "{role} may not sign certificates (keyUsage lacks keyCertSign)"
-        )));
-    }
-    if let Some(limit) = constraints.path_len_constraint
+    let warning = match usage {
+        Some(u) if !u.value.key_cert_sign() => {
+            return Err(ImportError::NotCa(format!(
+                "{role} may not sign certificates (keyUsage lacks keyCertSign)"
+            )));
+        }
+        Some(_) => None,
+        None => Some(format!(
+            "{role} has no keyUsage: verifiers allow every use, but RFC 5280 wants keyCertSign stated on a CA"
+        )),
+    };
+    if let Some(limit) = constraints.and_then(|b| b.path_len_constraint)
         && (limit as usize) < depth
     {
         return Err(ImportError::PathLength(format!(
             "{role} has pathLenConstraint {limit}, but {depth} intermediate(s) sit below it before the leaves; leaves would not verify"
         )));
     }
-    Ok(())
+    Ok(warning)
 }
 
 /// Extensions a verifier must understand when critical: anything else critical makes webpki

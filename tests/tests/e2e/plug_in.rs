@@ -466,6 +466,49 @@ async fn plug_in_ca(backend: Backend) {
             "{what}: {err}"
         );
     }
+    // A root without extensions (a trust anchor, as verifiers take it) and an intermediate
+    // without keyUsage pass, with warnings; and change nothing by themselves (checked directly).
+    pki.ca(
+        "bare-root",
+        None,
+        Key::P256,
+        "subjectKeyIdentifier=hash\n",
+        3650,
+        "sha256",
+    );
+    pki.ca(
+        "under-bare",
+        Some("bare-root"),
+        Key::P256,
+        "basicConstraints=critical,CA:TRUE\nsubjectKeyIdentifier=hash\n",
+        365,
+        "sha256",
+    );
+    let bare = pki.cacerts("under-bare", &[], "bare-root");
+    let bare_key = bare.ca_key_pem.clone().unwrap();
+    let checked = ca_server::external_ca::validate(
+        &ca_server::external_ca::CaFiles {
+            ca_cert_pem: &bare.ca_cert_pem,
+            ca_key_pem: Some(&bare_key),
+            cert_chain_pem: bare.cert_chain_pem.as_deref(),
+            root_cert_pem: &bare.root_cert_pem,
+        },
+        None,
+        &td,
+        Duration::from_secs(24 * 3600),
+        OffsetDateTime::now_utc().unix_timestamp(),
+    )
+    .unwrap();
+    assert_eq!(
+        checked
+            .warnings
+            .iter()
+            .filter(|w| w.contains("has no keyUsage"))
+            .count(),
+        2,
+        "{:?}",
+        checked.warnings
+    );
     let after = store.generations("cluster.local").await.unwrap();
     assert_eq!(after.len(), before.len(), "no refusal left a generation");
     assert_eq!(ca.authorities().get(&td).unwrap().generation, 1);
@@ -539,6 +582,14 @@ async fn plug_in_ca(backend: Backend) {
     assert_eq!(chain[2].trim(), pki.read("corp.crt").trim());
     assert!(chain[3].contains(pki.read("root.crt").trim()));
     let (ok, out) = openssl_verifies(&pki.dir, &pki.path("root.crt"), &chain);
+    assert!(ok, "{out}");
+    // Python grpcio (istio-agent's request) gets the same shape, and its leaf verifies with the
+    // roots of its own last element (ours and the external one while ours is retired).
+    let python = crate::svid::grpcio_chain(&server, &kube, "plug-in").await;
+    assert_eq!(python.len(), 4, "{python:?}");
+    let roots_file = pki.path("python-roots.pem");
+    std::fs::write(&roots_file, python.last().unwrap()).unwrap();
+    let (ok, out) = openssl_verifies(&pki.dir, &roots_file, &python);
     assert!(ok, "{out}");
     // mTLS renewal with that leaf works (chain up to the external root).
     let identity = (

@@ -39,6 +39,15 @@ fn aki(der: &[u8]) -> Vec<u8> {
 /// a token, and `openssl verify` checks it against the roots of its own response's last element
 /// (during a root rotation: old and new). Returns how many roots that element held.
 async fn grpcio_leaf_verifies(server: &TestServer, kube: &FakeKube, phase: &str) -> usize {
+    let chain = grpcio_chain(server, kube, phase).await;
+    let roots = chain.last().unwrap();
+    let (ok, out) = crate::profile::openssl_verify(server.dir.path(), roots, &chain[1], &chain[0]);
+    assert!(ok, "{phase}: openssl: {out}");
+    pem::parse_many(roots).unwrap().len()
+}
+
+/// The `cert_chain` Python grpcio (istio-agent's request, with a token) gets from `server`.
+pub(crate) async fn grpcio_chain(server: &TestServer, kube: &FakeKube, phase: &str) -> Vec<String> {
     let dir = server
         .dir
         .path()
@@ -77,11 +86,7 @@ async fn grpcio_leaf_verifies(server: &TestServer, kube: &FakeKube, phase: &str)
     .unwrap();
     assert!(ok, "{phase}: python client failed: {stdout}{stderr}");
     let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let chain: Vec<String> = serde_json::from_value(answer["cert_chain"].clone()).unwrap();
-    let roots = chain.last().unwrap();
-    let (ok, out) = crate::profile::openssl_verify(server.dir.path(), roots, &chain[1], &chain[0]);
-    assert!(ok, "{phase}: openssl: {out}");
-    pem::parse_many(roots).unwrap().len()
+    serde_json::from_value(answer["cert_chain"].clone()).unwrap()
 }
 
 /// An EU CA (its own trust domain) federated with `us`: it fetches the US bundle over
