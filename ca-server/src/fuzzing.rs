@@ -65,6 +65,30 @@ pub fn csr(bytes: &[u8]) {
     }
 }
 
+/// Istio's `cacerts` files as a plug-in CA import takes them (`external_ca::validate`): the
+/// input is split at `0xFF` bytes (never in PEM) into `ca-cert.pem`, `ca-key.pem`,
+/// `cert-chain.pem` and `root-cert.pem`.
+pub fn cacerts(bytes: &[u8]) {
+    let mut parts = bytes.splitn(4, |b| *b == 0xFF).map(String::from_utf8_lossy);
+    let ca_cert = parts.next().unwrap_or_default();
+    let ca_key = parts.next();
+    let chain = parts.next();
+    let root = parts.next().unwrap_or_default();
+    let files = crate::external_ca::CaFiles {
+        ca_cert_pem: &ca_cert,
+        ca_key_pem: ca_key.as_deref(),
+        cert_chain_pem: chain.as_deref(),
+        root_cert_pem: &root,
+    };
+    let _ = crate::external_ca::validate(
+        &files,
+        None,
+        trust_domain(),
+        Duration::from_secs(86_400),
+        TOKEN_NOW,
+    );
+}
+
 /// A SPIFFE ID, a trust domain, and `<namespace>:<service account>` as tokens name them.
 pub fn spiffe_id(text: &str) {
     let _ = SpiffeId::parse(text);
