@@ -24,6 +24,8 @@ def main(source: str, target: str) -> None:
     axes[1].set_ylabel("latency (ms)")
     axes[1].set_ylim(bottom=0)
     axes[2].plot(minutes, column("rss_mb"), label="server RSS (MiB)", color="tab:red")
+    if "rss_anon_mb" in rows[0]:
+        axes[2].plot(minutes, column("rss_anon_mb"), label="anonymous (heap)", color="tab:orange")
     axes[2].set_ylabel("RSS (MiB)")
     axes[2].set_ylim(bottom=0)
     cpu = axes[2].twinx()

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sampling::{SERVER_THREAD, cpu_us, rss_mb, thread_cpu_us};
+use crate::sampling::{SERVER_THREAD, cpu_us, rss_anon_mb, rss_mb, thread_cpu_us};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServerMode {
@@ -242,6 +242,14 @@ trusted_node_accounts = ["istio-system/ztunnel"]
         match self {
             Sut::InProcess { .. } => rss_mb("self"),
             Sut::Process { child, .. } => rss_mb(&child.id().to_string()),
+        }
+    }
+
+    /// The anonymous part of [`Sut::rss_mb`] (heap and stacks).
+    pub fn rss_anon_mb(&self) -> f64 {
+        match self {
+            Sut::InProcess { .. } => rss_anon_mb("self"),
+            Sut::Process { child, .. } => rss_anon_mb(&child.id().to_string()),
         }
     }
 

@@ -69,11 +69,22 @@ pub fn postgres_cpu_us() -> f64 {
 
 /// Resident memory in MiB of the process `pid`, from `/proc` (0 when unreadable).
 pub fn rss_mb(pid: &str) -> f64 {
+    status_mb(pid, "VmRSS:")
+}
+
+/// The anonymous part of the resident memory (heap and stacks, not the binary's mapped pages,
+/// which come and go with the page cache), in MiB.
+pub fn rss_anon_mb(pid: &str) -> f64 {
+    status_mb(pid, "RssAnon:")
+}
+
+/// A `kB` field of `/proc/{pid}/status` in MiB (0 when unreadable).
+fn status_mb(pid: &str, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)

@@ -4,7 +4,8 @@
 //! An open loop offers `rate` `CreateCertificate` requests/s spread evenly over `clients`
 //! long-lived connections. Every `sample` seconds one CSV row is written (and printed): the
 //! issuance rate, errors, requests skipped because `max_in_flight` were already waiting, p50,
-//! p99 and max latency of that window, the server's resident memory and CPU, and the Postgres
+//! p99 and max latency of that window, the server's resident memory (all of it, and its
+//! anonymous part: heap and stacks) and CPU, and the Postgres
 //! database's size. At the end every certificate a client received must have its record (the
 //! count of `api = 'istio'` rows equals the count received), and the memory verdict is printed:
 //! growth of the server's RSS from the end of the warm-up to the highest sample after it.
@@ -56,17 +57,17 @@ struct Sample {
     p99_ms: f64,
     max_ms: f64,
     rss_mb: f64,
+    rss_anon_mb: f64,
     server_cpu_pct: f64,
     pg_size_mb: f64,
 }
 
-const CSV_HEADER: &str =
-    "elapsed_s,issued_per_s,errors,skipped,p50_ms,p99_ms,max_ms,rss_mb,server_cpu_pct,pg_size_mb";
+const CSV_HEADER: &str = "elapsed_s,issued_per_s,errors,skipped,p50_ms,p99_ms,max_ms,rss_mb,rss_anon_mb,server_cpu_pct,pg_size_mb";
 
 impl Sample {
     fn csv(&self) -> String {
         format!(
-            "{:.0},{:.1},{},{},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1}",
+            "{:.0},{:.1},{},{},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1},{:.1}",
             self.elapsed_s,
             self.issued_per_s,
             self.errors,
@@ -75,6 +76,7 @@ impl Sample {
             self.p99_ms,
             self.max_ms,
             self.rss_mb,
+            self.rss_anon_mb,
             self.server_cpu_pct,
             self.pg_size_mb
         )
@@ -203,6 +205,7 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
                 .map(|d| d.as_secs_f64() * 1000.0)
                 .unwrap_or(0.0),
             rss_mb: server.rss_mb(),
+            rss_anon_mb: server.rss_anon_mb(),
             server_cpu_pct: (cpu - last.1) / (seconds * 1e6) * 100.0,
             pg_size_mb: pg_size as f64 / (1024.0 * 1024.0),
         };
@@ -307,8 +310,19 @@ fn summarize(
     let (Some(first), Some(last)) = (after.first(), after.last()) else {
         anyhow::bail!("no sample after the warm-up: lengthen the run or shorten --warmup-seconds");
     };
-    let peak = after.iter().map(|s| s.rss_mb).fold(0.0, f64::max);
-    let growth = (peak - first.rss_mb) / first.rss_mb * 100.0;
+    let growth = |f: fn(&Sample) -> f64| {
+        let peak = after.iter().map(|s| f(s)).fold(0.0, f64::max);
+        (peak, (peak - f(first)) / f(first) * 100.0)
+    };
+    let (peak, rss_growth) = growth(|s| s.rss_mb);
+    let (anon_peak, anon_growth) = growth(|s| s.rss_anon_mb);
+    let verdict = |g: f64| {
+        if g < 10.0 {
+            "flat: under 10 %"
+        } else {
+            "NOT flat: 10 % or more"
+        }
+    };
     let median = |f: fn(&Sample) -> f64| {
         let mut v: Vec<f64> = after.iter().map(|s| f(s)).collect();
         v.sort_by(f64::total_cmp);
@@ -342,16 +356,17 @@ fn summarize(
     )?;
     writeln!(
         out,
-        "RSS MiB: {:.1} after the warm-up, peak {:.1} after it, {:.1} at the end: growth {:.1} % ({})",
+        "RSS MiB: {:.1} after the warm-up, peak {peak:.1} after it, {:.1} at the end: growth {rss_growth:.1} % ({})",
         first.rss_mb,
-        peak,
         last.rss_mb,
-        growth,
-        if growth < 10.0 {
-            "flat: under 10 %"
-        } else {
-            "NOT flat: 10 % or more"
-        }
+        verdict(rss_growth)
+    )?;
+    writeln!(
+        out,
+        "anonymous RSS MiB (heap and stacks, not the binary's mapped pages): {:.1} after the warm-up, peak {anon_peak:.1}, {:.1} at the end: growth {anon_growth:.1} % ({})",
+        first.rss_anon_mb,
+        last.rss_anon_mb,
+        verdict(anon_growth)
     )?;
     writeln!(
         out,
