@@ -446,6 +446,8 @@ async fn openapi_matches_routes_and_validates() {
             "POST",
             "/admin/v1/trust-domains/{td}/generations/{generation}/revoke",
         ),
+        ("POST", "/admin/v1/trust-domains/{td}/import"),
+        ("POST", "/admin/v1/trust-domains/{td}/csr"),
         ("POST", "/admin/v1/federation/{td}/reset"),
         ("GET", "/admin/v1/certificates"),
         ("GET", "/admin/v1/certificates/{serial}"),
