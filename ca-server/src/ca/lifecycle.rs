@@ -517,16 +517,7 @@ impl Ca {
             .ok_or_else(|| Error::UnknownTrustDomain(trust_domain.to_string()))?;
         let number = generations.iter().map(|g| g.generation).max().unwrap_or(0) + 1;
         let mut next = authority::create_generation(&config, kek, number, now)?;
-        next.state = "prepared".to_owned();
-        next.activated_at = None;
-        match self.store.insert_generation(&next).await {
-            Ok(()) => {}
-            Err(store::Error::Conflict(_)) => {
-                self.reload_trust_domain(kek, trust_domain).await?;
-                return Err(Error::InFlight(trust_domain.to_string()));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        self.insert_prepared(kek, trust_domain, &mut next).await?;
         let now_s = now.unix_timestamp();
         self.metrics
             .rotations
@@ -572,6 +563,26 @@ impl Ca {
                 + i64::try_from(config.max_ttl.as_secs()).unwrap_or(0)
                 + REMOVAL_MARGIN.as_secs() as i64,
         })
+    }
+
+    /// Stores `next` as the trust domain's `prepared` generation (its root published from now
+    /// on); `InFlight` when another one got there first (that one is loaded instead).
+    pub(crate) async fn insert_prepared(
+        &self,
+        kek: &Kek,
+        trust_domain: &TrustDomain,
+        next: &mut authority::SealedGeneration,
+    ) -> Result<(), Error> {
+        next.state = "prepared".to_owned();
+        next.activated_at = None;
+        match self.store.insert_generation(next).await {
+            Ok(()) => Ok(()),
+            Err(store::Error::Conflict(_)) => {
+                self.reload_trust_domain(kek, trust_domain).await?;
+                Err(Error::InFlight(trust_domain.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Activates a prepared root when converged: every live leaf was issued after the new root

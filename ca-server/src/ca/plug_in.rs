@@ -27,7 +27,7 @@ use crate::external_ca::{self, CaFiles};
 use crate::keys::Kek;
 use crate::metrics::RotationLabels;
 use crate::spiffe::TrustDomain;
-use crate::store::{self, PendingKey};
+use crate::store::PendingKey;
 
 /// An import's outcome: the generation it became, and what the admission check noticed.
 #[derive(Debug, Clone)]
@@ -183,16 +183,7 @@ impl Ca {
             }
             Scope::Intermediate
         } else {
-            next.state = "prepared".to_owned();
-            next.activated_at = None;
-            match self.store.insert_generation(&next).await {
-                Ok(()) => {}
-                Err(store::Error::Conflict(_)) => {
-                    self.reload_trust_domain(kek, trust_domain).await?;
-                    return Err(Error::InFlight(td.to_owned()));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            self.insert_prepared(kek, trust_domain, &mut next).await?;
             Scope::Root
         };
         if let Some(pending) = &pending {

@@ -77,19 +77,10 @@ async fn run(clients: usize, gap: Duration) -> anyhow::Result<RunFigures> {
     let td = ca_server::spiffe::TrustDomain::parse("cluster.local")?;
     let max_wait = server.config.trust_domains[0].root_activation_max_wait;
     let target = sut.target();
-    let requests: Arc<Vec<BenchRequest>> = Arc::new(
-        (0..64)
-            .map(|_| {
-                let pem = ca_client::csr::generate(ca_client::KeyType::EcdsaP256, None)?.csr_pem;
-                let metadata = std::collections::BTreeMap::new();
-                Ok(BenchRequest {
-                    body: crate::h2load::encode_request_for(&pem, 0, &metadata),
-                    csr_pem: pem,
-                    metadata,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let requests = Arc::new(BenchRequest::workload_requests(
+        ca_client::KeyType::EcdsaP256,
+        64,
+    )?);
     // Completion times (seconds from the start) and latencies of every answer.
     let done: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));

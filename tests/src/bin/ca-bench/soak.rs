@@ -113,19 +113,7 @@ pub async fn soak(plan: SoakPlan) -> anyhow::Result<()> {
 
 async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> anyhow::Result<()> {
     use sqlx::Connection;
-    let requests: Arc<Vec<BenchRequest>> = Arc::new(
-        (0..64)
-            .map(|_| {
-                let pem = ca_client::csr::generate(plan.key, None)?.csr_pem;
-                let metadata = std::collections::BTreeMap::new();
-                Ok(BenchRequest {
-                    body: crate::h2load::encode_request_for(&pem, 0, &metadata),
-                    csr_pem: pem,
-                    metadata,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let requests = Arc::new(BenchRequest::workload_requests(plan.key, 64)?);
     let target = server.target();
     let mut connections = Vec::new();
     for i in 0..plan.clients {

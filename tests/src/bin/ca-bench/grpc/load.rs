@@ -81,6 +81,26 @@ pub struct BenchRequest {
     pub body: Bytes,
 }
 
+impl BenchRequest {
+    /// `count` workload requests (no metadata), each with a fresh CSR of `key`.
+    pub fn workload_requests(
+        key: ca_client::KeyType,
+        count: usize,
+    ) -> anyhow::Result<Vec<BenchRequest>> {
+        (0..count)
+            .map(|_| {
+                let pem = ca_client::csr::generate(key, None)?.csr_pem;
+                let metadata = std::collections::BTreeMap::new();
+                Ok(BenchRequest {
+                    body: h2load::encode_request_for(&pem, 0, &metadata),
+                    csr_pem: pem,
+                    metadata,
+                })
+            })
+            .collect()
+    }
+}
+
 /// One connection's load: closed loop (next request when the last is answered) or, with an
 /// `interval`, open loop (one request every `interval`, whether or not earlier ones are done,
 /// each connection's schedule offset so that together they send evenly).
