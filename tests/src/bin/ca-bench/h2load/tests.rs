@@ -6,6 +6,9 @@
 //! that owns its TLS connection and frames HTTP/2 itself.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use rustls_pki_types::ServerName;
 
 use ca_client::KeyType;
 use ca_tests::kube::FakeKube;
@@ -161,7 +164,10 @@ async fn ztunnel_streams_take_the_impersonation_path() {
 async fn reconnects_resume_tls_and_are_still_authenticated() {
     let kube = FakeKube::new();
     let server = TestServer::start_with_cluster(Backend::Sqlite, &kube).await;
-    let config = client_config(&server.serving_root_pem()).unwrap();
+    let tickets = Arc::new(CountingTickets::default());
+    let mut config = (*client_config(&server.serving_root_pem()).unwrap()).clone();
+    config.resumption = rustls::client::Resumption::store(tickets.clone());
+    let config = Arc::new(config);
     // (client, whether its handshake resumed a session, the cipher suite the server chose)
     let connect = |token: String| {
         let config = config.clone();
@@ -190,6 +196,8 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
     // The server's suite order decides: rustls clients list AES-256-GCM first.
     assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     check_chain(&issue(first).await.unwrap(), WEB);
+    // One ticket per handshake (rustls' default is two).
+    assert_eq!(tickets.received(), 1);
 
     // Many other clients connect meanwhile (more than rustls' default 256-entry server-side
     // session cache holds): the ticket is stateless, so the first client still resumes.
@@ -209,6 +217,8 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
     let (again, resumed, _) = connect(kube.token("default", "web")).await;
     assert!(resumed, "the first client's session resumes");
     check_chain(&issue(again).await.unwrap(), WEB);
+    // The resumed handshake used that ticket and brought the next one.
+    assert_eq!(tickets.received(), 2);
 
     // Signed by a key the cluster never published.
     let (forged, resumed, _) = connect(FakeKube::new().token("default", "web")).await;
@@ -219,6 +229,74 @@ async fn reconnects_resume_tls_and_are_still_authenticated() {
         "UNAUTHENTICATED on a resumed session: {refused}"
     );
     server.stop().await;
+}
+
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    received: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for CountingTickets {
+    fn default() -> Self {
+        CountingTickets {
+            inner: rustls::client::ClientSessionMemoryCache::new(16),
+            received: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl CountingTickets {
+    fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        server_name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.received
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(server_name)
+    }
 }
 
 /// The lean client reads the server's stream limit from its SETTINGS (at least the 100 that
