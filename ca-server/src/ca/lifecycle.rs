@@ -330,8 +330,21 @@ impl Ca {
         if active.external_root() {
             return Err(Error::ExternalRoot(trust_domain.to_string()));
         }
+        let root = authority::open_root(active, kek)?;
+        let marker = self.store.revocation_marker(&active.issuer_key_id).await?;
+        let root_serial = {
+            let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&active.root_cert)
+                .map_err(|e| Error::Crl(e.to_string()))?;
+            hex::encode(cert.raw_serial())
+        };
+        // The number and the generations it lists in one transaction: a higher number never
+        // lists less (`Store::next_root_crl`).
+        let (number, listed) = self
+            .store
+            .next_root_crl(&format!("root:{root_serial}"), trust_domain.as_str())
+            .await?;
         let mut entries = Vec::new();
-        for g in generations
+        for g in listed
             .iter()
             .filter(|g| g.state == "revoked" && g.root_cert == active.root_cert)
         {
@@ -344,17 +357,6 @@ impl Ca {
             });
         }
         entries.sort_by(|a, b| a.serial.cmp(&b.serial));
-        let root = authority::open_root(active, kek)?;
-        let marker = self.store.revocation_marker(&active.issuer_key_id).await?;
-        let root_serial = {
-            let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&active.root_cert)
-                .map_err(|e| Error::Crl(e.to_string()))?;
-            hex::encode(cert.raw_serial())
-        };
-        let number = self
-            .store
-            .next_crl_number(&format!("root:{root_serial}"))
-            .await?;
         let built = crl::build_by(
             &root,
             &active.root_cert,

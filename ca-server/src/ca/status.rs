@@ -224,11 +224,11 @@ impl Ca {
             .store
             .revocation_marker(&authority.issuer_key_id)
             .await?;
-        let entries = self
+        // The number and the list in one transaction: a higher number never lists less.
+        let (number, entries) = self
             .store
-            .revoked_unexpired(&authority.issuer_key_id, now.unix_timestamp())
+            .next_crl(&authority.issuer_key_id, now.unix_timestamp())
             .await?;
-        let number = self.store.next_crl_number(&authority.issuer_key_id).await?;
         let built = crl::build(authority, &entries, number, now, validity).map_err(Error::Crl)?;
         Ok(CachedCrl {
             der: Arc::new(built.der),

@@ -96,6 +96,16 @@ macro_rules! on_pool {
     };
 }
 
+/// Takes the next CRL number of a key (an issuer key id, or `root:<serial>`), locking its row
+/// until the transaction ends.
+const NEXT_CRL_NUMBER: &str = "INSERT INTO crl_numbers (issuer_key_id, last_number) VALUES ($1, 1) \
+     ON CONFLICT (issuer_key_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
+     RETURNING last_number";
+
+/// An issuer's revoked certificates that have not expired at `$2`, by serial: a CRL's entries.
+const REVOKED_UNEXPIRED: &str = "SELECT serial, revoked_at, revocation_reason FROM certificates \
+     WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 ORDER BY serial";
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -719,19 +729,6 @@ impl Store {
         Ok(count == 1)
     }
 
-    /// Revoked certificates of one issuer that have not expired at `now`, by serial.
-    pub async fn revoked_unexpired(
-        &self,
-        issuer_key_id: &str,
-        now: i64,
-    ) -> Result<Vec<RevokedRecord>, Error> {
-        let sql = "SELECT serial, revoked_at, revocation_reason FROM certificates \
-                   WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 \
-                   ORDER BY serial";
-        let records = on_pool!(self, pool => sqlx::query_as(sql).bind(issuer_key_id).bind(now).fetch_all(pool).await)?;
-        Ok(records)
-    }
-
     /// A cheap fingerprint of an issuer's revocation state (count and latest time): when it
     /// changes, CRLs built from the old state are stale.
     pub async fn revocation_marker(&self, issuer_key_id: &str) -> Result<(i64, i64), Error> {
@@ -742,14 +739,65 @@ impl Store {
         Ok(marker)
     }
 
-    /// The next CRL number of an issuer (1, 2, ...), atomically: never handed out twice, even
-    /// to several replicas at once.
-    pub async fn next_crl_number(&self, issuer_key_id: &str) -> Result<i64, Error> {
-        let sql = "INSERT INTO crl_numbers (issuer_key_id, last_number) VALUES ($1, 1) \
-                   ON CONFLICT (issuer_key_id) DO UPDATE SET last_number = crl_numbers.last_number + 1 \
-                   RETURNING last_number";
-        let number: i64 = on_pool!(self, pool => sqlx::query_scalar(sql).bind(issuer_key_id).fetch_one(pool).await)?;
-        Ok(number)
+    /// The next number of an issuer's CRL (1, 2, ...) and the revoked, unexpired certificates
+    /// that CRL lists, read in one transaction that holds the number's row lock.
+    ///
+    /// Numbers are handed out in the order the lists are read, so a CRL never lacks a
+    /// revocation that a lower-numbered one lists (RFC 5280 5.2.3: the higher number
+    /// supersedes). Replicas building at once queue on the row, and each one's list is read
+    /// after the previous one committed (READ COMMITTED reads the latest committed state per
+    /// statement; SQLite has one writer). Reading the list first and taking the number after,
+    /// as this once did, let a replica that read before a revocation take its number after
+    /// one that read after it: the newer number published the older list.
+    pub async fn next_crl(
+        &self,
+        issuer_key_id: &str,
+        now: i64,
+    ) -> Result<(i64, Vec<RevokedRecord>), Error> {
+        let done: Result<_, sqlx::Error> = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let number: i64 = sqlx::query_scalar(NEXT_CRL_NUMBER)
+                .bind(issuer_key_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let entries: Vec<RevokedRecord> = sqlx::query_as(REVOKED_UNEXPIRED)
+                .bind(issuer_key_id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok((number, entries))
+        }.await);
+        Ok(done?)
+    }
+
+    /// The next number of a root's CRL (`number_key`, e.g. `root:<serial>`) and the trust
+    /// domain's generations it is built from (the revoked intermediates), read in one
+    /// transaction that holds the number's row lock, for the reason given at
+    /// [`Store::next_crl`].
+    pub async fn next_root_crl(
+        &self,
+        number_key: &str,
+        trust_domain: &str,
+    ) -> Result<(i64, Vec<SealedGeneration>), Error> {
+        let generations = format!(
+            "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 \
+             ORDER BY generation"
+        );
+        let done: Result<_, sqlx::Error> = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let number: i64 = sqlx::query_scalar(NEXT_CRL_NUMBER)
+                .bind(number_key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let records: Vec<SealedGeneration> = sqlx::query_as(&generations)
+                .bind(trust_domain)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok((number, records))
+        }.await);
+        Ok(done?)
     }
 
     /// Revokes every live (unrevoked, unexpired) certificate of an identity; returns how many.

@@ -4,7 +4,9 @@
 //! to it is cut for 5 s and for 15 s. After each scenario: every certificate any client received
 //! has its committed record (0 unrecorded), no serial twice, the audit chain verifies, every
 //! replica was not ready during the outage and ready again within 10 s of the database's
-//! return, and clients got `UNAVAILABLE` (or were shed), never anything else.
+//! return, clients got `UNAVAILABLE` (or were shed), never anything else, and the CRLs the
+//! replicas served while certificates were being revoked through them had strictly increasing
+//! numbers (`CrlWatch`). `cactl audit verify` checks the chain through a replica's admin API.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,10 +30,14 @@ struct Outcomes {
     skipped: usize,
     /// Successful renewals over mutual TLS (also counted in `received`).
     renewals: usize,
+    /// Serials of the open-loop load's certificates not yet revoked (`CrlWatch` revokes them;
+    /// the renewing workloads' certificates are never revoked, their renewals must go on).
+    revocable: Vec<String>,
 }
 
-/// Records one answer: the certificate's (issuer, serial), or the refusal's gRPC code.
-fn record(outcomes: &Mutex<Outcomes>, result: Result<Vec<String>, Error>) {
+/// Records one answer: the certificate's (issuer, serial), or the refusal's gRPC code. Returns
+/// the serial of a received certificate.
+fn record(outcomes: &Mutex<Outcomes>, result: Result<Vec<String>, Error>) -> Option<String> {
     match result {
         Ok(chain) => {
             let der = pem::parse(&chain[0]).unwrap().into_contents();
@@ -46,13 +52,196 @@ fn record(outcomes: &Mutex<Outcomes>, result: Result<Vec<String>, Error>) {
                 })
                 .unwrap();
             let serial = hex::encode(cert.raw_serial());
-            outcomes.lock().unwrap().received.push((aki, serial));
+            outcomes
+                .lock()
+                .unwrap()
+                .received
+                .push((aki, serial.clone()));
+            Some(serial)
         }
         Err(Error::Server { status, .. }) => {
             *outcomes.lock().unwrap().refused.entry(status).or_default() += 1;
+            None
         }
         Err(other) => panic!("not a gRPC status: {other:?}"),
     }
+}
+
+/// Records an answer of the open-loop load: its certificate may be revoked later.
+fn record_revocable(outcomes: &Mutex<Outcomes>, result: Result<Vec<String>, Error>) {
+    if let Some(serial) = record(outcomes, result) {
+        outcomes.lock().unwrap().revocable.push(serial);
+    }
+}
+
+/// One CRL as a replica served it.
+struct SeenCrl {
+    replica: usize,
+    number: u64,
+    der: Vec<u8>,
+    revoked: BTreeSet<String>,
+    at: Instant,
+}
+
+/// The CRLs of a scenario (SPEC 11: CRL numbers strictly increase). Every 300 ms one delivered
+/// certificate of the open-loop load is revoked through a replica's admin API, each replica in
+/// turn (refused while the database is away, as expected), and every replica's CRL is fetched.
+struct CrlWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<SeenCrl>>>,
+    revoked: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CrlWatch {
+    /// `replicas`: each replica's public HTTP base URL and an admin client for it.
+    fn start(
+        replicas: Vec<(String, ca_client::AdminClient)>,
+        outcomes: Arc<Mutex<Outcomes>>,
+    ) -> CrlWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let revoked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stopping, seen_by_task, revoked_by_task) =
+            (stop.clone(), seen.clone(), revoked.clone());
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            let mut tick = 0usize;
+            while !stopping.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tick += 1;
+                let serial = outcomes.lock().unwrap().revocable.pop();
+                if let Some(serial) = serial {
+                    let admin = &replicas[tick % replicas.len()].1;
+                    if admin.revoke(&serial, "keyCompromise").await.is_ok() {
+                        revoked_by_task.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                for (i, (base, _)) in replicas.iter().enumerate() {
+                    let fetched = http
+                        .get(format!("{base}/v1/crl/cluster.local"))
+                        .send()
+                        .await;
+                    let Ok(response) = fetched else { continue };
+                    if response.status() != 200 {
+                        continue;
+                    }
+                    let Ok(der) = response.bytes().await else {
+                        continue;
+                    };
+                    let (_, crl) =
+                        x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+                            .unwrap();
+                    let crl = SeenCrl {
+                        replica: i,
+                        number: u64::try_from(crl.crl_number().unwrap()).unwrap(),
+                        revoked: crl
+                            .iter_revoked_certificates()
+                            .map(|r| hex::encode(r.raw_serial()))
+                            .collect(),
+                        der: der.to_vec(),
+                        at: Instant::now(),
+                    };
+                    seen_by_task.lock().unwrap().push(crl);
+                }
+            }
+        });
+        CrlWatch {
+            stop,
+            seen,
+            revoked,
+            task,
+        }
+    }
+
+    /// The highest number seen before `faults_from`, and the highest seen at all.
+    fn highest(&self, faults_from: Instant) -> (u64, u64) {
+        let seen = self.seen.lock().unwrap();
+        let before = seen.iter().filter(|c| c.at < faults_from).map(|c| c.number);
+        let all = seen.iter().map(|c| c.number);
+        (before.max().unwrap_or(0), all.max().unwrap_or(0))
+    }
+
+    /// Waits (at most 20 s) until a replica serves a CRL numbered above every CRL seen before
+    /// `faults_from`, stops, and checks: one number is one CRL (never two different ones), no
+    /// replica's number ever goes back (so each replica's successive CRLs have strictly
+    /// increasing numbers), and a higher number lists every serial a lower one listed.
+    async fn finish(mut self, faults_from: Instant) -> String {
+        let wait = Instant::now();
+        loop {
+            let (before, last) = self.highest(faults_from);
+            if last > before || wait.elapsed() > Duration::from_secs(20) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        (&mut self.task).await.unwrap();
+        let (before, last) = self.highest(faults_from);
+        assert!(
+            last > before,
+            "no CRL numbered above {before} (the highest before the faults) after them"
+        );
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        let mut by_number: BTreeMap<u64, &SeenCrl> = BTreeMap::new();
+        for crl in &seen {
+            if let Some(other) = by_number.insert(crl.number, crl) {
+                assert!(
+                    other.der == crl.der,
+                    "CRL number {} names two different CRLs (replicas {} and {})",
+                    crl.number,
+                    other.replica,
+                    crl.replica
+                );
+            }
+        }
+        let ordered: Vec<&SeenCrl> = by_number.values().copied().collect();
+        for pair in ordered.windows(2) {
+            assert!(
+                pair[1].revoked.is_superset(&pair[0].revoked),
+                "CRL {} lists less than CRL {}",
+                pair[1].number,
+                pair[0].number
+            );
+        }
+        let mut last_of = BTreeMap::new();
+        for crl in &seen {
+            let previous = last_of.insert(crl.replica, crl.number).unwrap_or(0);
+            assert!(
+                crl.number >= previous,
+                "replica {} served CRL {} after CRL {previous}",
+                crl.replica,
+                crl.number
+            );
+        }
+        format!(
+            "{} CRLs fetched, {} distinct numbers up to {last} ({before} before the faults), {} revocations",
+            seen.len(),
+            ordered.len(),
+            self.revoked.load(Ordering::Relaxed)
+        )
+    }
+}
+
+/// `cactl audit verify` through a replica's admin API: the whole chain, every event.
+fn cactl_audit_verify(admin_url: &str, token: &str) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, token).unwrap();
+    let output = std::process::Command::new(ca_tests::bin("cactl"))
+        .args(["--admin", admin_url, "--admin-token-file"])
+        .arg(&token_file)
+        .args(["--output", "json", "audit", "verify"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "cactl audit verify: {stdout}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(answer["intact"], true, "{stdout}");
+    answer["events"].as_u64().unwrap()
 }
 
 /// Every certificate a client received has its record in the database at `url`, no serial came
@@ -98,6 +287,7 @@ struct Cluster {
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Outcomes>>,
     load: Vec<tokio::task::JoinHandle<()>>,
+    crls: CrlWatch,
     _kek: tempfile::TempDir,
 }
 
@@ -160,7 +350,7 @@ impl Cluster {
                         let result = client
                             .create_certificate(&csr.csr_pem, 3600, &auth, &BTreeMap::new())
                             .await;
-                        record(&outcomes, result);
+                        record_revocable(&outcomes, result);
                         drop(permit);
                     });
                     while requests.try_join_next().is_some() {}
@@ -226,11 +416,19 @@ impl Cluster {
                 }
             }));
         }
+        let crls = CrlWatch::start(
+            replicas
+                .iter()
+                .map(|r| (r.http_url(), r.admin_client()))
+                .collect(),
+            outcomes.clone(),
+        );
         Cluster {
             replicas,
             stop,
             outcomes,
             load,
+            crls,
             _kek: shared,
         }
     }
@@ -277,15 +475,29 @@ impl Cluster {
         recovered
     }
 
-    /// Stops the load and checks what was delivered against the database at `direct_url`.
-    /// Returns a one-line report.
-    async fn finish(self, direct_url: &str, recoveries: &[Duration]) -> String {
+    /// Checks the CRLs served since `faults_from` (the first fault), stops the load and checks
+    /// what was delivered against the database at `direct_url`, and the audit chain with
+    /// `cactl`. Returns a one-line report.
+    async fn finish(
+        self,
+        direct_url: &str,
+        faults_from: Instant,
+        recoveries: &[Duration],
+    ) -> String {
+        let crls = self.crls.finish(faults_from).await;
         self.stop.store(true, Ordering::Relaxed);
         for task in self.load {
             task.await.unwrap();
         }
         let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap());
         let audited = delivered_were_recorded(&outcomes, direct_url).await;
+        let (admin, token) = (
+            self.replicas[0].admin_url(),
+            self.replicas[0].admin_token.clone(),
+        );
+        let verified = tokio::task::spawn_blocking(move || cactl_audit_verify(&admin, &token))
+            .await
+            .unwrap();
         // Refusals were only "retry later": UNAVAILABLE (14) or RESOURCE_EXHAUSTED (8).
         assert!(
             outcomes
@@ -303,12 +515,13 @@ impl Cluster {
             replica.server.shutdown().await;
         }
         format!(
-            "{} issued ({} of them mTLS renewals), refused {:?}, {} open-loop ticks skipped, 0 unrecorded, {} audit events verified, slowest recovery {:.1} s",
+            "{} issued ({} of them mTLS renewals), refused {:?}, {} open-loop ticks skipped, 0 unrecorded, {} audit events verified ({} by cactl audit verify), {crls}, slowest recovery {:.1} s",
             outcomes.received.len(),
             outcomes.renewals,
             outcomes.refused,
             outcomes.skipped,
             audited,
+            verified,
             recoveries
                 .iter()
                 .max()
@@ -324,6 +537,7 @@ async fn postgres_killed_and_restarted_ten_times_under_load() {
     let postgres = PrivatePostgres::start(false);
     let cluster = Cluster::start(&postgres.url()).await;
     let mut recoveries = Vec::new();
+    let faults_from = Instant::now() + Duration::from_millis(700);
     for round in 0..10 {
         tokio::time::sleep(Duration::from_millis(700)).await;
         postgres.kill();
@@ -336,7 +550,9 @@ async fn postgres_killed_and_restarted_ten_times_under_load() {
                 .await,
         );
     }
-    let report = cluster.finish(&postgres.url(), &recoveries).await;
+    let report = cluster
+        .finish(&postgres.url(), faults_from, &recoveries)
+        .await;
     println!("10 kills: {report}");
 }
 
@@ -350,6 +566,7 @@ async fn network_to_postgres_cut_for_5_and_15_seconds_under_load() {
     );
     let cluster = Cluster::start(&proxied).await;
     let mut recoveries = Vec::new();
+    let faults_from = Instant::now() + Duration::from_secs(1);
     for seconds in [5, 15] {
         tokio::time::sleep(Duration::from_secs(1)).await;
         proxy.cut();
@@ -367,7 +584,9 @@ async fn network_to_postgres_cut_for_5_and_15_seconds_under_load() {
                 .await,
         );
     }
-    let report = cluster.finish(&postgres.url(), &recoveries).await;
+    let report = cluster
+        .finish(&postgres.url(), faults_from, &recoveries)
+        .await;
     println!("cuts of 5 s and 15 s: {report}");
 }
 
@@ -377,7 +596,8 @@ struct ReplicaProcess {
     config: std::path::PathBuf,
     grpc: u16,
     http: u16,
-    _dir: tempfile::TempDir,
+    admin: u16,
+    dir: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -411,7 +631,8 @@ impl ReplicaProcess {
             config,
             grpc,
             http,
-            _dir: dir,
+            admin,
+            dir,
         }
     }
 
@@ -424,6 +645,19 @@ impl ReplicaProcess {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
+    }
+
+    fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin)
+    }
+
+    /// This replica's bootstrap admin token (written at its first start).
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap()
     }
 
     async fn ready(&self) -> bool {
@@ -538,7 +772,7 @@ async fn replicas_killed_and_rolled_under_load() {
                     Ok(_) | Err(Error::Server { .. }) => {
                         // A refusal: the replica went away under the request or shed it.
                         let refused = result.is_err();
-                        record(&outcomes, result);
+                        record_revocable(&outcomes, result);
                         if refused {
                             client = None;
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -565,8 +799,20 @@ async fn replicas_killed_and_rolled_under_load() {
         }
     };
     until_more(outcomes.clone(), "warm-up").await;
+    let crls = CrlWatch::start(
+        replicas
+            .iter()
+            .map(|r| {
+                let admin = ca_client::AdminClient::new(&r.admin_url(), &r.admin_token()).unwrap();
+                (r.http_url(), admin)
+            })
+            .collect(),
+        outcomes.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     // SIGKILL in the middle of the load (group commits in flight), then a restart.
+    let faults_from = Instant::now();
     replicas[1].kill();
     until_more(outcomes.clone(), "with one replica killed").await;
     replicas[1].restart();
@@ -581,6 +827,7 @@ async fn replicas_killed_and_rolled_under_load() {
         rolled.push(replica.wait_ready("rolling restart").await);
         until_more(outcomes.clone(), "rolling restart").await;
     }
+    let crls = crls.finish(faults_from).await;
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
@@ -588,11 +835,16 @@ async fn replicas_killed_and_rolled_under_load() {
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let audited = delivered_were_recorded(&outcomes, &url).await;
+    let (admin, token) = (replicas[0].admin_url(), replicas[0].admin_token());
+    let verified = tokio::task::spawn_blocking(move || cactl_audit_verify(&admin, &token))
+        .await
+        .unwrap();
     println!(
-        "replica SIGKILL + rolling restart: {} issued, refused {:?}, 0 unrecorded, {} audit events verified, killed replica ready in {:.1} s, rolling restarts ready in {:?}",
+        "replica SIGKILL + rolling restart: {} issued, refused {:?}, 0 unrecorded, {} audit events verified ({} by cactl audit verify), {crls}, killed replica ready in {:.1} s, rolling restarts ready in {:?}",
         outcomes.received.len(),
         outcomes.refused,
         audited,
+        verified,
         killed_back.as_secs_f64(),
         rolled
             .iter()
@@ -634,6 +886,7 @@ async fn failover_to_a_synchronous_standby_under_load() {
     let cluster = Cluster::start(&proxied).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let faults_from = Instant::now();
     primary.kill();
     proxy.cut();
     cluster.all_unready("failover").await;
@@ -643,6 +896,8 @@ async fn failover_to_a_synchronous_standby_under_load() {
     let recovery = cluster.all_ready_and_issuing("failover").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Checked against the promoted standby: what the clients got is there.
-    let report = cluster.finish(&standby.url(), &[recovery]).await;
+    let report = cluster
+        .finish(&standby.url(), faults_from, &[recovery])
+        .await;
     println!("failover to a synchronous standby: {report}");
 }

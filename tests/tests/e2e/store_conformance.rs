@@ -272,6 +272,117 @@ async fn certificates_are_unique_per_issuer(backend: Backend) {
 }
 both_backends!(certificates_on, certificates_are_unique_per_issuer);
 
+/// CRL numbers and lists: replicas building CRLs while certificates are being revoked never
+/// publish a higher number with a shorter list (each number's list holds every revocation a
+/// lower number's did), and no number is handed out twice. Expired entries drop out.
+async fn crl_numbers_never_list_less(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = open(backend, dir.path()).await;
+    for n in 0..40 {
+        store
+            .record_issued(&certificate("issuer-c", &format!("{n:04x}")))
+            .await
+            .unwrap();
+    }
+    let revoker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..40 {
+                let serial = format!("{n:04x}");
+                assert!(
+                    store
+                        .revoke("issuer-c", &serial, "keyCompromise", 1_500)
+                        .await
+                        .unwrap()
+                );
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let builders = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..20 {
+                let (number, entries) = store.next_crl("issuer-c", 1_000).await.unwrap();
+                let serials: std::collections::BTreeSet<String> =
+                    entries.into_iter().map(|e| e.serial).collect();
+                seen.push((number, serials));
+            }
+            seen
+        })
+    });
+    let mut seen = Vec::new();
+    for builder in builders {
+        seen.extend(builder.await.unwrap());
+    }
+    revoker.await.unwrap();
+    seen.sort_by_key(|(number, _)| *number);
+    let numbers: Vec<i64> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (1..=160).collect::<Vec<_>>(), "each number once");
+    for pair in seen.windows(2) {
+        assert!(
+            pair[1].1.is_superset(&pair[0].1),
+            "CRL {} lists less than CRL {}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+    let (last, all) = store.next_crl("issuer-c", 1_000).await.unwrap();
+    assert_eq!((last, all.len()), (161, 40));
+
+    // The mechanism, deterministically (Postgres; SQLite has one writer and one process): the
+    // list is read once the number is granted, so a revocation committed while a build waited
+    // for its number is on that build's CRL. (Reading the list before taking the number, a
+    // build that waited here published a list older than its number.)
+    if backend == Backend::Postgres {
+        use sqlx::Connection;
+        store
+            .record_issued(&certificate("issuer-c", "ffff"))
+            .await
+            .unwrap();
+        let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut lock = holder.begin().await.unwrap();
+        sqlx::query(
+            "UPDATE crl_numbers SET last_number = last_number WHERE issuer_key_id = 'issuer-c'",
+        )
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move { store.next_crl("issuer-c", 1_000).await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the build waits for the number's row"
+        );
+        assert!(
+            store
+                .revoke("issuer-c", "ffff", "keyCompromise", 1_500)
+                .await
+                .unwrap()
+        );
+        lock.commit().await.unwrap();
+        let (number, entries) = waiting.await.unwrap();
+        assert_eq!(number, 162);
+        assert!(
+            entries.iter().any(|e| e.serial == "ffff"),
+            "the revocation committed before the number was granted is listed"
+        );
+    }
+    // Another issuer has its own numbers; expired certificates are not listed.
+    assert_eq!(
+        store.next_crl("issuer-d", 1_000).await.unwrap(),
+        (1, vec![])
+    );
+    let (_, expired) = store.next_crl("issuer-c", 2_000).await.unwrap();
+    assert!(expired.is_empty());
+    store.close().await;
+}
+both_backends!(crl_numbers_on, crl_numbers_never_list_less);
+
 async fn audit_events_newest_first(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(backend, dir.path()).await;
