@@ -106,6 +106,13 @@ const NEXT_CRL_NUMBER: &str = "INSERT INTO crl_numbers (issuer_key_id, last_numb
 const REVOKED_UNEXPIRED: &str = "SELECT serial, revoked_at, revocation_reason FROM certificates \
      WHERE issuer_key_id = $1 AND revoked_at IS NOT NULL AND not_after > $2 ORDER BY serial";
 
+/// Every generation of the trust domain `$1`, oldest first.
+fn generations_sql() -> String {
+    format!(
+        "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 ORDER BY generation"
+    )
+}
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -295,10 +302,7 @@ impl Store {
 
     /// Every generation of a trust domain, oldest first.
     pub async fn generations(&self, trust_domain: &str) -> Result<Vec<SealedGeneration>, Error> {
-        let sql = format!(
-            "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 \
-             ORDER BY generation"
-        );
+        let sql = generations_sql();
         let records =
             on_pool!(self, pool => sqlx::query_as(&sql).bind(trust_domain).fetch_all(pool).await)?;
         Ok(records)
@@ -780,10 +784,7 @@ impl Store {
         number_key: &str,
         trust_domain: &str,
     ) -> Result<(i64, Vec<SealedGeneration>), Error> {
-        let generations = format!(
-            "SELECT {GENERATION_COLUMNS} FROM ca_generations WHERE trust_domain = $1 \
-             ORDER BY generation"
-        );
+        let generations = generations_sql();
         let done: Result<_, sqlx::Error> = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             let number: i64 = sqlx::query_scalar(NEXT_CRL_NUMBER)
