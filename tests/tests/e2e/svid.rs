@@ -241,9 +241,29 @@ async fn two_workloads_keep_talking_through_every_rotation() {
             "{}/v1/bundles/cluster.local.pem",
             eu.http_url().replace("http://", "https://")
         );
+        // The EU CA serves its copy once its first fetch of the US bundle is done (until then,
+        // 404: a trust domain it does not know yet).
+        let start = Instant::now();
+        while !client.get(&url).send().await.unwrap().status().is_success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the EU CA never fetched the US bundle"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let copy = client.get(&url).send().await.unwrap().text().await.unwrap();
+                let response = client.get(&url).send().await.unwrap();
+                if !response.status().is_success() {
+                    let status = response.status();
+                    eu_failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("its copy answered {status}"));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                let copy = response.text().await.unwrap();
                 let svid = web.current();
                 let chain: String = svid.chain.iter().map(|d| ca_tests::cert_pem(d)).collect();
                 let now = OffsetDateTime::now_utc().unix_timestamp() as u64;
