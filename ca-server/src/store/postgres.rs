@@ -43,6 +43,17 @@ pub(super) async fn open(options: &StoreOptions) -> Result<PgPool, Error> {
                 Ok(true)
             })
         })
+        // A connection's socket buffers grow to the largest message it ever carried (a full
+        // group commit or audit batch, a few hundred KiB) and sqlx keeps them: after the first
+        // database stalls every pooled connection held its largest batch, and the soak's RSS
+        // stepped up by about that much. Back to 8 KiB on each return to the pool; a small
+        // batch regrows its buffer with one or two reallocations.
+        .after_release(|connection, _meta| {
+            Box::pin(async move {
+                sqlx::Connection::shrink_buffers(connection);
+                Ok(true)
+            })
+        })
         .connect(&options.url)
         .await?;
     // sqlx holds a Postgres advisory lock while migrating, so concurrent starts are safe.
