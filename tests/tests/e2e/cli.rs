@@ -17,6 +17,36 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The running server has transparent huge pages off, and no mapping of it asks for them
+/// (`ca-server/src/main.rs`: a 2 MiB page for a few KiB of heap made the soak's memory drift).
+fn assert_no_huge_pages(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|line| line == "THP_enabled:\t0"),
+        "THP is on for ca-server: {status}"
+    );
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut mapping = "";
+    for line in smaps.lines() {
+        if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-'))
+        {
+            mapping = line;
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            assert!(
+                !flags.split_whitespace().any(|flag| flag == "hg"),
+                "this mapping asks for huge pages (MADV_HUGEPAGE): {mapping}"
+            );
+        }
+    }
+    assert!(
+        !mapping.is_empty(),
+        "no mappings read from /proc/{pid}/smaps"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_with_the_embedded_default() {
     let cwd = tempfile::tempdir().unwrap();
@@ -30,7 +60,7 @@ async fn quick_start_with_the_embedded_default() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let _guard = KillOnDrop(child);
+    let guard = KillOnDrop(child);
     let started = Instant::now();
     loop {
         if let Ok(response) = reqwest::get("http://127.0.0.1:8080/readyz").await
@@ -45,6 +75,7 @@ async fn quick_start_with_the_embedded_default() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_no_huge_pages(guard.0.id());
     let data = cwd.path().join("ca-data");
     for (file, len) in [("kek", Some(32)), ("admin.token", None)] {
         let meta = std::fs::metadata(data.join(file)).unwrap();
