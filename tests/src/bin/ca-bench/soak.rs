@@ -301,15 +301,17 @@ struct MemoryGrowth<'a> {
     peak: (&'a Sample, f64),
 }
 
+/// The median of one column over `samples` (not empty).
+fn median(samples: &[&Sample], f: fn(&Sample) -> f64) -> f64 {
+    let mut v: Vec<f64> = samples.iter().map(|s| f(s)).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn memory_growth<'a>(after: &[&'a Sample], f: fn(&Sample) -> f64) -> MemoryGrowth<'a> {
     let quarter = (after.len() / 4).max(1);
-    let median = |part: &[&Sample]| {
-        let mut v: Vec<f64> = part.iter().map(|s| f(s)).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let start = median(&after[..quarter]);
-    let end = median(&after[after.len() - quarter..]);
+    let start = median(&after[..quarter], f);
+    let end = median(&after[after.len() - quarter..], f);
     let n = after.len() as f64;
     let mean_t = after.iter().map(|s| s.elapsed_s).sum::<f64>() / n;
     let mean_v = after.iter().map(|s| f(s)).sum::<f64>() / n;
@@ -353,12 +355,7 @@ fn summarize(
     let (Some(first), Some(last)) = (after.first(), after.last()) else {
         anyhow::bail!("no sample after the warm-up: lengthen the run or shorten --warmup-seconds");
     };
-    let median_of = |part: &[&Sample], f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = part.iter().map(|s| f(s)).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let median = |f: fn(&Sample) -> f64| median_of(&after, f);
+    let overall = |f: fn(&Sample) -> f64| median(&after, f);
     let memory = |f: fn(&Sample) -> f64| memory_growth(&after, f);
     let verdict = |g: f64| {
         if g < 10.0 {
@@ -385,13 +382,13 @@ fn summarize(
     writeln!(
         out,
         "rate/s: median {:.0} (offered {:.0}); p50 ms: median {:.2}, worst {:.2}; p99 ms: median {:.2}, worst {:.2}; server CPU %: median {:.0}",
-        median(|s| s.issued_per_s),
+        overall(|s| s.issued_per_s),
         plan.rate,
-        median(|s| s.p50_ms),
+        overall(|s| s.p50_ms),
         worst(|s| s.p50_ms),
-        median(|s| s.p99_ms),
+        overall(|s| s.p99_ms),
         worst(|s| s.p99_ms),
-        median(|s| s.server_cpu_pct),
+        overall(|s| s.server_cpu_pct),
     )?;
     for (name, f) in [
         ("RSS", (|s: &Sample| s.rss_mb) as fn(&Sample) -> f64),
