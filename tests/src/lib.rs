@@ -63,8 +63,13 @@ pub fn postgres_base_url() -> String {
 
 /// Creates an empty Postgres database for one test and returns its URL.
 pub async fn fresh_postgres_database() -> String {
+    fresh_postgres_database_at(&postgres_base_url()).await
+}
+
+/// Creates an empty database on the Postgres server at `base` (`postgres://user@host:port`)
+/// and returns its URL.
+pub async fn fresh_postgres_database_at(base: &str) -> String {
     use sqlx::Connection;
-    let base = postgres_base_url();
     let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
         .expect("Postgres must be running on 127.0.0.1:5432 (scripts/test starts it)");

@@ -69,6 +69,17 @@ impl PrivatePostgres {
         Self::start_with(tls, "")
     }
 
+    /// A cluster with `conf` appended to its `postgresql.conf` (later lines win, so `conf` can
+    /// undo this module's test settings, `fsync = off` among them).
+    pub fn start_configured(conf: &str) -> PrivatePostgres {
+        Self::start_with(false, conf)
+    }
+
+    /// The server's log (`pg_ctl -l`).
+    pub fn log_path(&self) -> PathBuf {
+        self.data.join("server.log")
+    }
+
     /// A primary that commits only once a synchronous standby has the WAL
     /// (`synchronous_standby_names = '*'`), accepting replication connections.
     pub fn start_primary() -> PrivatePostgres {

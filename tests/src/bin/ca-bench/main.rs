@@ -147,9 +147,13 @@ enum Command {
         max_in_flight: usize,
         #[arg(long, default_value = "ecdsa-p256")]
         key: String,
-        /// Directory for soak.csv and summary.txt.
+        /// Directory for soak.csv, summary.txt (and postgres.log of a private cluster).
         #[arg(long, default_value = "target/soak")]
         out: std::path::PathBuf,
+        /// `private`: a Postgres cluster of the run's own, sized for the load (initdb/pg_ctl,
+        /// fsync on); or the URL of an existing server (`postgres://postgres@127.0.0.1:5432`).
+        #[arg(long, default_value = "private")]
+        postgres: String,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -228,8 +232,14 @@ async fn main() -> anyhow::Result<()> {
             max_in_flight,
             key,
             out,
+            postgres,
         } => {
             soak::soak(soak::SoakPlan {
+                postgres: if postgres == "private" {
+                    soak::SoakPostgres::Private
+                } else {
+                    soak::SoakPostgres::At(postgres)
+                },
                 rate,
                 duration: Duration::from_secs(seconds),
                 clients,

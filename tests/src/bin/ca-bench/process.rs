@@ -109,17 +109,38 @@ impl Sut {
             ServerMode::Process => {
                 let dir = tempfile::tempdir()?;
                 let database_url = ca_tests::fresh_database(backend, dir.path()).await;
-                let jwks = dir.path().join("jwks.json");
-                kube.write_jwks(&jwks);
-                let port = || -> anyhow::Result<u16> {
-                    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                        .local_addr()?
-                        .port())
-                };
-                let (grpc, http, admin) = (port()?, port()?, port()?);
-                let data = dir.path().join("data");
-                let config = format!(
-                    r#"
+                Self::process(dir, database_url, kube).await
+            }
+        }
+    }
+
+    /// The release `ca-server` on a fresh database of the Postgres server at `base`
+    /// (`postgres://user@host:port`).
+    pub async fn process_on_postgres(
+        base: &str,
+        kube: &Arc<ca_tests::kube::FakeKube>,
+    ) -> anyhow::Result<Sut> {
+        let dir = tempfile::tempdir()?;
+        let database_url = ca_tests::fresh_postgres_database_at(base).await;
+        Self::process(dir, database_url, kube).await
+    }
+
+    async fn process(
+        dir: tempfile::TempDir,
+        database_url: String,
+        kube: &Arc<ca_tests::kube::FakeKube>,
+    ) -> anyhow::Result<Sut> {
+        let jwks = dir.path().join("jwks.json");
+        kube.write_jwks(&jwks);
+        let port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (grpc, http, admin) = (port()?, port()?, port()?);
+        let data = dir.path().join("data");
+        let config = format!(
+            r#"
 database_url = "{database_url}"
 data_dir = "{data}"
 [listen]
@@ -142,66 +163,63 @@ issuer = "{issuer}"
 jwks_file = "{jwks}"
 trusted_node_accounts = ["istio-system/ztunnel"]
 "#,
-                    data = data.display(),
-                    issuer = ca_tests::kube::ISSUER,
-                    jwks = jwks.display(),
-                );
-                let config_file = dir.path().join("ca.toml");
-                std::fs::write(&config_file, config)?;
-                let binary = std::env::current_exe()?.with_file_name("ca-server");
-                anyhow::ensure!(
-                    binary.exists(),
-                    "{} is missing: cargo build --release --bin ca-server",
-                    binary.display()
-                );
-                let log = std::fs::File::create(dir.path().join("server.log"))?;
-                let child = std::process::Command::new(binary)
-                    .arg("--config")
-                    .arg(&config_file)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(log)
-                    .spawn()?;
-                let base = format!("http://127.0.0.1:{http}");
-                let client = reqwest::Client::new();
-                let mut child = child;
-                let mut ready = false;
-                for _ in 0..300 {
-                    if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-                        && r.status().is_success()
-                    {
-                        ready = true;
-                        break;
-                    }
-                    if child.try_wait()?.is_some() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if !ready {
-                    let _ = child.kill();
-                    let log =
-                        std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-                    anyhow::bail!("ca-server did not become ready:\n{log}");
-                }
-                let ca_pem = client
-                    .get(format!("{base}/v1/bundles/cluster.local.pem"))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .bytes()
-                    .await?
-                    .to_vec();
-                Ok(Sut::Process {
-                    child,
-                    database_url,
-                    target: Target {
-                        address: std::net::SocketAddr::from(([127, 0, 0, 1], grpc)),
-                        ca_pem,
-                    },
-                    _dir: dir,
-                })
+            data = data.display(),
+            issuer = ca_tests::kube::ISSUER,
+            jwks = jwks.display(),
+        );
+        let config_file = dir.path().join("ca.toml");
+        std::fs::write(&config_file, config)?;
+        let binary = std::env::current_exe()?.with_file_name("ca-server");
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is missing: cargo build --release --bin ca-server",
+            binary.display()
+        );
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let child = std::process::Command::new(binary)
+            .arg("--config")
+            .arg(&config_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let base = format!("http://127.0.0.1:{http}");
+        let client = reqwest::Client::new();
+        let mut child = child;
+        let mut ready = false;
+        for _ in 0..300 {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                ready = true;
+                break;
             }
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        if !ready {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+            anyhow::bail!("ca-server did not become ready:\n{log}");
+        }
+        let ca_pem = client
+            .get(format!("{base}/v1/bundles/cluster.local.pem"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?
+            .to_vec();
+        Ok(Sut::Process {
+            child,
+            database_url,
+            target: Target {
+                address: std::net::SocketAddr::from(([127, 0, 0, 1], grpc)),
+                ca_pem,
+            },
+            _dir: dir,
+        })
     }
 
     pub fn target(&self) -> Target {

@@ -5,8 +5,8 @@
 //! long-lived connections. Every `sample` seconds one CSV row is written (and printed): the
 //! issuance rate, errors, requests skipped because `max_in_flight` were already waiting, p50,
 //! p99 and max latency of that window, the server's resident memory (all of it, and its
-//! anonymous part: heap and stacks) and CPU, and the Postgres
-//! database's size. At the end every certificate a client received must have its record (the
+//! anonymous part: heap and stacks) and CPU, the Postgres database's size and the server's
+//! connections to it. At the end every certificate a client received must have its record (the
 //! count of `api = 'istio'` rows equals the count received), and the memory verdict is printed:
 //! the growth of the server's RSS level, from the median of the first quarter of the samples
 //! after the warm-up to the median of the last quarter (flat: under 10 %), with the trend and
@@ -26,8 +26,9 @@ use ca_client::KeyType;
 
 use crate::grpc::ClientKind;
 use crate::grpc::load::{BenchRequest, Conn};
-use crate::process::{ServerMode, Sut};
+use crate::process::Sut;
 use crate::report::percentile_ms;
+use ca_tests::private_postgres::PrivatePostgres;
 
 /// What `ca-bench soak` was asked for.
 #[derive(Debug, Clone)]
@@ -42,7 +43,38 @@ pub struct SoakPlan {
     pub key: KeyType,
     /// Where the CSV and the summary go.
     pub out: PathBuf,
+    pub postgres: SoakPostgres,
 }
+
+/// Which Postgres the soak's server writes to.
+#[derive(Debug, Clone)]
+pub enum SoakPostgres {
+    /// A cluster of its own ([`PrivatePostgres`]), configured for the load by [`PRIVATE_CONF`]:
+    /// the run then measures our server, not the settings of whatever Postgres the machine runs.
+    Private,
+    /// An existing server (`postgres://user@host:port`); a fresh database is made on it.
+    At(String),
+}
+
+/// The private cluster's settings, sized for a few thousand issuances a second (about 8 MB of
+/// WAL a second at 4,000/s), durable as in production (`fsync` and `synchronous_commit` on):
+/// checkpoints come from the timer and are spread over it, not requested every couple of
+/// minutes by a full `max_wal_size` (1 GB by default, which stalls commits for seconds);
+/// `shared_buffers` holds the serial index, whose inserts land at random pages. Checkpoints and
+/// autovacuum runs are logged, and the log is copied to the output directory.
+const PRIVATE_CONF: &str = "fsync = on
+synchronous_commit = on
+full_page_writes = on
+shared_buffers = 2GB
+wal_buffers = 64MB
+max_wal_size = 32GB
+min_wal_size = 2GB
+checkpoint_timeout = 20min
+checkpoint_completion_target = 0.9
+max_connections = 200
+log_checkpoints = on
+log_autovacuum_min_duration = 0
+";
 
 /// The answers of one sampling window.
 #[derive(Default)]
@@ -65,14 +97,16 @@ struct Sample {
     rss_anon_mb: f64,
     server_cpu_pct: f64,
     pg_size_mb: f64,
+    /// The server's connections to its database (its pool's size), at the sample.
+    pg_connections: i64,
 }
 
-const CSV_HEADER: &str = "elapsed_s,issued_per_s,errors,skipped,p50_ms,p99_ms,max_ms,rss_mb,rss_anon_mb,server_cpu_pct,pg_size_mb";
+const CSV_HEADER: &str = "elapsed_s,issued_per_s,errors,skipped,p50_ms,p99_ms,max_ms,rss_mb,rss_anon_mb,server_cpu_pct,pg_size_mb,pg_connections";
 
 impl Sample {
     fn csv(&self) -> String {
         format!(
-            "{:.0},{:.1},{},{},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1},{:.1}",
+            "{:.0},{:.1},{},{},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1},{:.1},{}",
             self.elapsed_s,
             self.issued_per_s,
             self.errors,
@@ -83,7 +117,8 @@ impl Sample {
             self.rss_mb,
             self.rss_anon_mb,
             self.server_cpu_pct,
-            self.pg_size_mb
+            self.pg_size_mb,
+            self.pg_connections
         )
     }
 }
@@ -108,11 +143,30 @@ pub async fn soak(plan: SoakPlan) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&plan.out)?;
     let kube = Arc::new(ca_tests::kube::FakeKube::new());
-    let server = Sut::start(ServerMode::Process, ca_tests::Backend::Postgres, &kube).await?;
+    let (private, base) = match &plan.postgres {
+        SoakPostgres::Private => {
+            let postgres =
+                tokio::task::spawn_blocking(|| PrivatePostgres::start_configured(PRIVATE_CONF))
+                    .await?;
+            let base = format!("postgres://postgres@127.0.0.1:{}", postgres.port);
+            println!(
+                "soak: a private Postgres on port {} ({}), configured:\n{PRIVATE_CONF}",
+                postgres.port,
+                postgres.data.display()
+            );
+            (Some(postgres), base)
+        }
+        SoakPostgres::At(base) => (None, base.trim_end_matches('/').to_owned()),
+    };
+    let server = Sut::process_on_postgres(&base, &kube).await?;
     let result = run(&plan, &server, &kube).await;
     let database_url = server.database_url().to_owned();
     server.stop().await?;
     ca_tests::drop_postgres_database(&database_url).await?;
+    if let Some(postgres) = private {
+        std::fs::copy(postgres.log_path(), plan.out.join("postgres.log"))?;
+        tokio::task::spawn_blocking(move || drop(postgres)).await?;
+    }
     result
 }
 
@@ -186,6 +240,11 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
         let pg_size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
             .fetch_one(&mut db)
             .await?;
+        let pg_connections: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut db)
+        .await?;
         let sample = Sample {
             elapsed_s: now.duration_since(started).as_secs_f64(),
             issued_per_s: latencies.len() as f64 / seconds,
@@ -201,6 +260,7 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
             rss_anon_mb: server.rss_anon_mb(),
             server_cpu_pct: (cpu - last.1) / (seconds * 1e6) * 100.0,
             pg_size_mb: pg_size as f64 / (1024.0 * 1024.0),
+            pg_connections,
         };
         last = (now, cpu, skipped);
         println!("{}", sample.csv());
@@ -215,7 +275,19 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM certificates WHERE api = 'istio'")
         .fetch_one(&mut db)
         .await?;
-    let summary = summarize(plan, &samples, &counters, recorded)?;
+    // Checkpoints since the server started: requested ones (a full `max_wal_size`) are the
+    // ones that stall commits. Columns of Postgres 15 (17 moved them to pg_stat_checkpointer).
+    let checkpoints: Option<(i64, i64)> =
+        sqlx::query_as("SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter")
+            .fetch_one(&mut db)
+            .await
+            .ok();
+    let mut summary = summarize(plan, &samples, &counters, recorded)?;
+    if let Some((timed, requested)) = checkpoints {
+        summary.push_str(&format!(
+            "Postgres checkpoints since it started: {timed} timed, {requested} requested\n"
+        ));
+    }
     print!("{summary}");
     std::fs::write(plan.out.join("summary.txt"), &summary)?;
     anyhow::ensure!(
@@ -441,6 +513,7 @@ mod tests {
                 rss_anon_mb: rss_mb / 2.0,
                 server_cpu_pct: 50.0,
                 pg_size_mb: 1.0,
+                pg_connections: 16,
             })
             .collect()
     }
