@@ -23,6 +23,10 @@ use ca_server::server::Server;
 /// arena's 4 KiB pages into 12.3 MiB more `AnonHugePages` (8.4 MiB more resident), a step the
 /// level never came back from. The `no_thp` feature stops the advice, and [`no_huge_pages`]
 /// turns them off for the whole process, also where the host's THP mode is `always`.
+///
+/// The `mimalloc` feature (default) selects it; without it the system allocator is used, for
+/// heap profilers that follow `malloc` (heaptrack).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
