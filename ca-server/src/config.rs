@@ -45,6 +45,12 @@ pub struct Config {
     pub db_max_connections: u32,
     /// Issuances admitted at once; more wait up to 100 ms, then get RESOURCE_EXHAUSTED.
     pub max_in_flight: usize,
+    /// How long a gRPC connection lives (`grpc_max_connection_age`, default 30 minutes, as
+    /// istiod's): then the server sends GOAWAY, lets the requests in flight finish and closes
+    /// it, and the client reconnects. That spreads long-lived clients (ztunnel, istio-agent)
+    /// over the replicas again, and gives back what a connection's HTTP/2 buffers grew to in
+    /// its busiest moment, which they keep until it closes.
+    pub grpc_max_connection_age: Duration,
     /// `text` (default) or `json`; `--log-format` overrides it.
     pub log_format: LogFormat,
     /// istiod's serving certificate, when `[istiod]` is present.
@@ -683,6 +689,8 @@ impl Config {
         if raw.db_max_connections == 0 {
             return Err(invalid("db_max_connections", "must be at least 1"));
         }
+        let grpc_max_connection_age =
+            parse_duration("grpc_max_connection_age", &raw.grpc_max_connection_age)?;
         Ok(Config {
             database_url: raw
                 .database_url
@@ -708,6 +716,7 @@ impl Config {
             federation,
             db_max_connections: raw.db_max_connections,
             max_in_flight: raw.max_in_flight,
+            grpc_max_connection_age,
             log_format: raw.log_format,
             istiod,
         })
@@ -943,6 +952,7 @@ struct RawConfig {
     data_dir: PathBuf,
     db_max_connections: u32,
     max_in_flight: usize,
+    grpc_max_connection_age: String,
     listen: RawListen,
     tls: RawTls,
     keys: RawKeys,
@@ -974,6 +984,7 @@ impl Default for RawConfig {
             data_dir: PathBuf::from("ca-data"),
             db_max_connections: 16,
             max_in_flight: 256,
+            grpc_max_connection_age: "30m".to_owned(),
             listen: RawListen::default(),
             tls: RawTls::default(),
             keys: RawKeys::default(),

@@ -245,8 +245,9 @@ impl Server {
         {
             let mut stop = shutdown.subscribe();
             let ca = ca.clone();
+            let age = ca.config().grpc_max_connection_age;
             tasks.spawn(async move {
-                let served = grpc::serve(grpc_listener, tls_config, ca, async move {
+                let served = grpc::serve(grpc_listener, tls_config, ca, age, async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 })
                 .await;

@@ -45,6 +45,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ca: Ca,
+    max_connection_age: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (sender, receiver) = tokio::sync::mpsc::channel::<
@@ -119,6 +120,13 @@ pub async fn serve(
         // one that never speaks HTTP/2 at all.
         .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        // Connections are recycled (`Config::grpc_max_connection_age`): GOAWAY, the requests
+        // in flight finish, the client reconnects, possibly to another replica. No
+        // `max_connection_age_grace`: tonic 0.14 then skips the GOAWAY and only cuts the
+        // connection at age + grace, failing whatever is in flight. So a connection closes when
+        // its last stream ends (unary calls time out at 30 s; an open `WatchBundles` stream
+        // keeps its connection until it ends).
+        .max_connection_age(max_connection_age)
         .timeout(Duration::from_secs(30))
         // Per-client fairness: one connection (one istio-agent, or one ztunnel speaking for a
         // node's pods) holds at most 100 of the default 256 issuance slots; its further

@@ -951,6 +951,75 @@ async fn a_connection_multiplexes_past_the_stream_limit() {
     server.stop().await;
 }
 
+/// The local ports of this machine's established IPv4 TCP connections to `port` (from
+/// `/proc/net/tcp`): the test's client sockets to the server's gRPC port.
+fn client_ports(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |address: &str| {
+        let hex = address.rsplit(':').next().unwrap();
+        u16::from_str_radix(hex, 16).unwrap()
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st; 01 is ESTABLISHED.
+            (fields[3] == "01" && port_of(fields[2]) == port).then(|| port_of(fields[1]))
+        })
+        .collect()
+}
+
+/// `grpc_max_connection_age`: the server recycles a connection at that age even if its
+/// client keeps it open and idle (GOAWAY, then close), so long-lived clients spread over the
+/// replicas again and what a connection's buffers grew to is given back; the client's next
+/// request goes out on a new connection and is answered.
+#[tokio::test]
+async fn connections_are_recycled_at_their_maximum_age() {
+    const AGE: std::time::Duration = std::time::Duration::from_secs(2);
+    let kube = FakeKube::new();
+    let server = TestServer::start_with_cluster_and(Backend::Sqlite, &kube, |config| {
+        config.grpc_max_connection_age = AGE;
+    })
+    .await;
+    let port = server.server.grpc_addr.port();
+    let client = server.grpc_client(None).await;
+    let auth = token_auth(&kube.token("default", "web"));
+    let issue = || async {
+        let csr = ca_client::csr::generate(KeyType::EcdsaP256, None).unwrap();
+        client
+            .create_certificate(&csr.csr_pem, 0, &auth, &BTreeMap::new())
+            .await
+            .unwrap()
+    };
+
+    issue().await;
+    let first = client_ports(port);
+    assert_eq!(first.len(), 1, "one connection: {first:?}");
+
+    // Past its age (and the grace, as nothing is in flight): closed by the server, while the
+    // client still holds its channel.
+    let deadline = tokio::time::Instant::now() + AGE + std::time::Duration::from_secs(5);
+    while !client_ports(port).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection outlived its maximum age: {:?}",
+            client_ports(port)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let chain = issue().await;
+    check_istio_chain(server.dir.path(), &chain, WEB, false);
+    let second = client_ports(port);
+    assert_eq!(second.len(), 1, "one connection again: {second:?}");
+    assert_ne!(
+        first, second,
+        "the second request went out on a new connection"
+    );
+    server.stop().await;
+}
+
 /// Overload: with two issuance slots and a burst of 300 concurrent requests, what cannot be
 /// admitted is refused with RESOURCE_EXHAUSTED (and counted), everything else is issued and
 /// recorded, and nothing else goes wrong.

@@ -154,6 +154,10 @@ enum Command {
         /// fsync on); or the URL of an existing server (`postgres://postgres@127.0.0.1:5432`).
         #[arg(long, default_value = "private")]
         postgres: String,
+        /// After the summary, keep the server and its database up this long before stopping
+        /// them: time to end a heap profile of a live server (README "Benchmarks").
+        #[arg(long, default_value_t = 0)]
+        linger_seconds: u64,
     },
     /// In-process engine benchmark: CSR -> recorded certificate.
     Engine {
@@ -233,8 +237,10 @@ async fn main() -> anyhow::Result<()> {
             key,
             out,
             postgres,
+            linger_seconds,
         } => {
             soak::soak(soak::SoakPlan {
+                linger: Duration::from_secs(linger_seconds),
                 postgres: if postgres == "private" {
                     soak::SoakPostgres::Private
                 } else {

@@ -44,6 +44,10 @@ pub struct SoakPlan {
     /// Where the CSV and the summary go.
     pub out: PathBuf,
     pub postgres: SoakPostgres,
+    /// How long the server and its database stay up after the summary (`--linger-seconds`):
+    /// a server under heaptrack is killed in that time, so the profile ends on a live heap and
+    /// not on the failed writes of a server whose database is gone.
+    pub linger: Duration,
 }
 
 /// Which Postgres the soak's server writes to.
@@ -131,6 +135,57 @@ struct Counters {
     errors: AtomicU64,
     skipped: AtomicU64,
     in_flight: AtomicUsize,
+    /// Connections dialled again after the server recycled them, and requests sent again on
+    /// the new connection because the old one refused them.
+    redials: AtomicU64,
+    resent: AtomicU64,
+}
+
+/// One of the soak's client connections. The server recycles its connections at
+/// `grpc_max_connection_age` (GOAWAY, then the requests in flight finish); like istio-agent and
+/// ztunnel, the client then dials a new one, and sends a request the old one refused again
+/// there.
+struct Redial {
+    target: crate::process::Target,
+    token: String,
+    current: tokio::sync::Mutex<Arc<Conn>>,
+}
+
+impl Redial {
+    async fn dial(target: &crate::process::Target, token: &str) -> anyhow::Result<Conn> {
+        Conn::connect(
+            ClientKind::H2,
+            target,
+            token,
+            crate::h2load::HeaderStyle::GrpcGo,
+        )
+        .await
+    }
+
+    /// The connection to send on: the current one, or a new one if it takes no more requests.
+    async fn connection(&self, counters: &Counters) -> Result<Arc<Conn>, ()> {
+        let mut current = self.current.lock().await;
+        if current.is_closed() {
+            *current = Arc::new(
+                Redial::dial(&self.target, &self.token)
+                    .await
+                    .map_err(|_| ())?,
+            );
+            counters.redials.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(current.clone())
+    }
+
+    async fn call(&self, request: &BenchRequest, counters: &Counters) -> Result<String, ()> {
+        let connection = self.connection(counters).await?;
+        match connection.call(request).await {
+            Err(()) if connection.is_closed() => {
+                counters.resent.fetch_add(1, Ordering::Relaxed);
+                self.connection(counters).await?.call(request).await
+            }
+            answer => answer,
+        }
+    }
 }
 
 pub async fn soak(plan: SoakPlan) -> anyhow::Result<()> {
@@ -161,6 +216,13 @@ pub async fn soak(plan: SoakPlan) -> anyhow::Result<()> {
     };
     let server = Sut::process_on_postgres(&base, &kube).await?;
     let result = run(&plan, &server, &kube).await;
+    if !plan.linger.is_zero() {
+        println!(
+            "soak: the server and its database stay up for {} s",
+            plan.linger.as_secs()
+        );
+        tokio::time::sleep(plan.linger).await;
+    }
     let database_url = server.database_url().to_owned();
     server.stop().await?;
     ca_tests::drop_postgres_database(&database_url).await?;
@@ -178,15 +240,12 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
     let mut connections = Vec::new();
     for i in 0..plan.clients {
         let token = kube.token("bench", &format!("w{i}"));
-        connections.push(Arc::new(
-            Conn::connect(
-                ClientKind::H2,
-                &target,
-                &token,
-                crate::h2load::HeaderStyle::GrpcGo,
-            )
-            .await?,
-        ));
+        let connection = Redial::dial(&target, &token).await?;
+        connections.push(Arc::new(Redial {
+            target: target.clone(),
+            token,
+            current: tokio::sync::Mutex::new(Arc::new(connection)),
+        }));
     }
     let counters = Arc::new(Counters {
         window: Default::default(),
@@ -194,6 +253,8 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
         errors: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
+        redials: AtomicU64::new(0),
+        resent: AtomicU64::new(0),
     });
     let mut db = sqlx::PgConnection::connect(server.database_url()).await?;
     let csv_path = plan.out.join("soak.csv");
@@ -301,7 +362,7 @@ async fn run(plan: &SoakPlan, server: &Sut, kube: &ca_tests::kube::FakeKube) -> 
 /// The open loop: one request every `1/rate` seconds, round robin over the connections, each in
 /// its own task; a request that would exceed `max_in_flight` is skipped and counted.
 async fn offer(
-    connections: Vec<Arc<Conn>>,
+    connections: Vec<Arc<Redial>>,
     requests: Arc<Vec<BenchRequest>>,
     counters: Arc<Counters>,
     rate: f64,
@@ -335,7 +396,9 @@ async fn offer(
             let (requests, counters) = (requests.clone(), counters.clone());
             tasks.spawn(async move {
                 let t = Instant::now();
-                let outcome = connection.call(&requests[n % requests.len()]).await;
+                let outcome = connection
+                    .call(&requests[n % requests.len()], &counters)
+                    .await;
                 let latency = t.elapsed();
                 counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let mut window = counters
@@ -451,6 +514,12 @@ fn summarize(
         counters.issued.load(Ordering::Relaxed),
         counters.errors.load(Ordering::Relaxed),
         counters.skipped.load(Ordering::Relaxed)
+    )?;
+    writeln!(
+        out,
+        "connections recycled by the server and dialled again: {}; requests sent again on the new connection: {}",
+        counters.redials.load(Ordering::Relaxed),
+        counters.resent.load(Ordering::Relaxed)
     )?;
     writeln!(
         out,

@@ -53,6 +53,15 @@ impl Conn {
         })
     }
 
+    /// The connection takes no new requests (GOAWAY, or ended): dial a new one. A tonic channel
+    /// dials again by itself.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Conn::H2(client) => client.is_closed(),
+            Conn::Tonic(..) => false,
+        }
+    }
+
     /// One `CreateCertificate`; the serial of the leaf received.
     pub async fn call(&self, request: &BenchRequest) -> Result<String, ()> {
         let chain = match self {

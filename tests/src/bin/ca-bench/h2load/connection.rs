@@ -92,6 +92,11 @@ pub(super) struct Connection {
     send_window: i64,
     /// DATA received since the last connection WINDOW_UPDATE.
     unacknowledged: u64,
+    /// The server sent GOAWAY (it recycles connections at their maximum age): no new stream is
+    /// started, the ones it will still answer finish, then the connection ends.
+    going_away: bool,
+    /// `going_away` as the client handle sees it.
+    announced_going_away: Arc<std::sync::atomic::AtomicBool>,
     out: BytesMut,
 }
 
@@ -110,6 +115,8 @@ impl Connection {
             stream_window: 65_535,
             send_window: 65_535,
             unacknowledged: 0,
+            going_away: false,
+            announced_going_away: Arc::default(),
             out: BytesMut::with_capacity(16 * 1024),
         }
     }
@@ -119,6 +126,11 @@ impl Connection {
     #[cfg(test)]
     pub(super) fn announced_max_streams(&self) -> Arc<std::sync::atomic::AtomicUsize> {
         self.announced_max_streams.clone()
+    }
+
+    /// Set once the server sent GOAWAY.
+    pub(super) fn announced_going_away(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.announced_going_away.clone()
     }
 
     pub(super) async fn run(
@@ -135,7 +147,7 @@ impl Connection {
                 tls.flush().await?;
                 self.out.clear();
             }
-            if !open && self.streams.is_empty() && self.waiting.is_empty() {
+            if (!open || self.going_away) && self.streams.is_empty() && self.waiting.is_empty() {
                 return Ok(());
             }
             tokio::select! {
@@ -158,6 +170,11 @@ impl Connection {
 
     /// Encodes every waiting request the server's limits allow.
     fn send_waiting(&mut self) -> anyhow::Result<()> {
+        if self.going_away {
+            for (_, reply) in self.waiting.drain(..) {
+                let _ = reply.send(Err(anyhow::anyhow!("GOAWAY: not sent")));
+            }
+        }
         while self.settled && self.streams.len() < self.max_streams {
             let Some((body, _)) = self.waiting.front() else {
                 break;
@@ -267,7 +284,23 @@ impl Connection {
                         .store(self.max_streams, std::sync::atomic::Ordering::Release);
                 }
                 PING if flags & ACK == 0 => frame(&mut self.out, PING, ACK, 0, &payload),
-                GOAWAY => anyhow::bail!("GOAWAY"),
+                GOAWAY => {
+                    let last = payload.get(..4).context("bad GOAWAY")?;
+                    let last =
+                        u32::from_be_bytes([last[0], last[1], last[2], last[3]]) & 0x7fff_ffff;
+                    self.going_away = true;
+                    self.announced_going_away
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    let refused: Vec<u32> = self
+                        .streams
+                        .keys()
+                        .copied()
+                        .filter(|id| *id > last)
+                        .collect();
+                    for id in refused {
+                        self.finish(id, Err(anyhow::anyhow!("GOAWAY: refused")));
+                    }
+                }
                 WINDOW_UPDATE if stream == 0 => {
                     let increment = payload.get(..4).context("bad WINDOW_UPDATE")?;
                     let increment = u32::from_be_bytes([

@@ -51,6 +51,8 @@ const PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
 #[derive(Clone)]
 pub struct H2Client {
     calls: mpsc::UnboundedSender<(Bytes, Reply)>,
+    /// The server sent GOAWAY: the connection takes no new requests.
+    going_away: Arc<std::sync::atomic::AtomicBool>,
     /// The server's SETTINGS_MAX_CONCURRENT_STREAMS once its SETTINGS arrived (`usize::MAX`
     /// until then, or if it announces no limit). Only the unit tests read it.
     #[cfg(test)]
@@ -96,6 +98,7 @@ impl H2Client {
         let mut connection = Connection::new(headers);
         #[cfg(test)]
         let max_streams = connection.announced_max_streams();
+        let going_away = connection.announced_going_away();
         tokio::spawn(async move {
             if let Err(e) = connection.run(tls, receiver).await {
                 connection.fail_all(&e);
@@ -103,6 +106,7 @@ impl H2Client {
         });
         Ok(H2Client {
             calls,
+            going_away,
             #[cfg(test)]
             max_streams,
         })
@@ -116,6 +120,12 @@ impl H2Client {
     }
 
     /// `CreateCertificate` with a body from [`encode_request_for`]; returns the `cert_chain`.
+    /// The connection takes no new requests: the server sent GOAWAY (it recycles connections
+    /// at their maximum age), or the connection ended.
+    pub fn is_closed(&self) -> bool {
+        self.going_away.load(std::sync::atomic::Ordering::Acquire) || self.calls.is_closed()
+    }
+
     pub async fn create_certificate(&self, body: Bytes) -> anyhow::Result<Vec<String>> {
         let (reply, answer) = oneshot::channel();
         self.calls
