@@ -997,7 +997,7 @@ async fn connections_are_recycled_at_their_maximum_age() {
     let first = client_ports(port);
     assert_eq!(first.len(), 1, "one connection: {first:?}");
 
-    // Past its age (and the grace, as nothing is in flight): closed by the server, while the
+    // Past its age: GOAWAY, and with nothing in flight the server closes it at once, while the
     // client still holds its channel.
     let deadline = tokio::time::Instant::now() + AGE + std::time::Duration::from_secs(5);
     while !client_ports(port).is_empty() {

@@ -119,13 +119,13 @@ impl H2Client {
         self.max_streams.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// `CreateCertificate` with a body from [`encode_request_for`]; returns the `cert_chain`.
     /// The connection takes no new requests: the server sent GOAWAY (it recycles connections
     /// at their maximum age), or the connection ended.
     pub fn is_closed(&self) -> bool {
         self.going_away.load(std::sync::atomic::Ordering::Acquire) || self.calls.is_closed()
     }
 
+    /// `CreateCertificate` with a body from [`encode_request_for`]; returns the `cert_chain`.
     pub async fn create_certificate(&self, body: Bytes) -> anyhow::Result<Vec<String>> {
         let (reply, answer) = oneshot::channel();
         self.calls
